@@ -1,0 +1,1069 @@
+"""A headless room client (bot) for the SFU's JSON room protocol (docs/PROTOCOL.md).
+
+Three parts, all asyncio and aiortc:
+
+* :class:`RoomClient` joins a room over the WebSocket at ``/ws``, publishes local
+  tracks, subscribes to remote ones (automatically or explicitly) and keeps the room
+  roster up to date from the server's events. The client always offers; one offer is
+  in flight at a time.
+* :class:`PreEncodedVideoTrack` / :class:`PreEncodedAudioTrack` publish a short
+  synthetic clip that is encoded once (VP8 / Opus) and then looped: aiortc's
+  ``RTCRtpSender`` only packetizes ``av.Packet`` objects, so a publishing bot costs
+  almost no CPU.
+* :class:`RtpCounter` counts what a subscriber receives (packets, payload bytes,
+  frames, keyframes, losses) straight from the decrypted RTP, without decoding.
+  ``RoomClient(count_rtp=True)`` wires it in through the SFU's aiortc adapter
+  (``sfu.rtc.adapter.disable_media_engines`` / ``install_tap``).
+
+Units: times are seconds (``float``) unless a name says otherwise; bit rates are
+bits per second; RTP timestamps are in media clock ticks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import functools
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import aioice.ice
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
+
+from sfu.core.codecs import is_keyframe, parse_vp8_descriptor
+from sfu.core.rtp import parse_rtp
+from sfu.core.seqnum import Unwrapper
+
+__all__ = [
+    "RoomClient",
+    "RoomError",
+    "TrackInfo",
+    "ParticipantInfo",
+    "PublishedTrack",
+    "Subscription",
+    "EncodedClip",
+    "encode_vp8_clip",
+    "encode_opus_clip",
+    "PreEncodedVideoTrack",
+    "PreEncodedAudioTrack",
+    "StreamStats",
+    "RtpCounter",
+    "restrict_ice_to_loopback",
+]
+
+logger = logging.getLogger("loadtest.client")
+
+# Replies that answer a request, by the request's type.
+_REPLY_TO_REQUEST = {"joined": "join", "answer": "offer", "pong": "ping", "left": "leave"}
+
+
+def restrict_ice_to_loopback() -> None:
+    """Make aiortc (through aioice) gather only a ``127.0.0.1`` host candidate.
+
+    aioice leaves out loopback addresses and offers every other interface instead;
+    load tests and integration tests must send traffic to loopback only. Affects every
+    peer connection created afterwards in this process.
+    """
+    aioice.ice.get_host_addresses = _loopback_host_addresses  # type: ignore[assignment]
+
+
+def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """Replacement for ``aioice.ice.get_host_addresses``: loopback IPv4 only."""
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+# --------------------------------------------------------------------------- roster
+
+
+@dataclass(slots=True)
+class TrackInfo:
+    """A track published in the room, as the server describes it.
+
+    Attributes:
+        id: the server's track id (``TR_...``).
+        kind: ``"audio"`` or ``"video"``.
+        source: ``camera``, ``microphone``, ``screen``, ``screen_audio`` or ``custom``.
+        muted: the publisher's mute flag.
+    """
+
+    id: str
+    kind: str
+    source: str
+    muted: bool = False
+
+
+@dataclass(slots=True)
+class ParticipantInfo:
+    """Another participant in the room and the tracks it publishes (by track id)."""
+
+    id: str
+    name: str
+    tracks: dict[str, TrackInfo] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PublishedTrack:
+    """One of this client's tracks that the server accepted.
+
+    Attributes:
+        track_id: the server's id for it.
+        mid: the m-line (transceiver mid) that carries it.
+        track: the local track being sent.
+        source: the source announced to the room.
+        transceiver: the aiortc transceiver (sendonly).
+    """
+
+    track_id: str
+    mid: str
+    track: MediaStreamTrack
+    source: str | None
+    transceiver: RTCRtpTransceiver
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A remote track this client receives.
+
+    Attributes:
+        track_id: the remote track's id.
+        participant_id: its publisher.
+        kind: ``"audio"`` or ``"video"``.
+        mid: the local recvonly m-line it arrives on.
+        transceiver: the aiortc transceiver; ``transceiver.receiver.track`` yields
+            decoded frames unless the client counts RTP instead (``count_rtp``).
+            aiortc keeps one track object per transceiver, so when an inactive
+            m-line is reused the same track object carries the new remote track.
+    """
+
+    track_id: str
+    participant_id: str
+    kind: str
+    mid: str
+    transceiver: RTCRtpTransceiver
+
+    @property
+    def track(self) -> MediaStreamTrack:
+        """The received track (decoded frames from ``await track.recv()``)."""
+        return self.transceiver.receiver.track
+
+
+class RoomError(Exception):
+    """The server answered a request with an ``error`` message.
+
+    Attributes:
+        code: the protocol error code (``bad_sdp``, ``room_full``, ...).
+        message: the server's human-readable text.
+        request_type: the ``type`` of the failed request, when the server named it.
+    """
+
+    def __init__(self, code: str, message: str, request_type: str | None) -> None:
+        super().__init__(f"{code}: {message} (request {request_type})")
+        self.code = code
+        self.message = message
+        self.request_type = request_type
+
+
+# --------------------------------------------------------------------- media clips
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedClip:
+    """A short encoded clip that a track loops.
+
+    Attributes:
+        packets: the encoded frames (one ``bytes`` per VP8 frame or Opus packet).
+        pts: presentation time of each packet in ``time_base`` units, from 0.
+        time_base: seconds per pts tick.
+        duration: length of one loop in ``time_base`` ticks; loop ``k`` adds
+            ``k * duration`` to every pts.
+        keyframes: True for packets that are keyframes (every Opus packet is).
+    """
+
+    packets: tuple[bytes, ...]
+    pts: tuple[int, ...]
+    time_base: fractions.Fraction
+    duration: int
+    keyframes: tuple[bool, ...]
+
+    @property
+    def bitrate(self) -> float:
+        """Average payload bit rate of the clip, bits per second."""
+        seconds = float(self.duration * self.time_base)
+        return sum(len(p) for p in self.packets) * 8 / seconds
+
+
+def _synthetic_video(width: int, height: int, index: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB frame (``height x width x 3``, uint8): moving gradients and a checker
+    board with 8x8 blocks of noise, so that a video encoder needs a real bit rate."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = (xx + 4 * index) % 256
+    img[..., 1] = (yy + 2 * index) % 256
+    img[..., 2] = ((xx // 16 + yy // 16 + index) % 2) * 255
+    noise = rng.integers(0, 64, (height // 8 + 1, width // 8 + 1), dtype=np.uint8)
+    img[..., 2] ^= noise.repeat(8, 0).repeat(8, 1)[:height, :width]
+    return img
+
+
+@functools.lru_cache(maxsize=8)
+def encode_vp8_clip(
+    width: int = 640,
+    height: int = 480,
+    fps: int = 30,
+    seconds: float = 2.0,
+    bitrate: int = 1_000_000,
+    keyframe_interval: int = 30,
+) -> EncodedClip:
+    """Encode a synthetic VP8 clip once (cached per argument set).
+
+    Args:
+        width, height: frame size in pixels (even numbers).
+        fps: frames per second.
+        seconds: clip length; the number of frames is rounded to a whole multiple of
+            ``keyframe_interval`` so that every loop starts on a keyframe.
+        bitrate: target bit rate, bits per second (libvpx CBR).
+        keyframe_interval: frames between keyframes (a new subscriber waits at most
+            this long for a picture).
+
+    Returns:
+        the clip, ``time_base`` = 1/fps.
+    """
+    frames = max(1, round(seconds * fps / keyframe_interval)) * keyframe_interval
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width = width
+    codec.height = height
+    codec.pix_fmt = "yuv420p"
+    codec.bit_rate = bitrate
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.framerate = fractions.Fraction(fps, 1)
+    codec.gop_size = keyframe_interval
+    codec.options = {
+        "deadline": "realtime",
+        "cpu-used": "8",
+        "lag-in-frames": "0",
+        "auto-alt-ref": "0",
+        "static-thresh": "0",
+        "minrate": str(bitrate),
+        "maxrate": str(bitrate),
+        "bufsize": str(bitrate),
+    }
+    rng = np.random.default_rng(1)
+    encoded: list[av.Packet] = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(_synthetic_video(width, height, i, rng), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = i
+        frame.time_base = codec.time_base
+        # Force a keyframe at each interval: libvpx's own placement may drift.
+        frame.pict_type = av.video.frame.PictureType.I if i % keyframe_interval == 0 else av.video.frame.PictureType.NONE
+        encoded.extend(codec.encode(frame))
+    encoded.extend(codec.encode(None))
+    if len(encoded) != frames:
+        raise RuntimeError(f"VP8 encoder returned {len(encoded)} packets for {frames} frames")
+    return EncodedClip(
+        packets=tuple(bytes(p) for p in encoded),
+        pts=tuple(range(frames)),
+        time_base=fractions.Fraction(1, fps),
+        duration=frames,
+        keyframes=tuple(bool(p.is_keyframe) for p in encoded),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def encode_opus_clip(
+    seconds: float = 2.0, bitrate: int = 64_000, tone_hz: float = 440.0
+) -> EncodedClip:
+    """Encode a stereo sine tone once as 20 ms Opus packets at 48 kHz (cached).
+
+    Args:
+        seconds: clip length, rounded to whole 20 ms packets; a tone of whole cycles per
+            clip loops without a click (440 Hz over 2 s does).
+        bitrate: Opus target bit rate, bits per second.
+        tone_hz: tone frequency, hertz.
+
+    Returns:
+        the clip, ``time_base`` = 1/48000, 960 ticks per packet.
+    """
+    rate, samples_per_packet = 48_000, 960
+    count = max(1, round(seconds * rate / samples_per_packet))
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = rate
+    codec.format = "s16"
+    codec.layout = "stereo"
+    codec.bit_rate = bitrate
+    codec.time_base = fractions.Fraction(1, rate)
+    codec.options = {"application": "audio", "frame_duration": "20"}
+    t = np.arange(count * samples_per_packet) / rate
+    mono = (0.3 * 32767 * np.sin(2 * np.pi * tone_hz * t)).astype(np.int16)
+    interleaved = np.repeat(mono, 2).reshape(1, -1)
+    encoded: list[av.Packet] = []
+    for i in range(count):
+        chunk = interleaved[:, i * samples_per_packet * 2 : (i + 1) * samples_per_packet * 2]
+        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
+        frame.sample_rate = rate
+        frame.pts = i * samples_per_packet
+        frame.time_base = codec.time_base
+        encoded.extend(codec.encode(frame))
+    encoded.extend(codec.encode(None))
+    # The encoder's pre-skip adds a trailing packet: keep one packet per input frame.
+    packets = tuple(bytes(p) for p in encoded[:count])
+    return EncodedClip(
+        packets=packets,
+        pts=tuple(i * samples_per_packet for i in range(count)),
+        time_base=fractions.Fraction(1, rate),
+        duration=count * samples_per_packet,
+        keyframes=(True,) * count,
+    )
+
+
+class _ClipTrack(MediaStreamTrack):
+    """Loops an :class:`EncodedClip` as ``av.Packet`` objects paced in real time."""
+
+    def __init__(self, clip: EncodedClip) -> None:
+        super().__init__()
+        self.clip = clip
+        self._index = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        """The next packet, returned when its presentation time is due.
+
+        Pts keep increasing across loops, so RTP timestamps never jump back.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        clip = self.clip
+        loops, i = divmod(self._index, len(clip.packets))
+        pts = loops * clip.duration + clip.pts[i]
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        delay = self._start + float(pts * clip.time_base) - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._index += 1
+        packet = av.Packet(clip.packets[i])
+        packet.pts = pts
+        packet.time_base = clip.time_base
+        return packet
+
+
+class PreEncodedVideoTrack(_ClipTrack):
+    """A video track that loops a pre-encoded VP8 clip (no encoding per frame).
+
+    Publish it with :meth:`RoomClient.publish`; the peer must negotiate VP8 (aiortc
+    offers VP8 first). Keyframe requests (PLI) are not honoured: the clip has a
+    keyframe every ``keyframe_interval`` frames instead.
+    """
+
+    kind = "video"
+
+    def __init__(self, clip: EncodedClip | None = None) -> None:
+        """``clip`` defaults to :func:`encode_vp8_clip` (640x480, 30 fps, 1 Mbit/s)."""
+        super().__init__(clip or encode_vp8_clip())
+
+
+class PreEncodedAudioTrack(_ClipTrack):
+    """An audio track that loops pre-encoded 20 ms Opus packets (48 kHz, stereo)."""
+
+    kind = "audio"
+
+    def __init__(self, clip: EncodedClip | None = None) -> None:
+        """``clip`` defaults to :func:`encode_opus_clip` (2 s, 64 kbit/s, 440 Hz)."""
+        super().__init__(clip or encode_opus_clip())
+
+
+# ------------------------------------------------------------------ RTP counting
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """What one subscriber received on one SSRC, counted from decrypted RTP.
+
+    Attributes:
+        ssrc: the RTP stream's SSRC.
+        kind: ``"audio"``, ``"video"`` or ``""`` when the payload type is unknown.
+        mid: the m-line, when the SDP or the MID extension named it.
+        packets: RTP packets received (duplicates included).
+        bytes: RTP payload bytes received (headers and padding excluded).
+        frames: video frames completed (packets with the marker bit); audio packets.
+        keyframes: packets that start a keyframe.
+        width, height: size of the last VP8 keyframe, pixels (0 if none yet).
+        first_seq, max_seq: lowest and highest unwrapped sequence number seen.
+        first_arrival, last_arrival: arrival times of the first / last packet,
+            ``time.monotonic()`` seconds.
+    """
+
+    ssrc: int
+    kind: str = ""
+    mid: str | None = None
+    packets: int = 0
+    bytes: int = 0
+    frames: int = 0
+    keyframes: int = 0
+    width: int = 0
+    height: int = 0
+    first_seq: int = 0
+    max_seq: int = 0
+    first_arrival: float = 0.0
+    last_arrival: float = 0.0
+
+    @property
+    def expected(self) -> int:
+        """Packets expected from the sequence numbers (RFC 3550 §A.3)."""
+        return self.max_seq - self.first_seq + 1 if self.packets else 0
+
+    @property
+    def lost(self) -> int:
+        """Expected minus received, floored at 0 (duplicates can exceed expected)."""
+        return max(0, self.expected - self.packets)
+
+
+class _StreamState:
+    """Per-SSRC counting state: the public :class:`StreamStats` and its unwrapper."""
+
+    __slots__ = ("stats", "unwrapper", "mime")
+
+    def __init__(self, ssrc: int, arrival: float) -> None:
+        self.stats = StreamStats(ssrc=ssrc, first_arrival=arrival)
+        self.unwrapper = Unwrapper(16)
+        self.mime = ""
+
+
+def _vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """Width and height from the start of a VP8 keyframe (RFC 6386 §9.1), else None."""
+    try:
+        offset = parse_vp8_descriptor(payload).size
+    except ValueError:
+        return None
+    header = payload[offset : offset + 10]
+    if len(header) < 10 or header[3:6] != b"\x9d\x01\x2a":
+        return None
+    width, height = struct.unpack_from("<HH", header, 6)
+    return width & 0x3FFF, height & 0x3FFF
+
+
+class RtpCounter:
+    """Counts received RTP per SSRC without depayloading into frames or decoding.
+
+    It is an ``sfu.rtc.adapter.RtcHandler``: feed it decrypted packets through
+    :meth:`on_rtp` / :meth:`on_rtcp` and tell it what the SDP says with
+    :meth:`update_from_sdp`. Cost: one RTP header parse per packet, plus a VP8
+    descriptor peek per video packet.
+
+    Attributes:
+        rtcp_packets, rtcp_bytes: compound RTCP datagrams received and their size.
+        malformed: datagrams that did not parse as RTP.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[int, _StreamState] = {}
+        self._ssrc_mid: dict[int, str] = {}
+        self._pt_mime: dict[int, str] = {}
+        self._mid_ext_ids: set[int] = set()
+        self.rtcp_packets = 0
+        self.rtcp_bytes = 0
+        self.malformed = 0
+
+    def update_from_sdp(self, sdp: str) -> None:
+        """Learn SSRC -> mid, payload type -> codec and the MID extension id from an
+        SDP (the remote answer: its ``a=ssrc`` lines name what the server sends)."""
+        description = SessionDescription.parse(sdp)
+        for media in description.media:
+            if media.kind not in ("audio", "video"):
+                continue
+            mid = media.rtp.muxId
+            for ssrc in media.ssrc:
+                self._ssrc_mid[ssrc.ssrc] = mid
+            for codec in media.rtp.codecs:
+                self._pt_mime[codec.payloadType] = codec.mimeType
+            for ext in media.rtp.headerExtensions:
+                if ext.uri == "urn:ietf:params:rtp-hdrext:sdes:mid":
+                    self._mid_ext_ids.add(ext.id)
+        for state in self._streams.values():
+            mid = self._ssrc_mid.get(state.stats.ssrc)
+            if mid is not None:
+                state.stats.mid = mid
+
+    def on_rtp(self, data: bytes, arrival_ms: float) -> None:
+        """Count one decrypted RTP packet that arrived at ``arrival_ms``
+        (``time.monotonic()`` in milliseconds, as ``sfu.rtc.adapter`` reports it)."""
+        arrival_time = arrival_ms / 1000.0
+        try:
+            packet = parse_rtp(data)
+        except ValueError:
+            self.malformed += 1
+            return
+        state = self._streams.get(packet.ssrc)
+        if state is None:
+            state = self._streams[packet.ssrc] = _StreamState(packet.ssrc, arrival_time)
+            state.stats.mid = self._ssrc_mid.get(packet.ssrc)
+        stats = state.stats
+        if stats.mid is None:
+            for ext_id in self._mid_ext_ids:
+                value = packet.extensions.get(ext_id)
+                if value:
+                    stats.mid = self._ssrc_mid[packet.ssrc] = value.decode("ascii", "replace")
+                    break
+        if not state.mime:
+            state.mime = self._pt_mime.get(packet.payload_type, "")
+            stats.kind = state.mime.partition("/")[0].lower()
+        seq = state.unwrapper.unwrap(packet.sequence_number)
+        if stats.packets == 0:
+            stats.first_seq = stats.max_seq = seq
+        elif seq > stats.max_seq:
+            stats.max_seq = seq
+        elif seq < stats.first_seq:
+            stats.first_seq = seq
+        stats.packets += 1
+        stats.bytes += packet.payload_size
+        stats.last_arrival = arrival_time
+        if stats.kind == "video":
+            if packet.marker:
+                stats.frames += 1
+            if packet.payload_size and is_keyframe(state.mime, packet.payload):
+                stats.keyframes += 1
+                size = _vp8_keyframe_size(packet.payload) if state.mime.lower() == "video/vp8" else None
+                if size:
+                    stats.width, stats.height = size
+        elif packet.payload_size:
+            stats.frames += 1
+
+    def on_rtcp(self, data: bytes, arrival_ms: float) -> None:
+        """Count one decrypted compound RTCP datagram (``arrival_ms`` unused)."""
+        self.rtcp_packets += 1
+        self.rtcp_bytes += len(data)
+
+    def snapshot(self) -> list[StreamStats]:
+        """Copies of the per-SSRC counters, in order of first arrival."""
+        return [
+            StreamStats(**{name: getattr(s.stats, name) for name in StreamStats.__slots__})
+            for s in self._streams.values()
+        ]
+
+
+# ---------------------------------------------------------------------- the client
+
+
+class RoomClient:
+    """One participant: a WebSocket to the room service and one RTCPeerConnection.
+
+    Typical use::
+
+        client = RoomClient("ws://127.0.0.1:8080/ws")
+        await client.join("demo", "bot-1")
+        await client.publish([PreEncodedVideoTrack(), PreEncodedAudioTrack()])
+        await client.wait_until(lambda: len(client.subscriptions) >= 2, timeout=10)
+        ...
+        await client.leave()
+
+    Attributes:
+        participant_id: this client's id once joined.
+        participants: the others in the room, by participant id.
+        published: this client's accepted tracks, by track id.
+        subscriptions: remote tracks being received, by track id.
+        events: every server event (``participant_joined``/``left``,
+            ``track_published``/``unpublished``/``muted``/``unmuted``, and ``error``
+            replies to requests that have no reply of their own), in arrival order.
+        counter: the :class:`RtpCounter` when ``count_rtp`` is on, else None.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_subscribe: bool = True,
+        count_rtp: bool | RtpCounter = False,
+        loopback_only: bool = True,
+        request_timeout: float = 15.0,
+    ) -> None:
+        """
+        Args:
+            url: the WebSocket URL, e.g. ``ws://127.0.0.1:8080/ws``.
+            auto_subscribe: subscribe to every track in the room as it appears.
+            count_rtp: count received RTP with an :class:`RtpCounter` (True for a new
+                one, or an instance, e.g. a subclass that also keeps payloads) and start
+                no decoder (through ``sfu.rtc.adapter``); received tracks yield no frames.
+            loopback_only: gather only a 127.0.0.1 ICE candidate and use no STUN
+                server (see :func:`restrict_ice_to_loopback`).
+            request_timeout: seconds to wait for the reply to any request.
+        """
+        self.url = url
+        self.auto_subscribe = auto_subscribe
+        self.loopback_only = loopback_only
+        self.request_timeout = request_timeout
+        self.participant_id: str | None = None
+        self.room: str | None = None
+        self.participants: dict[str, ParticipantInfo] = {}
+        self.published: dict[str, PublishedTrack] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.counter: RtpCounter | None = (
+            count_rtp if isinstance(count_rtp, RtpCounter) else RtpCounter() if count_rtp else None
+        )
+        self.pc: RTCPeerConnection | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._negotiation = asyncio.Lock()
+        self._wanted: set[str] = set()
+        self._subscriber: asyncio.Task[None] | None = None
+        self._stale: set[RTCRtpTransceiver] = set()
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def connected(self) -> bool:
+        """True while the WebSocket is open."""
+        return self._ws is not None and not self._ws.closed
+
+    async def join(self, room: str, name: str) -> dict[str, Any]:
+        """Open the WebSocket (if needed) and join ``room`` as ``name``.
+
+        Returns:
+            the server's ``joined`` message.
+
+        Raises:
+            RoomError: the server refused (``invalid_room``, ``room_full``, ...); the
+                WebSocket stays open and ``join`` may be called again.
+            TimeoutError: no reply within ``request_timeout`` seconds.
+        """
+        await self._connect()
+        reply = await self._request({"type": "join", "room": room, "name": name})
+        self.participant_id = reply["participantId"]
+        self.room = reply["room"]
+        for participant in reply.get("participants", []):
+            self._add_participant(participant)
+        self.pc = self._create_peer_connection()
+        if self.auto_subscribe:
+            self._want(t for p in self.participants.values() for t in p.tracks)
+        self._notify()
+        return reply
+
+    async def publish(
+        self, tracks: Sequence[MediaStreamTrack], sources: Sequence[str | None] | None = None
+    ) -> list[str]:
+        """Publish local tracks in one offer/answer exchange.
+
+        Args:
+            tracks: aiortc tracks (frames are encoded by aiortc; ``av.Packet`` tracks
+                such as :class:`PreEncodedVideoTrack` are only packetized).
+            sources: one source per track (``camera``, ``microphone``, ``screen``,
+                ``screen_audio``, ``custom``) or None for the server's default.
+
+        Returns:
+            the server's track ids, in the order of ``tracks``.
+
+        Raises:
+            RoomError: the server rejected the offer; nothing was published.
+        """
+        if sources is None:
+            sources = [None] * len(tracks)
+        if len(sources) != len(tracks):
+            raise ValueError("publish() needs one source per track")
+        async with self._negotiation:
+            pc = self._require_pc()
+            bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]] = []
+            for track, source in zip(tracks, sources):
+                transceiver = self._take_inactive(track.kind, bindings)
+                if transceiver is None:
+                    transceiver = pc.addTransceiver(track, direction="sendonly")
+                else:
+                    transceiver.sender.replaceTrack(track)
+                    transceiver.direction = "sendonly"
+                spec: dict[str, Any] = {} if source is None else {"source": source}
+                bindings.append((transceiver, {"publish": spec}))
+            answer = await self._negotiate(bindings)
+        ids: list[str] = []
+        for transceiver, _ in bindings:
+            entry = answer["tracks"].get(transceiver.mid)
+            if entry is None or entry.get("direction") != "publish":
+                raise RoomError("bad_answer", f"mid {transceiver.mid} missing from answer", "offer")
+            ids.append(entry["trackId"])
+        return ids
+
+    async def unpublish(self, track_id: str) -> None:
+        """Stop publishing ``track_id`` by setting its m-line inactive and offering.
+
+        The m-line is reused by a later publish or subscribe of the same kind.
+        """
+        async with self._negotiation:
+            published = self.published.pop(track_id)
+            published.transceiver.direction = "inactive"
+            published.transceiver.sender.replaceTrack(None)
+            await self._negotiate([])
+
+    async def subscribe(self, track_ids: Iterable[str]) -> list[Subscription]:
+        """Subscribe to remote tracks in one offer/answer exchange.
+
+        Tracks already subscribed, unknown to the roster, or gone by the time the
+        server answers are left out of the result.
+
+        Returns:
+            the new subscriptions.
+        """
+        async with self._negotiation:
+            return await self._subscribe_locked(set(track_ids))
+
+    async def unsubscribe(self, track_ids: Iterable[str]) -> None:
+        """Stop receiving the given tracks (their m-lines go inactive) in one offer."""
+        async with self._negotiation:
+            for track_id in track_ids:
+                subscription = self.subscriptions.pop(track_id, None)
+                if subscription is not None:
+                    subscription.transceiver.direction = "inactive"
+            await self._negotiate([])
+
+    async def mute(self, track_id: str, muted: bool) -> None:
+        """Tell the room that a published track is (un)muted; no reply is expected
+        (an ``unknown_track`` error would arrive in :attr:`events`)."""
+        await self._send({"type": "mute", "trackId": track_id, "muted": muted})
+
+    async def ping(self) -> float:
+        """Round-trip time of a ``ping``/``pong`` exchange, seconds."""
+        start = time.monotonic()
+        await self._request({"type": "ping"})
+        return time.monotonic() - start
+
+    async def next_event(self, event_type: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The next event from :attr:`events`, skipping (and discarding) events of
+        other types when ``event_type`` is given.
+
+        Raises:
+            TimeoutError: none arrived within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.events.get()
+                if event_type is None or event.get("type") == event_type:
+                    return event
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` is true; it is re-checked after every server
+        message, negotiation and connection state change.
+
+        Raises:
+            TimeoutError: still false after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        """Wait until the peer connection is ``connected`` (ICE + DTLS done).
+
+        Raises:
+            TimeoutError: not connected within ``timeout`` seconds.
+            ConnectionError: the peer connection failed or closed.
+        """
+        pc = self._require_pc()
+
+        def done() -> bool:
+            if pc.connectionState in ("failed", "closed"):
+                raise ConnectionError(f"peer connection {pc.connectionState}")
+            return pc.connectionState == "connected"
+
+        await self.wait_until(done, timeout)
+
+    async def leave(self) -> None:
+        """Send ``leave``, wait for ``left``, then :meth:`close`."""
+        try:
+            if self.connected and self.participant_id is not None:
+                await self._request({"type": "leave"})
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the WebSocket and the peer connection without ``leave`` (the room
+        sees the participant drop). Safe to call more than once."""
+        for task in (self._subscriber, self._reader):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+        if self.pc is not None:
+            await self.pc.close()
+        self._notify()
+
+    # ----------------------------------------------------------- signalling
+
+    async def _connect(self) -> None:
+        """Open the WebSocket and start the reader task, once."""
+        if self._ws is not None:
+            return
+        self._session = aiohttp.ClientSession()
+        self._ws = await self._session.ws_connect(self.url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+        self._reader = asyncio.create_task(self._read_loop(self._ws))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if not self.connected:
+            raise ConnectionError("the WebSocket is not open")
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(message))
+
+    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and return its reply.
+
+        Raises:
+            RoomError: the reply was an ``error`` naming this request's type.
+            TimeoutError: no reply within ``request_timeout`` seconds.
+            ConnectionError: the WebSocket closed first.
+        """
+        request_type = message["type"]
+        if request_type in self._pending:
+            raise RuntimeError(f"a {request_type!r} request is already in flight")
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_type] = future
+        try:
+            await self._send(message)
+            reply = await asyncio.wait_for(future, self.request_timeout)
+        finally:
+            del self._pending[request_type]
+        if reply["type"] == "error":
+            raise RoomError(reply.get("code", ""), reply.get("message", ""), reply.get("requestType"))
+        return reply
+
+    async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Dispatch server messages until the WebSocket closes; then fail every
+        pending request with ConnectionError."""
+        try:
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    message = json.loads(frame.data)
+                except ValueError:
+                    logger.warning("non-JSON frame from server: %.200s", frame.data)
+                    continue
+                if isinstance(message, dict):
+                    self._dispatch(message)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the WebSocket closed"))
+            self._notify()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        """Route a reply to its pending request, or apply and queue an event."""
+        kind = message.get("type")
+        request_type = _REPLY_TO_REQUEST.get(kind) if isinstance(kind, str) else None
+        if kind == "error":
+            request_type = message.get("requestType")
+        future = self._pending.get(request_type) if isinstance(request_type, str) else None
+        if future is not None and not future.done():
+            future.set_result(message)
+        elif kind in _REPLY_TO_REQUEST:
+            logger.warning("unsolicited %s from server", kind)
+        else:
+            self._apply_event(message)
+            self.events.put_nowait(message)
+        self._notify()
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        """Update the roster (and subscriptions) from one server event."""
+        kind = event.get("type")
+        if kind == "participant_joined":
+            self._add_participant(event["participant"])
+            if self.auto_subscribe:
+                self._want(t["id"] for t in event["participant"].get("tracks", []))
+        elif kind == "participant_left":
+            participant = self.participants.pop(event["participantId"], None)
+            if participant is not None:
+                for track_id in participant.tracks:
+                    self._track_gone(track_id)
+        elif kind == "track_published":
+            participant = self.participants.get(event["participantId"])
+            if participant is not None:
+                info = _track_info(event["track"])
+                participant.tracks[info.id] = info
+                if self.auto_subscribe:
+                    self._want([info.id])
+        elif kind == "track_unpublished":
+            participant = self.participants.get(event["participantId"])
+            if participant is not None:
+                participant.tracks.pop(event["trackId"], None)
+            self._track_gone(event["trackId"])
+        elif kind in ("track_muted", "track_unmuted"):
+            participant = self.participants.get(event["participantId"])
+            info = participant.tracks.get(event["trackId"]) if participant else None
+            if info is not None:
+                info.muted = kind == "track_muted"
+        elif kind == "error":
+            logger.warning("server error: %s", event)
+
+    def _add_participant(self, data: dict[str, Any]) -> None:
+        tracks = {t["id"]: _track_info(t) for t in data.get("tracks", [])}
+        self.participants[data["id"]] = ParticipantInfo(data["id"], data.get("name", ""), tracks)
+
+    def _track_gone(self, track_id: str) -> None:
+        """A remote track went away: its m-line goes inactive at the next offer."""
+        self._wanted.discard(track_id)
+        subscription = self.subscriptions.pop(track_id, None)
+        if subscription is not None:
+            self._stale.add(subscription.transceiver)
+
+    def _notify(self) -> None:
+        """Wake every :meth:`wait_until`."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ----------------------------------------------------------- negotiation
+
+    def _create_peer_connection(self) -> RTCPeerConnection:
+        if self.loopback_only:
+            restrict_ice_to_loopback()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.on("connectionstatechange", self._notify)
+        if self.counter is not None:
+            from sfu.rtc.adapter import disable_media_engines, install_tap
+
+            disable_media_engines(pc)
+            install_tap(pc, self.counter)
+        return pc
+
+    def _require_pc(self) -> RTCPeerConnection:
+        if self.pc is None:
+            raise RuntimeError("join() first")
+        return self.pc
+
+    def _track_kind(self, track_id: str) -> tuple[str, str] | None:
+        """(kind, publisher id) of a remote track in the roster, or None."""
+        for participant in self.participants.values():
+            info = participant.tracks.get(track_id)
+            if info is not None:
+                return info.kind, participant.id
+        return None
+
+    def _take_inactive(
+        self, kind: str, bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]]
+    ) -> RTCRtpTransceiver | None:
+        """A negotiated-inactive transceiver of ``kind`` not bound in this offer."""
+        taken = {t for t, _ in bindings}
+        for transceiver in self._require_pc().getTransceivers():
+            if (
+                transceiver.kind == kind
+                and transceiver not in taken
+                and transceiver not in self._stale
+                and transceiver.direction == "inactive"
+                and transceiver.currentDirection in (None, "inactive")
+            ):
+                return transceiver
+        return None
+
+    def _want(self, track_ids: Iterable[str]) -> None:
+        """Queue remote tracks for automatic subscription (coalesced into one offer)."""
+        self._wanted.update(t for t in track_ids if t not in self.subscriptions)
+        if self._wanted and (self._subscriber is None or self._subscriber.done()):
+            self._subscriber = asyncio.create_task(self._auto_subscribe())
+
+    async def _auto_subscribe(self) -> None:
+        """Subscribe to everything queued by :meth:`_want`, until nothing is left."""
+        while self._wanted and self.connected:
+            async with self._negotiation:
+                wanted, self._wanted = self._wanted, set()
+                try:
+                    await self._subscribe_locked(wanted)
+                except (RoomError, ConnectionError, TimeoutError) as exc:
+                    logger.warning("automatic subscription to %s failed: %s", sorted(wanted), exc)
+                    return
+
+    async def _subscribe_locked(self, track_ids: set[str]) -> list[Subscription]:
+        pc = self._require_pc()
+        bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]] = []
+        publishers: dict[str, str] = {}
+        for track_id in sorted(track_ids):
+            known = self._track_kind(track_id)
+            if known is None or track_id in self.subscriptions:
+                continue
+            kind, publishers[track_id] = known
+            transceiver = self._take_inactive(kind, bindings)
+            if transceiver is None:
+                transceiver = pc.addTransceiver(kind, direction="recvonly")
+            else:
+                transceiver.direction = "recvonly"
+            bindings.append((transceiver, {"subscribe": track_id}))
+        if not bindings:
+            return []
+        answer = await self._negotiate(bindings)
+        added: list[Subscription] = []
+        for transceiver, spec in bindings:
+            entry = answer["tracks"].get(transceiver.mid)
+            if entry is None or entry.get("direction") != "subscribe":
+                transceiver.direction = "inactive"  # the track has gone
+                continue
+            subscription = Subscription(
+                track_id=entry["trackId"],
+                participant_id=entry.get("participantId") or publishers[spec["subscribe"]],
+                kind=transceiver.kind,
+                mid=transceiver.mid,  # type: ignore[arg-type]
+                transceiver=transceiver,
+            )
+            if self._track_kind(subscription.track_id) is None:
+                # Unpublished while the offer was in flight: retire it at the next offer.
+                self._stale.add(transceiver)
+                continue
+            self.subscriptions[subscription.track_id] = subscription
+            added.append(subscription)
+        self._notify()
+        return added
+
+    async def _negotiate(self, bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]]) -> dict[str, Any]:
+        """Offer, wait for the answer, apply it. The caller holds ``_negotiation``.
+
+        ``bindings`` name what each new or rebound transceiver carries; stale
+        transceivers (their remote track has gone) go inactive in the same offer.
+        On a refused offer the transceivers in ``bindings`` are set inactive, so that
+        the next offer retires them, and RoomError is raised.
+        """
+        pc = self._require_pc()
+        for transceiver in self._stale:
+            transceiver.direction = "inactive"
+        retired = set(self._stale)
+        await pc.setLocalDescription(await pc.createOffer())
+        tracks = {t.mid: spec for t, spec in bindings}
+        try:
+            answer = await self._request({"type": "offer", "sdp": pc.localDescription.sdp, "tracks": tracks})
+        except RoomError:
+            for transceiver, spec in bindings:
+                transceiver.direction = "inactive"
+                if "publish" in spec:
+                    transceiver.sender.replaceTrack(None)
+            raise
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._stale -= retired
+        for transceiver, spec in bindings:
+            entry = answer.get("tracks", {}).get(transceiver.mid)
+            if "publish" in spec and entry is not None and entry.get("direction") == "publish":
+                track = transceiver.sender.track
+                assert track is not None
+                self.published[entry["trackId"]] = PublishedTrack(
+                    entry["trackId"], transceiver.mid, track, spec["publish"].get("source"), transceiver  # type: ignore[arg-type]
+                )
+        if self.counter is not None:
+            self.counter.update_from_sdp(answer["sdp"])
+        return answer
+
+
+def _track_info(data: dict[str, Any]) -> TrackInfo:
+    return TrackInfo(data["id"], data["kind"], data.get("source", ""), bool(data.get("muted", False)))

@@ -1,0 +1,106 @@
+"""Process-wide media counters, exposed to Prometheus through a custom collector.
+
+The hot path increments plain int attributes (tens of nanoseconds); prometheus-client
+reads them only when ``/metrics`` is scraped, so forwarding pays no label lookup or
+lock per packet. Names follow Prometheus conventions: ``sfu_`` prefix, base units,
+``_total`` for counters (docs/METRICS.md lists them).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["KindCounters", "MediaCounters", "COUNTERS", "MediaCollector"]
+
+
+class KindCounters:
+    """RTP counters of one media kind (``audio`` or ``video``)."""
+
+    __slots__ = ("packets_received", "bytes_received", "packets_sent", "bytes_sent")
+
+    def __init__(self) -> None:
+        self.packets_received = 0
+        self.bytes_received = 0
+        self.packets_sent = 0
+        self.bytes_sent = 0
+
+
+class MediaCounters:
+    """All process-wide media counters; one instance, :data:`COUNTERS`."""
+
+    def __init__(self) -> None:
+        self.kinds = {"audio": KindCounters(), "video": KindCounters()}
+        self.dropped: Counter[str] = Counter()
+        self.nacks_received = 0
+        self.nacks_sent = 0
+        self.retransmissions_sent = 0
+        self.plis_received = 0
+        self.firs_received = 0
+        self.plis_sent = 0
+        self.rtcp_malformed = 0
+
+
+COUNTERS = MediaCounters()
+
+
+class MediaCollector(Collector):
+    """Exposes :data:`COUNTERS` and live gauges from ``gauges()`` at scrape time.
+
+    Args:
+        gauges: returns (rooms, participants, published tracks by kind, DownTracks).
+    """
+
+    def __init__(self, gauges: Callable[[], tuple[int, int, dict[str, int], int]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        c = COUNTERS
+        packets_in = CounterMetricFamily(
+            "sfu_rtp_packets_received", "RTP packets received from publishers", labels=["kind"]
+        )
+        bytes_in = CounterMetricFamily(
+            "sfu_rtp_received_bytes", "RTP bytes received from publishers", labels=["kind"]
+        )
+        packets_out = CounterMetricFamily(
+            "sfu_rtp_packets_sent", "RTP packets forwarded to subscribers", labels=["kind"]
+        )
+        bytes_out = CounterMetricFamily(
+            "sfu_rtp_sent_bytes", "RTP bytes forwarded to subscribers", labels=["kind"]
+        )
+        for kind, k in c.kinds.items():
+            packets_in.add_metric([kind], k.packets_received)
+            bytes_in.add_metric([kind], k.bytes_received)
+            packets_out.add_metric([kind], k.packets_sent)
+            bytes_out.add_metric([kind], k.bytes_sent)
+        yield from (packets_in, bytes_in, packets_out, bytes_out)
+
+        dropped = CounterMetricFamily(
+            "sfu_rtp_packets_dropped", "RTP packets not forwarded, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(c.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+
+        for name, doc, value in (
+            ("sfu_rtcp_nacks_received", "NACK packets received from subscribers", c.nacks_received),
+            ("sfu_rtcp_nacks_sent", "NACK packets sent to publishers", c.nacks_sent),
+            ("sfu_rtp_retransmissions_sent", "packets retransmitted to subscribers", c.retransmissions_sent),
+            ("sfu_rtcp_plis_received", "PLIs received from subscribers", c.plis_received),
+            ("sfu_rtcp_firs_received", "FIRs received from subscribers", c.firs_received),
+            ("sfu_rtcp_plis_sent", "PLIs sent to publishers", c.plis_sent),
+            ("sfu_rtcp_malformed", "RTCP datagrams dropped as malformed", c.rtcp_malformed),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+        rooms, participants, tracks, downtracks = self._gauges()
+        yield GaugeMetricFamily("sfu_rooms", "rooms with at least one participant", value=rooms)
+        yield GaugeMetricFamily("sfu_participants", "participants joined", value=participants)
+        published = GaugeMetricFamily("sfu_tracks_published", "published tracks", labels=["kind"])
+        for kind in ("audio", "video"):
+            published.add_metric([kind], tracks.get(kind, 0))
+        yield published
+        yield GaugeMetricFamily("sfu_downtracks", "tracks being forwarded to subscribers", value=downtracks)

@@ -1,0 +1,173 @@
+"""Rooms and the registry of rooms: the media plane's interface to the room service.
+
+The signaling layer calls :meth:`RoomRegistry.join`, then works on the returned
+:class:`~sfu.participant.Participant`, and calls :meth:`Room.leave` when the
+participant goes. Rooms tell their participants what happens through each
+participant's ``send_event`` callback (the events of docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, Callable
+
+from .participant import Participant
+from .uptrack import UpTrack
+
+__all__ = ["Room", "RoomRegistry", "RoomFull", "InvalidRoomName", "ROOM_NAME"]
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class RoomFull(Exception):
+    """The room already has its maximum number of participants."""
+
+
+class InvalidRoomName(ValueError):
+    """A room name breaks the rules (1-64 characters of A-Z a-z 0-9 _ -)."""
+
+
+class Room:
+    """A set of participants who see and hear each other.
+
+    Args:
+        name: the room name.
+        max_participants: joining beyond this raises :class:`RoomFull`.
+    """
+
+    def __init__(self, name: str, max_participants: int) -> None:
+        self.name = name
+        self.max_participants = max_participants
+        self.participants: dict[str, Participant] = {}
+
+    def broadcast(self, event: dict[str, Any], exclude: Participant | None = None) -> None:
+        """Send ``event`` to every participant but ``exclude``."""
+        for p in list(self.participants.values()):
+            if p is not exclude:
+                p.send_event(event)
+
+    def find_track(self, track_id: str) -> UpTrack | None:
+        """The published track ``track_id`` of any participant, or None."""
+        for p in self.participants.values():
+            up = p.uptracks.get(track_id)
+            if up is not None:
+                return up
+        return None
+
+    def snapshot(self, exclude: Participant | None = None) -> list[dict[str, Any]]:
+        """Every participant but ``exclude`` as protocol participant objects."""
+        return [p.describe() for p in self.participants.values() if p is not exclude]
+
+    def add(self, participant: Participant) -> None:
+        """Add a participant and tell the others.
+
+        Raises:
+            RoomFull: the room is at ``max_participants``.
+        """
+        if len(self.participants) >= self.max_participants:
+            raise RoomFull(f"room {self.name} is full ({self.max_participants} participants)")
+        self.participants[participant.id] = participant
+        self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
+
+    def on_tracks_published(self, participant: Participant, tracks: list[UpTrack]) -> None:
+        """Tell the others about newly published tracks."""
+        for up in tracks:
+            self.broadcast(
+                {"type": "track_published", "participantId": participant.id, "track": up.describe()},
+                exclude=participant,
+            )
+
+    def on_track_muted(self, participant: Participant, up: UpTrack) -> None:
+        """Tell the others a track was muted or unmuted."""
+        self.broadcast(
+            {"type": "track_muted" if up.muted else "track_unmuted", "participantId": participant.id, "trackId": up.id},
+            exclude=participant,
+        )
+
+    def on_track_unpublished(self, participant: Participant, up: UpTrack) -> None:
+        """Stop forwarding ``up`` to everyone and tell them (not during a leave)."""
+        for p in self.participants.values():
+            if p is not participant:
+                p.drop_subscriptions_to(up.id)
+        if participant.id in self.participants and not participant.closed:
+            self.broadcast(
+                {"type": "track_unpublished", "participantId": participant.id, "trackId": up.id},
+                exclude=participant,
+            )
+
+    async def leave(self, participant: Participant) -> None:
+        """Remove a participant (left, WebSocket dropped, or PeerConnection failed).
+
+        Its tracks stop being forwarded at once and the others get ``participant_left``.
+        Idempotent.
+        """
+        if self.participants.pop(participant.id, None) is None:
+            return
+        for up in list(participant.uptracks.values()):
+            for p in self.participants.values():
+                p.drop_subscriptions_to(up.id)
+        self.broadcast({"type": "participant_left", "participantId": participant.id})
+        await participant.close()
+
+
+class RoomRegistry:
+    """All rooms of this process.
+
+    Args:
+        max_participants: per room.
+        publisher_bitrate: REMB sent to publishers (bit/s).
+    """
+
+    def __init__(self, max_participants: int = 50, publisher_bitrate: int = 2_500_000) -> None:
+        self.max_participants = max_participants
+        self.publisher_bitrate = publisher_bitrate
+        self.rooms: dict[str, Room] = {}
+
+    def join(
+        self,
+        room_name: str,
+        display_name: str,
+        send_event: Callable[[dict[str, Any]], None],
+        on_failed: Callable[[], None] | None = None,
+    ) -> tuple[Room, Participant]:
+        """Create a participant in ``room_name`` (the room is created on first join).
+
+        Raises:
+            InvalidRoomName: the name breaks the rules.
+            RoomFull: the room is at its limit.
+        """
+        if not ROOM_NAME.match(room_name):
+            raise InvalidRoomName("room must be 1-64 characters of A-Z a-z 0-9 _ -")
+        room = self.rooms.get(room_name)
+        if room is None:
+            room = self.rooms[room_name] = Room(room_name, self.max_participants)
+        if len(room.participants) >= room.max_participants:
+            raise RoomFull(f"room {room_name} is full ({room.max_participants} participants)")
+        participant = Participant(room, display_name, send_event, on_failed, self.publisher_bitrate)
+        room.add(participant)
+        return room, participant
+
+    async def leave(self, room: Room, participant: Participant) -> None:
+        """Remove ``participant`` from ``room``; forget the room when it is empty."""
+        await room.leave(participant)
+        if not room.participants and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+
+    def gauges(self) -> tuple[int, int, dict[str, int], int]:
+        """(rooms, participants, published tracks by kind, DownTracks) for metrics."""
+        participants = 0
+        tracks = {"audio": 0, "video": 0}
+        downtracks = 0
+        for room in self.rooms.values():
+            for p in room.participants.values():
+                participants += 1
+                downtracks += len(p.downtracks)
+                for up in p.uptracks.values():
+                    tracks[up.kind] += 1
+        return len(self.rooms), participants, tracks, downtracks
+
+    async def close(self) -> None:
+        """Remove every participant of every room."""
+        for room in list(self.rooms.values()):
+            await asyncio.gather(*(self.leave(room, p) for p in list(room.participants.values())))

@@ -1,0 +1,432 @@
+"""The aiortc adapter: the ONLY module that touches aiortc private API.
+
+aiortc 1.16.0 is an endpoint, not an SFU (see DESIGN.md). This adapter turns an
+``RTCPeerConnection`` into a plain transport for the SFU:
+
+* **No media engines.** Every transceiver the connection creates gets its
+  ``RTCRtpReceiver.receive`` and ``RTCRtpSender.send`` replaced, so no decoder thread,
+  no jitter buffer, no encoder and no aiortc RTCP loop ever start.
+* **RTP/RTCP tap.** The DTLS transport's ``_handle_rtp_data``/``_handle_rtcp_data``
+  are replaced per instance: decrypted packets go to a handler as bytes.
+* **Raw send.** :meth:`SfuPeerConnection.send_rtp`/``send_rtcp`` SRTP-protect and
+  ``sendto`` synchronously on the nominated ICE pair (no coroutine per packet).
+* **Answerer with pre-bound send m-lines.** Before applying a client offer, a
+  ``sendonly`` transceiver is created for each subscribed mid with the mid already
+  set, so aiortc binds the offered ``recvonly`` m-line to it.
+
+Private names used (checked by ``tests/unit/test_adapter_contract.py``):
+``RTCPeerConnection._RTCPeerConnection__createTransceiver``, ``RTCRtpTransceiver._set_mid``,
+``_set_mline_index``, ``_codecs``, ``_headerExtensions``, ``_preferred_codecs``;
+``RTCRtpSender._ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_track_id``;
+``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_tx_srtp``, ``transport``;
+``RTCIceTransport._connection``; ``aioice.Connection._nominated``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import aiortc
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+__all__ = [
+    "AIORTC_VERSION",
+    "check_aiortc_version",
+    "CodecInfo",
+    "MediaInfo",
+    "OfferMedia",
+    "RtcHandler",
+    "SfuPeerConnection",
+    "parse_offer",
+    "disable_media_engines",
+    "install_tap",
+]
+
+logger = logging.getLogger(__name__)
+
+AIORTC_VERSION = "1.16.0"
+
+
+def check_aiortc_version() -> None:
+    """Refuse to run on an aiortc this adapter was not written against.
+
+    Raises:
+        RuntimeError: the installed aiortc is not exactly :data:`AIORTC_VERSION`.
+    """
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise RuntimeError(
+            f"sfu.rtc.adapter needs aiortc=={AIORTC_VERSION} (it uses private API), "
+            f"found {aiortc.__version__}"
+        )
+
+
+class RtcHandler(Protocol):
+    """Receives decrypted packets; ``arrival_ms`` is ``time.monotonic()`` in ms."""
+
+    def on_rtp(self, data: bytes, arrival_ms: float) -> None: ...
+
+    def on_rtcp(self, data: bytes, arrival_ms: float) -> None: ...
+
+
+@dataclass(slots=True)
+class CodecInfo:
+    """A negotiated codec: payload type, ``mime_type`` like ``video/VP8``, clock rate
+    in Hz, the RTX payload type bound to it (RFC 4588 ``apt``) if any, and fmtp."""
+
+    payload_type: int
+    mime_type: str
+    clock_rate: int
+    channels: int | None = None
+    rtx_payload_type: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class OfferMedia:
+    """One m-line of a client offer as the SFU sees it.
+
+    ``direction`` is the client's (``sendonly`` means the client publishes);
+    ``ssrcs`` the media SSRCs it declared and ``rtx_ssrcs`` RTX SSRC -> media SSRC
+    (``a=ssrc-group:FID``, RFC 5576 §4.2).
+    """
+
+    index: int
+    mid: str
+    kind: str
+    direction: str
+    codecs: list[CodecInfo]
+    extensions: dict[str, int]
+    ssrcs: list[int]
+    rtx_ssrcs: dict[int, int]
+
+
+@dataclass(slots=True)
+class MediaInfo:
+    """One negotiated audio/video m-line from the server's side after the answer.
+
+    ``direction`` is the server's: ``recvonly`` (the client publishes on it),
+    ``sendonly`` (the server forwards a track on it) or ``inactive``. ``codecs`` are
+    the primary codecs in preference order with their RTX payload types;
+    ``extensions`` maps extension URI to id; ``ssrc``/``rtx_ssrc`` are the server's
+    sending SSRCs on this m-line.
+    """
+
+    mid: str
+    kind: str
+    direction: str
+    codecs: list[CodecInfo]
+    extensions: dict[str, int]
+    ssrc: int
+    rtx_ssrc: int | None
+
+
+def _codec_infos(codecs: list[Any]) -> list[CodecInfo]:
+    primary: list[CodecInfo] = []
+    rtx_for: dict[int, int] = {}
+    for c in codecs:
+        if c.mimeType.lower().endswith("/rtx"):
+            apt = c.parameters.get("apt")
+            if apt is not None:
+                rtx_for[int(apt)] = c.payloadType
+        else:
+            primary.append(
+                CodecInfo(
+                    payload_type=c.payloadType,
+                    mime_type=c.mimeType,
+                    clock_rate=c.clockRate,
+                    channels=c.channels,
+                    parameters=dict(c.parameters),
+                )
+            )
+    for info in primary:
+        info.rtx_payload_type = rtx_for.get(info.payload_type)
+    return primary
+
+
+def parse_offer(sdp_text: str) -> list[OfferMedia]:
+    """Parse the audio/video m-lines of an SDP offer (RFC 8866, RFC 8843 BUNDLE).
+
+    Raises:
+        ValueError: the SDP cannot be parsed, or an audio/video m-line has no mid.
+    """
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp_text)
+    except Exception as exc:  # aiortc raises assorted errors on junk input
+        raise ValueError(f"unparsable SDP: {exc}") from exc
+    out = []
+    for index, media in enumerate(description.media):
+        if media.kind not in ("audio", "video"):
+            continue
+        mid = media.rtp.muxId
+        if not mid:
+            raise ValueError(f"m-line {index} has no a=mid")
+        rtx_ssrcs: dict[int, int] = {}
+        for group in media.ssrc_group:
+            if group.semantic == "FID" and len(group.items) == 2:
+                rtx_ssrcs[int(group.items[1])] = int(group.items[0])
+        ssrcs = [s.ssrc for s in media.ssrc if s.ssrc not in rtx_ssrcs]
+        out.append(
+            OfferMedia(
+                index=index,
+                mid=mid,
+                kind=media.kind,
+                direction=media.direction or "sendrecv",
+                codecs=_codec_infos(media.rtp.codecs),
+                extensions={e.uri: e.id for e in media.rtp.headerExtensions},
+                ssrcs=ssrcs,
+                rtx_ssrcs=rtx_ssrcs,
+            )
+        )
+    return out
+
+
+async def _noop_receive(parameters: Any) -> None:
+    """Stands in for ``RTCRtpReceiver.receive``: no decoder thread, no RTCP loop."""
+
+
+async def _noop_send(parameters: Any) -> None:
+    """Stands in for ``RTCRtpSender.send``: no encoder, no RTP/RTCP loop."""
+
+
+def _disable_transceiver(transceiver: RTCRtpTransceiver) -> None:
+    transceiver.receiver.receive = _noop_receive  # type: ignore[method-assign]
+    transceiver.sender.send = _noop_send  # type: ignore[method-assign]
+
+
+def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
+    if getattr(dtls, "_sfu_tapped", False):
+        return
+    on_rtp = handler.on_rtp
+    on_rtcp = handler.on_rtcp
+    monotonic = time.monotonic
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        on_rtp(data, monotonic() * 1000.0)
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        on_rtcp(data, monotonic() * 1000.0)
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+    dtls._sfu_tapped = True  # type: ignore[attr-defined]
+
+
+def _wrap_create_transceiver(
+    pc: RTCPeerConnection, after: Callable[[RTCRtpTransceiver], None]
+) -> None:
+    original = pc._RTCPeerConnection__createTransceiver  # type: ignore[attr-defined]
+
+    def create_transceiver(*args: Any, **kwargs: Any) -> RTCRtpTransceiver:
+        transceiver = original(*args, **kwargs)
+        after(transceiver)
+        return transceiver
+
+    pc._RTCPeerConnection__createTransceiver = create_transceiver  # type: ignore[attr-defined]
+
+
+def disable_media_engines(pc: RTCPeerConnection) -> None:
+    """Make every transceiver ``pc`` creates from now on start no decoder or encoder.
+
+    Call right after constructing the connection. The connection still negotiates,
+    runs ICE/DTLS/SCTP and keeps its transceivers; media goes through :func:`install_tap`
+    and :meth:`SfuPeerConnection.send_rtp` instead.
+    """
+    for transceiver in pc.getTransceivers():
+        _disable_transceiver(transceiver)
+    _wrap_create_transceiver(pc, _disable_transceiver)
+
+
+def install_tap(pc: RTCPeerConnection, handler: RtcHandler) -> None:
+    """Deliver the decrypted RTP/RTCP of every DTLS transport of ``pc`` to ``handler``.
+
+    Call right after constructing the connection (before any negotiation).
+    """
+    for transceiver in pc.getTransceivers():
+        _tap_transport(transceiver.receiver.transport, handler)
+    _wrap_create_transceiver(pc, lambda t: _tap_transport(t.receiver.transport, handler))
+
+
+class SfuPeerConnection:
+    """The server's one ``RTCPeerConnection`` to a participant, as a raw RTP transport.
+
+    Args:
+        handler: gets every decrypted RTP and RTCP packet (see :class:`RtcHandler`).
+
+    The connection is max-bundle: all m-lines share one DTLS transport.
+    """
+
+    def __init__(self, handler: RtcHandler) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        disable_media_engines(self.pc)
+        install_tap(self.pc, handler)
+        self._dtls: RTCDtlsTransport | None = None
+        self.media: dict[str, MediaInfo] = {}
+
+    # -- negotiation -----------------------------------------------------------------
+
+    def _transceiver(self, mid: str) -> RTCRtpTransceiver | None:
+        for t in self.pc.getTransceivers():
+            if t.mid == mid:
+                return t
+        return None
+
+    def prepare_send(
+        self,
+        offer: OfferMedia,
+        mime_type: str,
+        stream_id: str,
+        track_id: str,
+    ) -> bool:
+        """Bind the offered ``recvonly`` m-line ``offer`` to a ``sendonly`` transceiver.
+
+        Creates the transceiver on first use of the mid (reuses it afterwards), limits
+        its codecs to ``mime_type`` (plus RTX) and sets ``a=msid:stream_id track_id``.
+        Call before :meth:`answer`.
+
+        Returns:
+            False when the offer has no codec ``mime_type`` (the m-line will be answered
+            inactive).
+        """
+        if not any(c.mime_type.lower() == mime_type.lower() for c in offer.codecs):
+            self.prepare_inactive(offer)
+            return False
+        transceiver = self._transceiver(offer.mid)
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(offer.kind, direction="sendonly")
+            transceiver._set_mid(offer.mid)
+            transceiver._set_mline_index(offer.index)
+        transceiver.direction = "sendonly"
+        capabilities = RTCRtpSender.getCapabilities(offer.kind).codecs
+        preferred = [
+            c
+            for c in capabilities
+            if c.mimeType.lower() == mime_type.lower() or c.mimeType.lower().endswith("/rtx")
+        ]
+        transceiver.setCodecPreferences(preferred)
+        transceiver.sender._stream_id = stream_id
+        transceiver.sender._track_id = track_id
+        return True
+
+    def prepare_inactive(self, offer: OfferMedia) -> None:
+        """Answer m-line ``offer`` as ``inactive`` (an unknown or rejected subscription)."""
+        transceiver = self._transceiver(offer.mid)
+        if transceiver is None:
+            transceiver = self.pc.addTransceiver(offer.kind, direction="inactive")
+            transceiver._set_mid(offer.mid)
+            transceiver._set_mline_index(offer.index)
+        transceiver.direction = "inactive"
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply a client offer and return the server's answer SDP (candidates included).
+
+        Raises:
+            ValueError: aiortc could not apply the offer (no common codec, bad SDP, ...).
+        """
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise ValueError(f"offer could not be applied: {exc}") from exc
+        except Exception as exc:  # aiortc's InvalidStateError/OperationError
+            if type(exc).__module__.startswith("aiortc"):
+                raise ValueError(f"offer could not be applied: {exc}") from exc
+            raise
+        self._refresh_media()
+        return self.pc.localDescription.sdp
+
+    def _refresh_media(self) -> None:
+        for t in self.pc.getTransceivers():
+            if t.mid is None:
+                continue
+            if self._dtls is None:
+                self._dtls = t.receiver.transport
+            codecs = _codec_infos(t._codecs)
+            direction = t.currentDirection or "inactive"
+            self.media[t.mid] = MediaInfo(
+                mid=t.mid,
+                kind=t.kind,
+                direction=direction,
+                codecs=codecs,
+                extensions={e.uri: e.id for e in t._headerExtensions},
+                ssrc=t.sender._ssrc,
+                rtx_ssrc=t.sender._rtx_ssrc if any(c.rtx_payload_type for c in codecs) else None,
+            )
+
+    async def add_ice_candidate(self, candidate: dict[str, Any] | None) -> None:
+        """Add a trickled candidate (browser ``RTCIceCandidate.toJSON()`` shape).
+
+        Raises:
+            ValueError: the candidate line cannot be parsed.
+        """
+        if not candidate or not candidate.get("candidate"):
+            return
+        line = candidate["candidate"]
+        if line.startswith("candidate:"):
+            line = line[len("candidate:") :]
+        try:
+            parsed = aiortc_sdp.candidate_from_sdp(line)
+        except Exception as exc:
+            raise ValueError(f"bad ICE candidate: {exc}") from exc
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(parsed)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send_rtp(self, data: bytes) -> bool:
+        """SRTP-protect and send one RTP packet now. Returns False if not connected."""
+        dtls = self._dtls
+        if dtls is None or dtls._tx_srtp is None:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        try:
+            pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        except Exception:  # closing transport or SRTP error: the packet is lost
+            return False
+        return True
+
+    def send_rtcp(self, data: bytes) -> bool:
+        """SRTCP-protect and send one (compound) RTCP packet now. False if not connected."""
+        dtls = self._dtls
+        if dtls is None or dtls._tx_srtp is None:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        try:
+            pair.protocol.transport.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+        except Exception:
+            return False
+        return True
+
+    @property
+    def connection_state(self) -> str:
+        """``RTCPeerConnection.connectionState``."""
+        return self.pc.connectionState
+
+    def on_state_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(state)`` whenever the connection state changes."""
+
+        @self.pc.on("connectionstatechange")
+        def _changed() -> None:
+            callback(self.pc.connectionState)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            await asyncio.wait_for(self.pc.close(), timeout=5)
+        except (asyncio.TimeoutError, Exception):  # closing must never raise
+            logger.debug("peer connection close failed", exc_info=True)

@@ -1,0 +1,66 @@
+"""The aiohttp application: ``/ws`` (room protocol), ``/healthz``, ``/metrics`` and the
+browser client from ``web/`` at ``/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR
+
+from sfu.metrics import MediaCollector
+from sfu.room import RoomRegistry
+
+from .session import Session
+
+__all__ = ["create_app", "WEB_DIR"]
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+REGISTRY_KEY = web.AppKey("registry", RoomRegistry)
+METRICS_KEY = web.AppKey("metrics", CollectorRegistry)
+
+
+async def _ws(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1024 * 1024)
+    await ws.prepare(request)
+    await Session(ws, request.app[REGISTRY_KEY]).run()
+    return ws
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    rooms, participants, _, _ = request.app[REGISTRY_KEY].gauges()
+    return web.json_response({"status": "ok", "rooms": rooms, "participants": participants})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_KEY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+async def _shutdown(app: web.Application) -> None:
+    await app[REGISTRY_KEY].close()
+
+
+def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) -> web.Application:
+    """Build the application around ``registry`` (a new one by default)."""
+    app = web.Application()
+    registry = registry or RoomRegistry()
+    app[REGISTRY_KEY] = registry
+    metrics = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        metrics.register(collector)
+    metrics.register(MediaCollector(registry.gauges))
+    app[METRICS_KEY] = metrics
+    app.router.add_get("/ws", _ws)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/", _index)
+    app.router.add_static("/", web_dir, show_index=False)
+    app.on_shutdown.append(_shutdown)
+    return app

@@ -1,0 +1,68 @@
+"""The ``sfu`` command: ``sfu serve [--host H] [--port P] [--tls-cert C --tls-key K]``.
+
+``SFU_HOST`` and ``SFU_PORT`` override the defaults (127.0.0.1 and 8080); flags win
+over both. The event loop is uvloop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+
+import uvloop
+from aiohttp import web
+
+from sfu.rtc.adapter import check_aiortc_version
+from sfu.room import RoomRegistry
+
+from .app import create_app
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sfu`` command."""
+    parser = argparse.ArgumentParser(prog="sfu", description="Python WebRTC SFU")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the SFU and its room service")
+    serve.add_argument("--host", default=os.environ.get("SFU_HOST", "127.0.0.1"), help="bind address (env SFU_HOST)")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("SFU_PORT", "8080")), help="port (env SFU_PORT)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS and WSS")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    serve.add_argument("--max-participants", type=int, default=50, help="per room (default 50)")
+    serve.add_argument(
+        "--publisher-bitrate", type=int, default=2_500_000, help="REMB sent to publishers, bit/s (default 2500000)"
+    )
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sfu`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_aiortc_version()
+    ssl_context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            print("sfu: --tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    uvloop.install()
+    registry = RoomRegistry(max_participants=args.max_participants, publisher_bitrate=args.publisher_bitrate)
+    web.run_app(
+        create_app(registry),
+        host=args.host,
+        port=args.port,
+        ssl_context=ssl_context,
+        print=lambda msg: logging.getLogger("sfu").info(msg.strip()),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

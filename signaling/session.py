@@ -1,0 +1,184 @@
+"""One WebSocket connection of the room service: one participant's signaling.
+
+Messages are handled in arrival order, one at a time, so a participant's offers are
+serialized. Every bad message gets an ``error`` reply and the connection goes on; a
+dropped connection removes the participant and the others are told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from sfu.participant import OfferError, Participant
+from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry
+
+from .protocol import ProtocolError, error_message, parse_message
+
+__all__ = ["Session"]
+
+logger = logging.getLogger(__name__)
+
+SEND_QUEUE_LIMIT = 1000
+
+
+class Session:
+    """Runs the room protocol on one WebSocket.
+
+    Args:
+        ws: the prepared WebSocket.
+        registry: the rooms of this process.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, registry: RoomRegistry) -> None:
+        self.ws = ws
+        self.registry = registry
+        self.room: Room | None = None
+        self.participant: Participant | None = None
+        self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._closing = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message for the client (events arrive in the order they were sent).
+
+        A client so far behind that its queue passes ``SEND_QUEUE_LIMIT`` is disconnected.
+        """
+        if self._closing:
+            return
+        if self._outgoing.qsize() >= SEND_QUEUE_LIMIT:
+            logger.warning("session %s: send queue full, closing", self._who())
+            self._close_soon()
+            return
+        self._outgoing.put_nowait(message)
+
+    def _who(self) -> str:
+        return self.participant.id if self.participant else "(not joined)"
+
+    def _close_soon(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._outgoing.put_nowait(None)
+
+    async def _writer(self) -> None:
+        while True:
+            message = await self._outgoing.get()
+            if message is None:
+                break
+            try:
+                await self.ws.send_str(json.dumps(message))
+            except (ConnectionError, RuntimeError):
+                break
+        await self.ws.close()
+
+    async def run(self) -> None:
+        """Serve the connection until it closes, then remove the participant."""
+        writer = asyncio.ensure_future(self._writer())
+        try:
+            async for frame in self.ws:
+                if frame.type == WSMsgType.TEXT:
+                    await self.handle(frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    self.send(error_message("bad_json", "binary frames are not part of the protocol"))
+                elif frame.type == WSMsgType.ERROR:
+                    break
+                if self._closing:
+                    break
+        finally:
+            await self._leave()
+            self._close_soon()
+            try:
+                await asyncio.wait_for(writer, timeout=5)
+            except (asyncio.TimeoutError, Exception):
+                writer.cancel()
+
+    async def _leave(self) -> None:
+        room, participant = self.room, self.participant
+        self.room = self.participant = None
+        if room is not None and participant is not None:
+            await self.registry.leave(room, participant)
+
+    async def handle(self, text: str) -> None:
+        """Handle one text frame; any failure becomes an ``error`` reply."""
+        request_type: str | None = None
+        try:
+            msg = parse_message(text)
+            request_type = msg["type"]
+            await getattr(self, f"_on_{request_type}")(msg)
+        except ProtocolError as exc:
+            self.send(error_message(exc.code, exc.message, exc.request_type))
+        except OfferError as exc:
+            self.send(error_message(exc.code, exc.message, "offer"))
+        except Exception:  # a server fault must not end the session
+            logger.exception("session %s: %s failed", self._who(), request_type)
+            self.send(error_message("internal", "the server failed to handle this message", request_type))
+
+    def _joined(self, kind: str) -> Participant:
+        if self.participant is None:
+            raise ProtocolError("not_joined", "send 'join' first", kind)
+        return self.participant
+
+    async def _on_join(self, msg: dict[str, Any]) -> None:
+        if self.participant is not None:
+            raise ProtocolError("already_joined", "this connection already joined a room", "join")
+        try:
+            room, participant = self.registry.join(
+                msg["room"], msg["name"], self.send, on_failed=self._on_peer_failed
+            )
+        except InvalidRoomName as exc:
+            raise ProtocolError("invalid_room", str(exc), "join") from exc
+        except RoomFull as exc:
+            raise ProtocolError("room_full", str(exc), "join") from exc
+        self.room, self.participant = room, participant
+        self.send(
+            {
+                "type": "joined",
+                "room": room.name,
+                "participantId": participant.id,
+                "participants": room.snapshot(exclude=participant),
+            }
+        )
+
+    def _on_peer_failed(self) -> None:
+        logger.info("session %s: PeerConnection failed", self._who())
+        self._close_soon()
+
+    async def _on_offer(self, msg: dict[str, Any]) -> None:
+        participant = self._joined("offer")
+        answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
+        self.send({"type": "answer", "sdp": answer, "tracks": tracks})
+        if self.room is not None and published:
+            self.room.on_tracks_published(participant, published)
+
+    async def _on_candidate(self, msg: dict[str, Any]) -> None:
+        participant = self._joined("candidate")
+        try:
+            await participant.connection.add_ice_candidate(msg.get("candidate"))
+        except ValueError as exc:
+            raise ProtocolError("bad_message", str(exc), "candidate") from exc
+
+    async def _on_mute(self, msg: dict[str, Any]) -> None:
+        participant = self._joined("mute")
+        try:
+            up = participant.set_muted(msg["trackId"], msg["muted"])
+        except KeyError as exc:
+            raise ProtocolError("unknown_track", f"you publish no track {msg['trackId']}", "mute") from exc
+        if self.room is not None:
+            self.room.on_track_muted(participant, up)
+
+    async def _on_unpublish(self, msg: dict[str, Any]) -> None:
+        participant = self._joined("unpublish")
+        if participant.unpublish(msg["trackId"]) is None:
+            raise ProtocolError("unknown_track", f"you publish no track {msg['trackId']}", "unpublish")
+
+    async def _on_leave(self, msg: dict[str, Any]) -> None:
+        self._joined("leave")
+        await self._leave()
+        self.send({"type": "left"})
+        self._close_soon()
+
+    async def _on_ping(self, msg: dict[str, Any]) -> None:
+        self.send({"type": "pong"})

@@ -1,0 +1,191 @@
+"""Fixtures for browser tests: a real SFU server and real headless Chromium pages.
+
+Every process started here runs in its own process group and is ended by that group
+(SIGTERM, then SIGKILL) when the fixture finishes, whether the test passed or not.
+Chromium is the system browser (/usr/bin/chromium), launched by us with the flags
+from /work/shared/TESTING.md and driven by Playwright over the DevTools protocol on
+loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+
+# Flags a headless WebRTC participant needs on this machine (TESTING.md).
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+    # Background tabs must keep decoding at full rate.
+    "--disable-renderer-backgrounding",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+]
+
+SERVER_START_TIMEOUT = 30.0
+CHROMIUM_START_TIMEOUT = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _end_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group led by `proc`, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+    # Children (e.g. Chromium's renderers) may outlive the leader: kill what is left.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sfu_server() -> Iterator[str]:
+    """Run `signaling.cli serve` on a free loopback port; yield its base URL."""
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile(prefix="sfu-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after {SERVER_START_TIMEOUT} s:\n{Path(log.name).read_text()}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        _end_process_group(proc)
+        log.close()
+        print(f"\nserver log: {log.name}")
+
+
+class BrowserPage:
+    """One participant: a Chromium process of its own and the page it shows."""
+
+    def __init__(self, page: Page, label: str) -> None:
+        self.page = page
+        self.label = label
+        self.console: list[str] = []
+        page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
+
+    def log(self) -> str:
+        """The page's console output so far, for assertion messages."""
+        return f"--- console of {self.label} ---\n" + "\n".join(self.console[-50:])
+
+
+def _launch_chromium(user_data_dir: str) -> subprocess.Popen:
+    """Start Chromium in a new process group with DevTools on a loopback port."""
+    return subprocess.Popen(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
+         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+async def _devtools_port(proc: subprocess.Popen, user_data_dir: str) -> int:
+    """Wait for Chromium to write the DevTools port it picked into its profile."""
+    port_file = Path(user_data_dir, "DevToolsActivePort")
+    deadline = time.monotonic() + CHROMIUM_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chromium exited with {proc.returncode}")
+        if port_file.exists():
+            first_line = port_file.read_text().split("\n", 1)[0]
+            if first_line.isdigit():
+                return int(first_line)
+        await asyncio.sleep(0.1)
+    raise RuntimeError("chromium did not open its DevTools port")
+
+
+OpenPage = Callable[[str, str], Awaitable[BrowserPage]]
+
+
+@pytest.fixture
+async def open_page() -> AsyncIterator[OpenPage]:
+    """Factory: `await open_page(url, label)` starts a fresh Chromium and opens `url`."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed")
+    processes: list[tuple[subprocess.Popen, str]] = []
+    browsers: list[Browser] = []
+    async with async_playwright() as playwright:
+
+        async def _open(url: str, label: str) -> BrowserPage:
+            user_data_dir = tempfile.mkdtemp(prefix=f"chromium-{label}-")
+            proc = _launch_chromium(user_data_dir)
+            processes.append((proc, user_data_dir))
+            port = await _devtools_port(proc, user_data_dir)
+            browser = await playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
+            browsers.append(browser)
+            context = browser.contexts[0]
+            page = context.pages[0] if context.pages else await context.new_page()
+            participant = BrowserPage(page, label)
+            await page.goto(url)
+            return participant
+
+        try:
+            yield _open
+        finally:
+            for browser in browsers:
+                try:
+                    await asyncio.wait_for(browser.close(), timeout=5)
+                except Exception:  # the process group is killed below in any case
+                    pass
+            for proc, user_data_dir in processes:
+                _end_process_group(proc)
+                shutil.rmtree(user_data_dir, ignore_errors=True)

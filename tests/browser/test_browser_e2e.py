@@ -1,0 +1,191 @@
+"""End to end: real headless Chromium pages join rooms on a real SFU server.
+
+What a user would see is read from the page itself: tiles in the DOM, and
+`RTCPeerConnection.getStats()` for decoded video frames and received audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from playwright.async_api import expect
+
+if TYPE_CHECKING:
+    from conftest import BrowserPage, OpenPage
+
+pytestmark = pytest.mark.browser
+
+JOIN_TIMEOUT_MS = 15_000
+MEDIA_TIMEOUT_S = 20.0
+TILE_GONE_TIMEOUT_MS = 5_000
+
+# Per remote participant, what this page receives from it: inbound-rtp stats of the
+# tracks the client put in that participant's MediaStream.
+MEDIA_STATS_JS = """
+async () => {
+  const inbound = [...(await window.sfuPc.getStats()).values()].filter((s) => s.type === 'inbound-rtp');
+  const sum = (list, key) => list.reduce((n, s) => n + (s[key] ?? 0), 0);
+  const max = (list, key) => list.reduce((n, s) => Math.max(n, s[key] ?? 0), 0);
+  const result = {};
+  for (const [id, participant] of window.sfuClient.participants) {
+    const trackIds = new Set(participant.stream.getTracks().map((t) => t.id));
+    const video = inbound.filter((s) => s.kind === 'video' && trackIds.has(s.trackIdentifier));
+    const audio = inbound.filter((s) => s.kind === 'audio' && trackIds.has(s.trackIdentifier));
+    result[id] = {
+      framesDecoded: sum(video, 'framesDecoded'),
+      frameWidth: max(video, 'frameWidth'),
+      frameHeight: max(video, 'frameHeight'),
+      audioPackets: sum(audio, 'packetsReceived'),
+      audioSamples: sum(audio, 'totalSamplesReceived'),
+    };
+  }
+  return result;
+}
+"""
+
+
+def new_room() -> str:
+    """A room name no other test uses."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def join(open_page: OpenPage, base_url: str, room: str, name: str, publish: bool = True) -> tuple[BrowserPage, str]:
+    """Open the demo page for `room` as `name`; return the page and its participant id."""
+    query = {"room": room, "name": name} | ({} if publish else {"publish": "0"})
+    participant = await open_page(f"{base_url}/?{urlencode(query)}", name)
+    participant_id = await wait_joined(participant)
+    return participant, participant_id
+
+
+async def wait_joined(participant: BrowserPage) -> str:
+    """Wait until the page's client has joined; return its participant id."""
+    handle = await participant.page.wait_for_function(
+        "() => window.sfuClient && window.sfuClient.participantId", timeout=JOIN_TIMEOUT_MS
+    )
+    return await handle.json_value()
+
+
+def tile(participant: BrowserPage, participant_id: str):
+    """Locator of the tile showing `participant_id` on `participant`'s page."""
+    return participant.page.locator(f'[data-participant-id="{participant_id}"]')
+
+
+def _has_media(entry: dict | None) -> bool:
+    return bool(
+        entry
+        and entry["framesDecoded"] > 0
+        and entry["frameWidth"] > 0
+        and entry["frameHeight"] > 0
+        and entry["audioPackets"] > 0
+        and entry["audioSamples"] > 0
+    )
+
+
+async def assert_receives_media(viewer: BrowserPage, publisher_ids: list[str]) -> None:
+    """`viewer` decodes video and receives audio from every publisher, and it keeps flowing."""
+    deadline = asyncio.get_running_loop().time() + MEDIA_TIMEOUT_S
+    while True:
+        first = await viewer.page.evaluate(MEDIA_STATS_JS)
+        if all(_has_media(first.get(pid)) for pid in publisher_ids):
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{viewer.label} gets no media from {publisher_ids}: {first}\n{viewer.log()}")
+        await asyncio.sleep(0.25)
+
+    await asyncio.sleep(1.0)
+    second = await viewer.page.evaluate(MEDIA_STATS_JS)
+    for pid in publisher_ids:
+        before, after = first[pid], second[pid]
+        context = f"{viewer.label} from {pid}: {before} -> {after}"
+        assert after["framesDecoded"] - before["framesDecoded"] >= 5, f"video stalled at {context}"
+        assert after["audioPackets"] - before["audioPackets"] >= 10, f"audio packets stalled at {context}"
+        assert after["audioSamples"] > before["audioSamples"], f"audio playout stalled at {context}"
+
+
+async def test_form_joins_as_viewer(sfu_server: str, open_page: OpenPage) -> None:
+    """Without query parameters the page shows the form; submitting it joins the room."""
+    room = new_room()
+    alice, alice_id = await join(open_page, sfu_server, room, "Alice")
+
+    lobby = await open_page(f"{sfu_server}/", "lobby")
+    page = lobby.page
+    await expect(page.locator("#join-form")).to_be_visible()
+    await expect(page.locator("#room")).to_be_hidden()
+    assert await page.evaluate("() => window.sfuClient === undefined"), "the form page must not join"
+
+    await page.fill("#join-form input[name=room]", room)
+    await page.fill("#join-form input[name=name]", "Dora")
+    await page.check("#join-form input[name=publish]")
+    await page.click("#join-form button[type=submit]")
+    await page.wait_for_url(re.compile(r"\?.*room="))
+    assert parse_qs(urlsplit(page.url).query) == {"room": [room], "name": ["Dora"], "publish": ["0"]}
+
+    dora_id = await wait_joined(lobby)
+    await expect(page.locator("#lobby")).to_be_hidden()
+    await expect(page.locator("#room-title")).to_contain_text(room)
+    await expect(tile(lobby, alice_id).locator(".name")).to_have_text("Alice")
+    await assert_receives_media(lobby, [alice_id])
+    # A viewer publishes nothing: no local preview, no outgoing RTP.
+    await expect(page.locator("#local")).to_be_hidden()
+    outbound = await page.evaluate(
+        "async () => [...(await window.sfuPc.getStats()).values()].filter((s) => s.type === 'outbound-rtp').length"
+    )
+    assert outbound == 0
+
+    await expect(tile(alice, dora_id).locator(".name")).to_have_text("Dora")
+    await expect(tile(alice, dora_id).locator(".cam-off")).to_be_visible()
+
+
+async def test_two_participants_exchange_media_and_mute(sfu_server: str, open_page: OpenPage) -> None:
+    """Two publishers decode each other; muting the mic shows on the other's tile."""
+    room = new_room()
+    (alice, alice_id), (bob, bob_id) = await asyncio.gather(
+        join(open_page, sfu_server, room, "Alice"), join(open_page, sfu_server, room, "Bob")
+    )
+    await expect(tile(alice, bob_id).locator(".name")).to_have_text("Bob")
+    await expect(tile(bob, alice_id).locator(".name")).to_have_text("Alice")
+    await asyncio.gather(assert_receives_media(alice, [bob_id]), assert_receives_media(bob, [alice_id]))
+
+    mic_off_at_bob = tile(bob, alice_id).locator(".mic-off")
+    await expect(mic_off_at_bob).to_be_hidden()
+    await alice.page.click("#toggle-mic")
+    await expect(mic_off_at_bob).to_be_visible(timeout=5_000)
+    audio_enabled = "() => [...window.sfuClient.localTracks.values()].find((t) => t.track.kind === 'audio').track.enabled"
+    assert await alice.page.evaluate(audio_enabled) is False
+    await alice.page.click("#toggle-mic")
+    await expect(mic_off_at_bob).to_be_hidden(timeout=5_000)
+    assert await alice.page.evaluate(audio_enabled) is True
+
+
+async def test_late_joiner_and_leaving(sfu_server: str, open_page: OpenPage) -> None:
+    """A late joiner decodes everyone and is decoded; tiles of leavers disappear."""
+    room = new_room()
+    (alice, alice_id), (bob, bob_id) = await asyncio.gather(
+        join(open_page, sfu_server, room, "Alice"), join(open_page, sfu_server, room, "Bob")
+    )
+    await asyncio.gather(assert_receives_media(alice, [bob_id]), assert_receives_media(bob, [alice_id]))
+
+    carol, carol_id = await join(open_page, sfu_server, room, "Carol")
+    await asyncio.gather(
+        assert_receives_media(carol, [alice_id, bob_id]),
+        assert_receives_media(alice, [carol_id]),
+        assert_receives_media(bob, [carol_id]),
+    )
+
+    # Bob leaves with the button: his tile goes from both other pages.
+    await bob.page.click("#leave")
+    await expect(bob.page.locator("#status")).to_have_text("You left the room.")
+    await expect(bob.page.locator("#tiles [data-participant-id]")).to_have_count(0)
+    for remaining in (alice, carol):
+        await expect(tile(remaining, bob_id)).to_have_count(0, timeout=TILE_GONE_TIMEOUT_MS)
+    # Unsubscribing from Bob renegotiated; Alice and Carol still see each other.
+    await asyncio.gather(assert_receives_media(alice, [carol_id]), assert_receives_media(carol, [alice_id]))
+
+    # Carol closes her tab without leaving: her tile goes too.
+    await carol.page.close()
+    await expect(tile(alice, carol_id)).to_have_count(0, timeout=TILE_GONE_TIMEOUT_MS)

@@ -1,0 +1,198 @@
+// Demo room page. `/?room=ROOM&name=NAME` joins at once with camera and microphone;
+// `&publish=0` joins as a viewer; without `room` the page shows the join form.
+import { SfuClient } from './sfu-client.js';
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+const params = new URLSearchParams(location.search);
+const room = params.get('room');
+
+if (room) {
+  enterRoom({
+    room,
+    name: params.get('name')?.trim() || `Guest-${Math.floor(Math.random() * 9000 + 1000)}`,
+    publish: params.get('publish') !== '0',
+  });
+} else {
+  $('#lobby').hidden = false;
+}
+
+/**
+ * Join `room` and wire the page to the client.
+ * @param {{room: string, name: string, publish: boolean}} options
+ */
+async function enterRoom({ room, name, publish }) {
+  $('#room').hidden = false;
+  $('#room-title').textContent = `Room ${room}`;
+  document.title = `${room} - SFU room`;
+
+  const client = new SfuClient();
+  window.sfuClient = client;
+  window.sfuPc = client.pc;
+
+  client.addEventListener('participantjoined', (e) => {
+    addTile(e.detail.participant);
+    updateBadges(e.detail.participant.id, client);
+  });
+  client.addEventListener('participantleft', (e) => tileFor(e.detail.participantId)?.remove());
+  client.addEventListener('trackpublished', (e) => updateBadges(e.detail.participantId, client));
+  client.addEventListener('trackunpublished', (e) => updateBadges(e.detail.participantId, client));
+  client.addEventListener('trackmuted', (e) => updateBadges(e.detail.participantId, client));
+  client.addEventListener('trackunmuted', (e) => updateBadges(e.detail.participantId, client));
+  client.addEventListener('remotetrack', (e) => startPlayback(tileFor(e.detail.participantId)));
+  client.addEventListener('error', (e) => setStatus(`Error: ${e.detail.message}`));
+  client.addEventListener('closed', (e) => {
+    // Before the join completes, the join's own error is the better message.
+    if (e.detail.reason !== 'left' && client.participantId) setStatus(`Disconnected: ${e.detail.reason}`);
+  });
+
+  let localStream = null;
+  $('#leave').addEventListener('click', async () => {
+    $('#leave').disabled = true;
+    await client.leave();
+    localStream?.getTracks().forEach((t) => t.stop());
+    for (const tile of document.querySelectorAll('#tiles .tile')) {
+      if (tile.id === 'local') tile.hidden = true;
+      else tile.remove();
+    }
+    $('#toggle-mic').hidden = $('#toggle-cam').hidden = true;
+    setStatus('You left the room.');
+  }, { once: true });
+
+  if (publish) {
+    setStatus('Starting camera and microphone…');
+    localStream = await getLocalMedia(name);
+  }
+  try {
+    setStatus('Joining…');
+    await client.join(room, name);
+    setStatus(localStream || !publish ? `Joined as ${name}` : `Joined as ${name} (watching only: no camera or microphone)`);
+    if (localStream) {
+      const trackIds = await client.publish(localStream);
+      const byKind = Object.fromEntries(localStream.getTracks().map((t, i) => [t.kind, trackIds[i]]));
+      wireMuteButton($('#toggle-mic'), client, byKind.audio, ['Mute mic', 'Unmute mic']);
+      wireMuteButton($('#toggle-cam'), client, byKind.video, ['Stop camera', 'Start camera']);
+    }
+  } catch (error) {
+    setStatus(`Could not join: ${error.message}`);
+  }
+}
+
+/**
+ * Open the camera and microphone and show the local preview.
+ * @param {string} name Our display name, for the preview's caption.
+ * @returns {Promise<MediaStream|null>} null when the devices are unavailable or refused.
+ */
+async function getLocalMedia(name) {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: { ideal: 640 }, height: { ideal: 480 } },
+    });
+  } catch (error) {
+    console.warn('getUserMedia failed', error);
+    return null;
+  }
+  const local = $('#local');
+  $('video', local).srcObject = stream;
+  $('.name', local).textContent = `${name} (you)`;
+  local.hidden = false;
+  return stream;
+}
+
+/**
+ * Show a mute/unmute toggle for one of our published tracks.
+ * @param {HTMLButtonElement} button
+ * @param {SfuClient} client
+ * @param {string|undefined} trackId Server track id; the button stays hidden without one.
+ * @param {[string, string]} labels Label while live, label while muted.
+ */
+function wireMuteButton(button, client, trackId, labels) {
+  if (!trackId) return;
+  button.hidden = false;
+  button.addEventListener('click', () => {
+    const muted = button.getAttribute('aria-pressed') !== 'true';
+    client.setMuted(trackId, muted);
+    button.setAttribute('aria-pressed', String(muted));
+    button.textContent = labels[muted ? 1 : 0];
+  });
+}
+
+/**
+ * The tile of a remote participant, if shown.
+ * @param {string} participantId
+ * @returns {HTMLElement|null}
+ */
+function tileFor(participantId) {
+  return document.querySelector(`#tiles [data-participant-id="${CSS.escape(participantId)}"]`);
+}
+
+/**
+ * Add a tile for a remote participant, rendering its `stream`.
+ * @param {import('./sfu-client.js').Participant} participant
+ */
+function addTile(participant) {
+  const tile = $('#tile-template').content.firstElementChild.cloneNode(true);
+  tile.dataset.participantId = participant.id;
+  $('.name', tile).textContent = participant.name;
+  const video = $('video', tile);
+  video.srcObject = participant.stream;
+
+  const muteAudio = $('.mute-audio', tile);
+  muteAudio.addEventListener('click', () => {
+    video.muted = !video.muted;
+    muteAudio.setAttribute('aria-pressed', String(video.muted));
+    muteAudio.textContent = video.muted ? 'Unmute' : 'Mute';
+    if (!video.muted) startPlayback(tile); // a click may lift an autoplay block
+  });
+  const hideVideo = $('.hide-video', tile);
+  hideVideo.addEventListener('click', () => {
+    const hidden = tile.classList.toggle('video-hidden');
+    hideVideo.setAttribute('aria-pressed', String(hidden));
+    hideVideo.textContent = hidden ? 'Show video' : 'Hide video';
+  });
+
+  $('#tiles').append(tile);
+}
+
+/**
+ * Play a tile's media. If the browser blocks autoplay with sound, play muted and
+ * let the tile's Unmute button (a user gesture) turn the sound on.
+ * @param {HTMLElement|null} tile
+ */
+function startPlayback(tile) {
+  const video = tile && $('video', tile);
+  if (!video) return;
+  video.play().catch(() => {
+    video.muted = true;
+    const muteAudio = $('.mute-audio', tile);
+    muteAudio.setAttribute('aria-pressed', 'true');
+    muteAudio.textContent = 'Unmute';
+    video.play().catch(() => {});
+  });
+}
+
+/**
+ * Show "mic off" / "camera off" on a tile from the participant's track states.
+ * @param {string} participantId
+ * @param {SfuClient} client
+ */
+function updateBadges(participantId, client) {
+  const tile = tileFor(participantId);
+  const participant = client.participants.get(participantId);
+  if (!tile || !participant) return;
+  const tracks = [...participant.tracks.values()];
+  const off = (kind) => !tracks.some((t) => t.kind === kind && !t.muted);
+  $('.mic-off', tile).hidden = !off('audio');
+  $('.cam-off', tile).hidden = !off('video');
+  tile.classList.toggle('camera-off', off('video'));
+}
+
+/**
+ * Show a one-line status under the room title.
+ * @param {string} text
+ */
+function setStatus(text) {
+  $('#status').textContent = text;
+}

@@ -1,0 +1,479 @@
+// SFU room client: one WebSocket (JSON room protocol, docs/PROTOCOL.md) and one
+// RTCPeerConnection per participant. The client always offers; the server answers.
+//
+// All changes to the PeerConnection (adding or reusing transceivers, setting them
+// inactive) happen inside the negotiation loop, just before the offer that carries
+// them, so one offer is in flight at a time and requests made meanwhile are coalesced
+// into the next offer.
+
+/** Default publish source per track kind (PROTOCOL.md, "offer"). */
+const DEFAULT_SOURCE = { video: 'camera', audio: 'microphone' };
+
+/** How long `leave()` waits for the server's `left` before closing anyway. */
+const LEAVE_TIMEOUT_MS = 2000;
+
+/**
+ * @typedef {object} TrackInfo
+ * @property {string} id       Server track id (`TR_...`).
+ * @property {string} kind     `audio` or `video`.
+ * @property {string} source   `camera`, `microphone`, `screen`, `screen_audio` or `custom`.
+ * @property {boolean} muted   Whether the publisher has muted it.
+ */
+
+/**
+ * @typedef {object} Participant
+ * @property {string} id                    Server participant id (`PA_...`).
+ * @property {string} name                  Display name.
+ * @property {Map<string, TrackInfo>} tracks Published tracks by track id.
+ * @property {MediaStream} stream           The participant's subscribed tracks, for rendering.
+ */
+
+/**
+ * Client for one participant in one room.
+ *
+ * Events (all `CustomEvent`s; the payload is in `event.detail`):
+ * - `participantjoined` `{participant}`: someone is in the room (also fired, on join,
+ *   for everyone already there).
+ * - `participantleft` `{participantId, participant}`
+ * - `trackpublished` `{participantId, track}` (a {@link TrackInfo})
+ * - `trackunpublished` `{participantId, trackId}`
+ * - `trackmuted` / `trackunmuted` `{participantId, trackId}`
+ * - `remotetrack` `{participantId, trackId, track, kind, stream}`: media of a
+ *   subscribed track is bound to `track` (a MediaStreamTrack), already added to the
+ *   participant's `stream`.
+ * - `error` `{code, message, requestType}`: the server refused a request, or
+ *   negotiation failed.
+ * - `closed` `{reason}`: the connection ended (after `leave()` or when it dropped).
+ */
+export class SfuClient extends EventTarget {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.url] WebSocket URL of the room service; defaults to
+   *   `ws(s)://<this page's host>/ws`.
+   * @param {RTCConfiguration} [options.rtcConfig] Extra PeerConnection settings
+   *   (e.g. `iceServers`); bundling is always `max-bundle`.
+   */
+  constructor({ url, rtcConfig = {} } = {}) {
+    super();
+    /** WebSocket URL of the room service. */
+    this.url = url ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+    /** The PeerConnection to the server (exposed for `getStats()`). */
+    this.pc = new RTCPeerConnection({ ...rtcConfig, bundlePolicy: 'max-bundle' });
+    /** Our participant id, once joined. */
+    this.participantId = null;
+    /** The room joined, once joined. */
+    this.room = null;
+    /** @type {Map<string, Participant>} Everyone else in the room, by participant id. */
+    this.participants = new Map();
+    /** @type {Map<string, {track: MediaStreamTrack, source: string, transceiver: RTCRtpTransceiver}>}
+     *  Our published tracks, by server track id. */
+    this.localTracks = new Map();
+
+    this._ws = null;
+    this._closed = false;
+    /** Requests waiting for the negotiation loop (publish / subscribe / unsubscribe). */
+    this._intents = [];
+    this._negotiating = false;
+    this._negotiationScheduled = false;
+    /** The offer in flight: `{resolve, reject}` settled by `answer` or an offer error. */
+    this._pendingOffer = null;
+    this._pendingJoin = null;
+    this._pendingLeave = null;
+    /** Remote track id -> transceiver receiving it (set when the subscription is requested). */
+    this._subscriptions = new Map();
+    /** Remote track id -> participant id, for subscriptions the server has confirmed. */
+    this._remoteOwners = new Map();
+    /** ICE candidates gathered before the first offer went out. */
+    this._candidateBacklog = [];
+    this._offerSent = false;
+
+    this.pc.addEventListener('icecandidate', (event) => {
+      const candidate = event.candidate ? event.candidate.toJSON() : null;
+      if (this._offerSent) this._send({ type: 'candidate', candidate });
+      else this._candidateBacklog.push(candidate);
+    });
+    this.pc.addEventListener('connectionstatechange', () => {
+      if (this.pc.connectionState === 'failed') {
+        this._emit('error', { code: 'connection_failed', message: 'media connection to the server failed', requestType: null });
+      }
+    });
+  }
+
+  /**
+   * Connect, join `room` as `name`, and subscribe to everything already published there.
+   * If the server refuses the join (e.g. `invalid_room`), the promise rejects with an
+   * Error carrying `code`, and `join` may be called again on the same connection.
+   * @param {string} room Room name (1-64 of `A-Z a-z 0-9 _ -`).
+   * @param {string} name Display name.
+   * @returns {Promise<object>} The server's `joined` message.
+   */
+  async join(room, name) {
+    if (!this._ws) await this._connect();
+    const joined = await new Promise((resolve, reject) => {
+      this._pendingJoin = { resolve, reject };
+      this._send({ type: 'join', room, name });
+    });
+    this.participantId = joined.participantId;
+    this.room = joined.room;
+    for (const p of joined.participants) this._addParticipant(p);
+    return joined;
+  }
+
+  /**
+   * Publish every track of a MediaStream (e.g. from `getUserMedia`).
+   * @param {MediaStream} stream
+   * @param {object} [options]
+   * @param {string} [options.source] Source for every track; by default `camera` for
+   *   video and `microphone` for audio.
+   * @returns {Promise<string[]>} The server track ids, in the order of `stream.getTracks()`.
+   */
+  publish(stream, { source } = {}) {
+    return Promise.all(stream.getTracks().map((track) => this.publishTrack(track, { source, stream })));
+  }
+
+  /**
+   * Publish one track on a new `sendonly` transceiver and renegotiate.
+   * @param {MediaStreamTrack} track
+   * @param {object} [options]
+   * @param {string} [options.source] Defaults to `camera` (video) or `microphone` (audio).
+   * @param {RTCRtpEncodingParameters[]} [options.sendEncodings] Encodings for the sender,
+   *   e.g. simulcast layers with rids `q`, `h`, `f`; by default a single encoding.
+   * @param {MediaStream} [options.stream] Stream to associate the track with (msid).
+   * @returns {Promise<string>} The server track id, once the server has answered.
+   */
+  publishTrack(track, { source = DEFAULT_SOURCE[track.kind], sendEncodings, stream } = {}) {
+    return new Promise((resolve, reject) => {
+      this._enqueue({ type: 'publish', track, source, sendEncodings, stream, resolve, reject });
+    });
+  }
+
+  /**
+   * Mute or unmute one of our published tracks: disables the track locally (the
+   * browser then sends silence or black frames) and tells the room.
+   * @param {string} trackId Server track id returned by `publish`/`publishTrack`.
+   * @param {boolean} muted
+   */
+  setMuted(trackId, muted) {
+    const local = this.localTracks.get(trackId);
+    if (!local) throw new Error(`not a published track: ${trackId}`);
+    local.track.enabled = !muted;
+    this._send({ type: 'mute', trackId, muted });
+  }
+
+  /**
+   * Leave the room: tell the server, then close the PeerConnection and WebSocket.
+   * Local tracks are left running (they belong to the caller).
+   * @returns {Promise<void>} Resolves once closed.
+   */
+  async leave() {
+    if (this._closed) return;
+    if (this._ws?.readyState === WebSocket.OPEN) {
+      await new Promise((resolve) => {
+        this._pendingLeave = resolve;
+        setTimeout(resolve, LEAVE_TIMEOUT_MS);
+        this._send({ type: 'leave' });
+      });
+    }
+    this._close('left');
+  }
+
+  // --- WebSocket --------------------------------------------------------------
+
+  _connect() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      this._ws = ws;
+      ws.addEventListener('open', () => resolve(), { once: true });
+      ws.addEventListener('error', () => reject(new Error(`cannot connect to ${this.url}`)), { once: true });
+      ws.addEventListener('message', (event) => this._onMessage(event.data));
+      ws.addEventListener('close', () => this._close('connection closed'));
+    });
+  }
+
+  _send(message) {
+    if (this._ws?.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(message));
+  }
+
+  _onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      this._emit('error', { code: 'bad_json', message: 'server sent a frame that is not JSON', requestType: null });
+      return;
+    }
+    switch (msg.type) {
+      case 'joined':
+        this._pendingJoin?.resolve(msg);
+        this._pendingJoin = null;
+        break;
+      case 'answer':
+        this._pendingOffer?.resolve(msg);
+        this._pendingOffer = null;
+        break;
+      case 'error':
+        this._onError(msg);
+        break;
+      case 'participant_joined':
+        this._addParticipant(msg.participant);
+        break;
+      case 'participant_left':
+        this._removeParticipant(msg.participantId);
+        break;
+      case 'track_published':
+        this._addTrack(msg.participantId, msg.track);
+        break;
+      case 'track_unpublished':
+        this._removeTrack(msg.participantId, msg.trackId);
+        this._emit('trackunpublished', { participantId: msg.participantId, trackId: msg.trackId });
+        break;
+      case 'track_muted':
+      case 'track_unmuted':
+        this._setRemoteMuted(msg.participantId, msg.trackId, msg.type === 'track_muted');
+        break;
+      case 'left':
+        this._pendingLeave?.();
+        break;
+      default:
+        break; // `pong` and message types this client does not use.
+    }
+  }
+
+  _onError(msg) {
+    const error = Object.assign(new Error(msg.message), { code: msg.code, requestType: msg.requestType });
+    if (msg.requestType === 'offer' && this._pendingOffer) {
+      this._pendingOffer.reject(error);
+      this._pendingOffer = null;
+    } else if (msg.requestType === 'join' && this._pendingJoin) {
+      this._pendingJoin.reject(error);
+      this._pendingJoin = null;
+    } else {
+      this._emit('error', { code: msg.code, message: msg.message, requestType: msg.requestType ?? null });
+    }
+  }
+
+  _close(reason) {
+    if (this._closed) return;
+    this._closed = true;
+    const error = new Error(reason);
+    this._pendingJoin?.reject(error);
+    this._pendingOffer?.reject(error);
+    this._pendingLeave?.();
+    this._pendingJoin = this._pendingOffer = this._pendingLeave = null;
+    for (const intent of this._intents.splice(0)) intent.reject?.(error);
+    this.pc.close();
+    this._ws?.close();
+    this._emit('closed', { reason });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  // --- Room state -------------------------------------------------------------
+
+  _addParticipant({ id, name, tracks = [] }) {
+    const participant = { id, name, tracks: new Map(), stream: new MediaStream() };
+    this.participants.set(id, participant);
+    this._emit('participantjoined', { participant });
+    for (const track of tracks) this._addTrack(id, track);
+  }
+
+  _removeParticipant(participantId) {
+    const participant = this.participants.get(participantId);
+    if (!participant) return;
+    for (const trackId of [...participant.tracks.keys()]) this._removeTrack(participantId, trackId);
+    this.participants.delete(participantId);
+    this._emit('participantleft', { participantId, participant });
+  }
+
+  _addTrack(participantId, track) {
+    const participant = this.participants.get(participantId);
+    if (!participant) return;
+    participant.tracks.set(track.id, { ...track, muted: Boolean(track.muted) });
+    this._emit('trackpublished', { participantId, track: participant.tracks.get(track.id) });
+    this._enqueue({ type: 'subscribe', trackId: track.id, kind: track.kind, participantId });
+  }
+
+  _removeTrack(participantId, trackId) {
+    const participant = this.participants.get(participantId);
+    participant?.tracks.delete(trackId);
+    const transceiver = this._subscriptions.get(trackId);
+    if (participant && transceiver && this._remoteOwners.has(trackId)) {
+      participant.stream.removeTrack(transceiver.receiver.track);
+    }
+    this._remoteOwners.delete(trackId);
+    // A subscription still waiting in the queue is simply dropped; one already
+    // applied to the PeerConnection is set inactive by the next offer.
+    const queued = this._intents.findIndex((i) => i.type === 'subscribe' && i.trackId === trackId);
+    if (queued >= 0) this._intents.splice(queued, 1);
+    else this._enqueue({ type: 'unsubscribe', trackId });
+  }
+
+  _setRemoteMuted(participantId, trackId, muted) {
+    const info = this.participants.get(participantId)?.tracks.get(trackId);
+    if (info) info.muted = muted;
+    this._emit(muted ? 'trackmuted' : 'trackunmuted', { participantId, trackId });
+  }
+
+  // --- Negotiation ------------------------------------------------------------
+
+  /** Queue a change for the next offer and make sure an offer will be made. */
+  _enqueue(intent) {
+    if (this._closed) {
+      intent.reject?.(new Error('client is closed'));
+      return;
+    }
+    this._intents.push(intent);
+    if (this._negotiating || this._negotiationScheduled) return;
+    // Defer one task so that requests made together (join + publish) share an offer.
+    this._negotiationScheduled = true;
+    setTimeout(() => {
+      this._negotiationScheduled = false;
+      this._negotiationLoop();
+    }, 0);
+  }
+
+  async _negotiationLoop() {
+    if (this._negotiating) return;
+    this._negotiating = true;
+    try {
+      while (this._intents.length && !this._closed) {
+        await this._negotiate(this._intents.splice(0));
+      }
+    } finally {
+      this._negotiating = false;
+    }
+  }
+
+  /**
+   * Apply a batch of intents to the PeerConnection, offer, and apply the answer.
+   * @param {object[]} batch
+   */
+  async _negotiate(batch) {
+    /** New mid bindings of this offer: {transceiver, binding, intent}. */
+    const bindings = [];
+    let changed = false;
+    for (const intent of batch) changed = this._apply(intent, bindings) || changed;
+    if (!changed) return;
+
+    try {
+      await this.pc.setLocalDescription();
+      const tracks = {};
+      for (const { transceiver, binding } of bindings) tracks[transceiver.mid] = binding;
+      const answer = await new Promise((resolve, reject) => {
+        this._pendingOffer = { resolve, reject };
+        this._send({ type: 'offer', sdp: this.pc.localDescription.sdp, tracks });
+        this._flushCandidates();
+      });
+      await this.pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+      this._applyAnswer(answer.tracks ?? {}, bindings);
+    } catch (error) {
+      if (this._closed) return;
+      if (this.pc.signalingState === 'have-local-offer') {
+        await this.pc.setLocalDescription({ type: 'rollback' });
+      }
+      for (const { transceiver, intent } of bindings) {
+        if (intent.type === 'subscribe') this._subscriptions.delete(intent.trackId);
+        this._release(transceiver);
+        intent.reject?.(error);
+      }
+      this._emit('error', { code: error.code ?? 'negotiation_failed', message: error.message, requestType: 'offer' });
+    }
+  }
+
+  /**
+   * Apply one intent to the PeerConnection.
+   * @returns {boolean} Whether the PeerConnection changed (an offer is needed).
+   */
+  _apply(intent, bindings) {
+    switch (intent.type) {
+      case 'publish': {
+        const transceiver = this.pc.addTransceiver(intent.track, {
+          direction: 'sendonly',
+          streams: intent.stream ? [intent.stream] : [],
+          ...(intent.sendEncodings ? { sendEncodings: intent.sendEncodings } : {}),
+        });
+        const binding = { publish: { source: intent.source, muted: !intent.track.enabled } };
+        bindings.push({ transceiver, binding, intent });
+        return true;
+      }
+      case 'subscribe': {
+        const transceiver = this._freeTransceiver(intent.kind);
+        if (transceiver) transceiver.direction = 'recvonly';
+        const bound = transceiver ?? this.pc.addTransceiver(intent.kind, { direction: 'recvonly' });
+        this._subscriptions.set(intent.trackId, bound);
+        bindings.push({ transceiver: bound, binding: { subscribe: intent.trackId }, intent });
+        return true;
+      }
+      case 'unsubscribe': {
+        const transceiver = this._subscriptions.get(intent.trackId);
+        if (!transceiver) return false;
+        this._subscriptions.delete(intent.trackId);
+        transceiver.direction = 'inactive';
+        const i = bindings.findIndex((b) => b.transceiver === transceiver);
+        if (i >= 0) bindings.splice(i, 1); // subscribed and unsubscribed in one batch
+        return true;
+      }
+      default:
+        throw new Error(`unknown intent ${intent.type}`);
+    }
+  }
+
+  /**
+   * An inactive transceiver of `kind` that no request has claimed: negotiated
+   * inactive, or never negotiated at all (after a failed offer).
+   */
+  _freeTransceiver(kind) {
+    const claimed = new Set(this._subscriptions.values());
+    return this.pc.getTransceivers().find((t) =>
+      t.receiver.track.kind === kind &&
+      t.direction === 'inactive' &&
+      (t.currentDirection === 'inactive' || t.currentDirection === null) &&
+      !claimed.has(t));
+  }
+
+  /** Bind the answer's `tracks` map to our publish and subscribe requests. */
+  _applyAnswer(answerTracks, bindings) {
+    for (const { transceiver, intent } of bindings) {
+      const entry = answerTracks[transceiver.mid];
+      if (intent.type === 'publish') {
+        if (entry?.direction === 'publish') {
+          this.localTracks.set(entry.trackId, { track: intent.track, source: intent.source, transceiver });
+          intent.resolve(entry.trackId);
+        } else {
+          this._release(transceiver);
+          intent.reject(new Error(`server did not accept the ${intent.source} track`));
+        }
+      } else if (entry?.direction === 'subscribe' && entry.trackId === intent.trackId) {
+        this._bindRemoteTrack(intent.trackId, entry.participantId ?? intent.participantId, transceiver);
+      } else if (this._subscriptions.get(intent.trackId) === transceiver) {
+        // The track has gone: the server answered the m-line inactive. Free it for reuse.
+        this._subscriptions.delete(intent.trackId);
+        this._release(transceiver);
+      }
+    }
+  }
+
+  /** Set a transceiver inactive (taking effect with the next offer) so it can be reused. */
+  _release(transceiver) {
+    transceiver.direction = 'inactive';
+    if (transceiver.sender.track) transceiver.sender.replaceTrack(null);
+  }
+
+  _bindRemoteTrack(trackId, participantId, transceiver) {
+    const participant = this.participants.get(participantId);
+    // Gone meanwhile: its unsubscribe is already queued.
+    if (!participant || !participant.tracks.has(trackId)) return;
+    const track = transceiver.receiver.track;
+    participant.stream.addTrack(track);
+    this._remoteOwners.set(trackId, participantId);
+    this._emit('remotetrack', { participantId, trackId, track, kind: track.kind, stream: participant.stream });
+  }
+
+  _flushCandidates() {
+    if (this._offerSent) return;
+    this._offerSent = true;
+    for (const candidate of this._candidateBacklog.splice(0)) this._send({ type: 'candidate', candidate });
+  }
+}
