@@ -756,16 +756,22 @@ class RoomClient:
                 if event_type is None or event.get("type") == event_type:
                     return event
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Wait until ``predicate()`` is true; it is re-checked after every server
-        message, negotiation and connection state change.
+    async def wait_until(
+        self, predicate: Callable[[], bool], timeout: float = 10.0, poll: float = 0.1
+    ) -> None:
+        """Wait until ``predicate()`` is true. It is re-checked after every server
+        message, negotiation and connection state change, and every ``poll`` seconds
+        (for conditions on received media, e.g. :attr:`counter`).
 
         Raises:
             TimeoutError: still false after ``timeout`` seconds.
         """
         async with asyncio.timeout(timeout):
             while not predicate():
-                await self._changed.wait()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), poll)
+                except TimeoutError:
+                    pass
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until the peer connection is ``connected`` (ICE + DTLS done).

@@ -15,7 +15,7 @@ import sys
 import uvloop
 from aiohttp import web
 
-from sfu.rtc.adapter import check_aiortc_version
+from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
 from sfu.room import RoomRegistry
 
 from .app import create_app
@@ -36,14 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--publisher-bitrate", type=int, default=2_500_000, help="REMB sent to publishers, bit/s (default 2500000)"
     )
+    serve.add_argument(
+        "--ice-address",
+        action="append",
+        default=None,
+        help="address for ICE host candidates (repeatable; env SFU_ICE_ADDRESSES, comma-separated). "
+        "Default: 127.0.0.1 when --host is a loopback address, else every non-loopback interface",
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
+
+
+def ice_addresses(host: str, given: list[str] | None) -> list[str] | None:
+    """The ICE host addresses to use: ``given``, else ``SFU_ICE_ADDRESSES``, else loopback
+    for a loopback ``host``, else None (all non-loopback interfaces)."""
+    if given:
+        return given
+    env = os.environ.get("SFU_ICE_ADDRESSES", "").strip()
+    if env:
+        return [a.strip() for a in env.split(",") if a.strip()]
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return ["127.0.0.1"]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sfu`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     check_aiortc_version()
     ssl_context = None
     if args.tls_cert or args.tls_key:
@@ -52,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    set_ice_addresses(ice_addresses(args.host, args.ice_address))
     uvloop.install()
     registry = RoomRegistry(max_participants=args.max_participants, publisher_bitrate=args.publisher_bitrate)
     web.run_app(

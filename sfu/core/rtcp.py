@@ -272,9 +272,13 @@ def build_rr(rr: ReceiverReport) -> bytes:
 
 
 def nack_pairs(lost: list[int]) -> list[tuple[int, int]]:
-    """Pack 16-bit sequence numbers into (PID, BLP) pairs (RFC 4585 §6.2.1)."""
+    """Pack 16-bit sequence numbers into (PID, BLP) pairs (RFC 4585 §6.2.1).
+
+    ``lost`` should be in sending order (ascending in unwrapped terms, so a list that
+    crosses the wrap reads 65534, 65535, 0, 1); duplicates are ignored.
+    """
     pairs: list[tuple[int, int]] = []
-    for seq in sorted(set(s & 0xFFFF for s in lost), key=lambda s: s):
+    for seq in dict.fromkeys(s & 0xFFFF for s in lost):
         if pairs:
             pid, blp = pairs[-1]
             delta = (seq - pid) & 0xFFFF

@@ -19,7 +19,8 @@ Private names used (checked by ``tests/unit/test_adapter_contract.py``):
 ``_set_mline_index``, ``_codecs``, ``_headerExtensions``, ``_preferred_codecs``;
 ``RTCRtpSender._ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_track_id``;
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_tx_srtp``, ``transport``;
-``RTCIceTransport._connection``; ``aioice.Connection._nominated``.
+``RTCIceTransport._connection``; ``aioice.Connection._nominated``; and the module
+function ``aioice.ice.get_host_addresses`` (replaced by :func:`set_ice_addresses`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import aioice.ice
 import aiortc
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
@@ -48,6 +50,7 @@ __all__ = [
     "parse_offer",
     "disable_media_engines",
     "install_tap",
+    "set_ice_addresses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,27 @@ def check_aiortc_version() -> None:
             f"sfu.rtc.adapter needs aiortc=={AIORTC_VERSION} (it uses private API), "
             f"found {aiortc.__version__}"
         )
+
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def set_ice_addresses(addresses: list[str] | None) -> None:
+    """Gather ICE host candidates only on ``addresses`` (process-wide), or on every
+    non-loopback interface again with None (aioice's default).
+
+    aioice never offers loopback addresses by itself; tests and single-machine setups
+    pass ``["127.0.0.1"]`` so that media stays on loopback.
+    """
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_get_host_addresses
+        return
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
 
 
 class RtcHandler(Protocol):

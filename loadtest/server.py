@@ -1,0 +1,138 @@
+"""Start and stop the SFU server as a subprocess on loopback (tests and benchmarks).
+
+The server is ``python -m signaling.cli serve --host 127.0.0.1 --port PORT``; it is
+ended by its own pid (SIGTERM, then SIGKILL), never by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "ServerProcess", "free_port", "server_help"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@functools.cache
+def server_help() -> str:
+    """The text of ``signaling.cli serve --help`` (to find optional flags)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "signaling.cli", "serve", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return result.stdout
+
+
+class ServerProcess:
+    """One SFU server subprocess.
+
+    Attributes:
+        port: its HTTP/WebSocket port on 127.0.0.1.
+        log_path: the file that receives its stdout and stderr.
+        proc: the ``subprocess.Popen`` object.
+    """
+
+    def __init__(
+        self,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        cpus: set[int] | None = None,
+        python_args: Sequence[str] = (),
+    ) -> None:
+        """Start the server (this returns at once; see :meth:`wait_healthy`).
+
+        Args:
+            log_path: where to write the server's output.
+            extra_args: more ``serve`` options, e.g. ``("--max-participants", "2")``.
+            port: the port, default a free one.
+            cpus: pin the server to these CPU numbers (``sched_setaffinity``).
+            python_args: interpreter arguments before ``-m signaling.cli``, e.g.
+                ``("-m", "cProfile", "-o", "out.prof")``.
+        """
+        self.port = port or free_port()
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, *python_args, "-m", "signaling.cli", "serve",
+                 "--host", "127.0.0.1", "--port", str(self.port), *extra_args],
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if cpus:
+            os.sched_setaffinity(self.proc.pid, cpus)
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        """The room service WebSocket URL."""
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        """The base HTTP URL (``/healthz``, ``/metrics``)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Poll ``/healthz`` every 0.1 s until it answers 200.
+
+        Raises:
+            RuntimeError: the server exited, or was not healthy within ``timeout``
+                seconds (the message holds the end of its log).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> int:
+        """Send ``sig`` to the server's pid, wait up to ``grace`` seconds, then
+        SIGKILL it. Returns its exit code."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=grace)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server log."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,71 @@
+"""The DownTrack forwarder: keyframe gating, padding removal without gaps, NACK mapping."""
+
+from sfu.core.forwarder import DropReason, Forwarder, Translation
+
+
+def run(fwd, packets):
+    """Feed (seq, ts, keyframe, padding) tuples; return Translation seqs or DropReasons."""
+    out = []
+    for seq, ts, key, pad in packets:
+        r = fwd.translate(seq, ts, key, pad)
+        out.append(r.sequence_number if isinstance(r, Translation) else r)
+    return out
+
+
+def test_video_waits_for_keyframe_then_numbers_from_initial_values():
+    fwd = Forwarder(needs_keyframe=True, initial_sequence=500, initial_timestamp=7000)
+    r = run(fwd, [(100, 0, False, False), (101, 3000, True, False), (102, 3000, False, False)])
+    assert r == [DropReason.WAITING_FOR_KEYFRAME, 500, 501]
+    t = fwd.translate(103, 6000, False, False)
+    assert t.timestamp == 7000 + 3000
+
+
+def test_audio_starts_at_once():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=1, initial_timestamp=0)
+    assert run(fwd, [(9, 960, False, False)]) == [1]
+
+
+def test_output_sequence_wraps_at_16_bits():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=65535, initial_timestamp=2**32 - 10)
+    r = [fwd.translate(s, 20 * (s - 10), False, False) for s in (10, 11)]
+    assert [t.sequence_number for t in r] == [65535, 0]
+    assert r[1].timestamp == (2**32 - 10 + 20) % 2**32
+
+
+def test_padding_is_dropped_without_leaving_a_gap():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=0, initial_timestamp=0)
+    r = run(fwd, [(10, 0, False, False), (11, 0, False, True), (12, 0, False, True), (13, 0, False, False), (14, 0, False, False)])
+    assert r == [0, DropReason.PADDING, DropReason.PADDING, 1, 2]
+
+
+def test_upstream_loss_keeps_its_gap_and_late_packet_fills_it():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=0, initial_timestamp=0)
+    r = run(fwd, [(10, 0, False, False), (12, 0, False, False), (11, 0, False, False)])
+    assert r == [0, 2, 1]
+
+
+def test_late_packet_before_a_closed_padding_slot_maps_to_its_old_number():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=0, initial_timestamp=0)
+    r = run(fwd, [(10, 0, False, False), (12, 0, False, False), (13, 0, False, True), (14, 0, False, False), (11, 0, False, False)])
+    assert r == [0, 2, DropReason.PADDING, 3, 1]
+
+
+def test_nack_mapping_back_to_source():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=65534, initial_timestamp=0)
+    run(fwd, [(100, 0, False, False), (101, 0, False, True), (102, 0, False, False), (103, 0, False, False)])
+    # outputs: 100->65534, 102->65535, 103->0
+    assert fwd.source_sequence(65534) == 100
+    assert fwd.source_sequence(65535) == 102
+    assert fwd.source_sequence(0) == 103
+    assert fwd.source_sequence(1) is None  # not sent yet
+    assert fwd.source_sequence(65000) is None  # before the start
+
+
+def test_duplicates_too_old_and_paused():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=0, initial_timestamp=0, max_late=10)
+    run(fwd, [(100, 0, False, False), (150, 0, False, False)])
+    assert fwd.translate(150, 0, False, False) is DropReason.DUPLICATE
+    assert fwd.translate(120, 0, False, False) is DropReason.TOO_OLD
+    assert fwd.translate(99, 0, False, False) is DropReason.TOO_OLD
+    fwd.paused = True
+    assert fwd.translate(151, 0, False, False) is DropReason.PAUSED
