@@ -16,7 +16,7 @@ aiortc 1.16.0 is an endpoint, not an SFU (see DESIGN.md). This adapter turns an
 
 Private names used (checked by ``tests/unit/test_adapter_contract.py``):
 ``RTCPeerConnection._RTCPeerConnection__createTransceiver``, ``RTCRtpTransceiver._set_mid``,
-``_set_mline_index``, ``_codecs``, ``_headerExtensions``, ``_preferred_codecs``;
+``_set_mline_index``, ``_bundled``, ``_codecs``, ``_headerExtensions``, ``_preferred_codecs``;
 ``RTCRtpSender._ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_track_id``;
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_tx_srtp``, ``transport``;
 ``RTCIceTransport._connection``; ``aioice.Connection._nominated``; and the module
@@ -324,9 +324,7 @@ class SfuPeerConnection:
             return False
         transceiver = self._transceiver(offer.mid)
         if transceiver is None:
-            transceiver = self.pc.addTransceiver(offer.kind, direction="sendonly")
-            transceiver._set_mid(offer.mid)
-            transceiver._set_mline_index(offer.index)
+            transceiver = self._pre_bind(offer, "sendonly")
         transceiver.direction = "sendonly"
         capabilities = RTCRtpSender.getCapabilities(offer.kind).codecs
         preferred = [
@@ -343,10 +341,21 @@ class SfuPeerConnection:
         """Answer m-line ``offer`` as ``inactive`` (an unknown or rejected subscription)."""
         transceiver = self._transceiver(offer.mid)
         if transceiver is None:
-            transceiver = self.pc.addTransceiver(offer.kind, direction="inactive")
-            transceiver._set_mid(offer.mid)
-            transceiver._set_mline_index(offer.index)
+            transceiver = self._pre_bind(offer, "inactive")
         transceiver.direction = "inactive"
+
+    def _pre_bind(self, offer: OfferMedia, direction: str) -> RTCRtpTransceiver:
+        """A transceiver already bound to ``offer``'s mid and m-line index.
+
+        With max-bundle every transceiver shares the first one's DTLS transport; it is
+        marked bundled so that aiortc's BUNDLE step does not stop that shared transport
+        as the "old" transport of a non-primary mid.
+        """
+        transceiver = self.pc.addTransceiver(offer.kind, direction=direction)
+        transceiver._set_mid(offer.mid)
+        transceiver._set_mline_index(offer.index)
+        transceiver._bundled = True
+        return transceiver
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply a client offer and return the server's answer SDP (candidates included).
