@@ -88,7 +88,7 @@ class DownTrack:
         level_out = media.extensions.get(URI_AUDIO_LEVEL)
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, level_out) if level_in and level_out else None
-        self._static_extensions = build_extensions([self._mid_ext] if self._mid_ext else [])
+        self._template = self._extension_template()
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
         self._counters = COUNTERS.kinds[uptrack.kind]
@@ -99,7 +99,33 @@ class DownTrack:
         self.fraction_lost = 0.0
         self.closed = False
 
+    def _extension_template(self) -> tuple[bytes, bytes] | None:
+        """Precomputed bytes around the one per-packet value (abs-send-time or audio
+        level), so the hot path writes ``head + value + tail`` (RFC 8285 §4.2)."""
+        elements = [self._mid_ext] if self._mid_ext is not None else []
+        if self._abs_send_time_id is not None:
+            variable = (self._abs_send_time_id, 3)
+        elif self._audio_level is not None:
+            variable = (self._audio_level[1], 1)
+        else:
+            return None
+        ext_id, size = variable
+        if not 1 <= ext_id <= 14 or any(not 1 <= i <= 14 for i, _ in elements):
+            return None
+        body = b"".join(bytes(((i << 4) | (len(v) - 1),)) + v for i, v in elements)
+        body += bytes(((ext_id << 4) | (size - 1),))
+        padding = -(len(body) + size) % 4
+        words = (len(body) + size + padding) // 4
+        return b"\xbe\xde" + words.to_bytes(2, "big") + body, b"\x00" * padding
+
     def _extensions(self, source: SourcePacket, now_ms: float) -> bytes:
+        template = self._template
+        if template is not None:
+            if self._abs_send_time_id is not None:
+                return template[0] + abs_send_time(now_ms / 1000.0) + template[1]
+            level = source.packet.extensions.get(self._audio_level[0])  # type: ignore[index]
+            if level is not None and len(level) == 1:
+                return template[0] + level + template[1]
         elements = []
         if self._mid_ext is not None:
             elements.append(self._mid_ext)
@@ -109,8 +135,6 @@ class DownTrack:
             level = source.packet.extensions.get(self._audio_level[0])
             if level is not None:
                 elements.append((self._audio_level[1], level))
-        if len(elements) == 1 and self._mid_ext is not None:
-            return self._static_extensions
         return build_extensions(elements)
 
     def forward(self, source: SourcePacket, now_ms: float) -> DropReason | None:

@@ -1,0 +1,91 @@
+"""DownTrack rewriting with synthetic packets: subscriber's SSRC/PT/extensions, keyframe
+gating, NACK answered by RTX from the UpTrack cache, SR translation."""
+
+from sfu.core.rtcp import SenderReport, parse_rtcp
+from sfu.core.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, parse_rtp
+from sfu.downtrack import DownTrack
+from sfu.rtc.adapter import CodecInfo, MediaInfo
+from sfu.uptrack import UpTrack
+
+from .synth import rtp, vp8_payload
+
+
+def make(kind="video", rtx=True, pub_ext=None):
+    plis = []
+    codec = CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97) if kind == "video" else CodecInfo(111, "audio/opus", 48000, 2)
+    up = UpTrack("TR_1", "PA_pub", kind, "camera", "0", codec, pub_ext or {}, plis.append)
+    up.bind_ssrc(0xAAAA)
+    out_codec = CodecInfo(120, codec.mime_type, codec.clock_rate, rtx_payload_type=121 if rtx else None)
+    ext = {URI_MID: 4, URI_ABS_SEND_TIME: 2} if kind == "video" else {URI_MID: 4, URI_AUDIO_LEVEL: 5}
+    media = MediaInfo("7", kind, "sendonly", [out_codec], ext, ssrc=0xBBBB, rtx_ssrc=0xCCCC if rtx else None)
+    sent, rtcp = [], []
+    dt = DownTrack(up, "PA_sub", media, lambda d: sent.append(d) or True, lambda d: rtcp.append(d) or True)
+    up.downtracks.append(dt)
+    return up, dt, sent, rtcp, plis
+
+
+def test_video_waits_for_keyframe_requests_one_and_rewrites_header():
+    up, dt, sent, _, plis = make()
+    up.on_rtp(parse_rtp(rtp(10, 0, ssrc=0xAAAA, payload=vp8_payload(False), ext=[(1, b"0")])), 0)
+    up.on_rtp(parse_rtp(rtp(11, 0, ssrc=0xAAAA, payload=vp8_payload(False))), 10)
+    assert sent == [] and plis == [0xAAAA]  # one PLI for two waiting packets
+    up.on_rtp(parse_rtp(rtp(12, 3000, ssrc=0xAAAA, payload=vp8_payload(True), marker=True, ext=[(1, b"0")])), 20)
+    assert len(sent) == 1
+    out = parse_rtp(sent[0])
+    assert (out.ssrc, out.payload_type, out.marker) == (0xBBBB, 120, True)
+    assert out.extensions[4] == b"7"  # the subscriber's MID under its id
+    assert len(out.extensions[2]) == 3  # abs-send-time
+    assert 1 not in out.extensions or out.extensions.get(1) != b"0"
+    assert out.payload == vp8_payload(True)
+
+
+def test_nack_is_answered_with_rtx_from_the_cache():
+    up, dt, sent, _, _ = make()
+    for seq in range(100, 105):
+        up.on_rtp(parse_rtp(rtp(seq, 0, ssrc=0xAAAA, payload=vp8_payload(seq == 100, body=bytes([seq])))), seq)
+    first = parse_rtp(sent[2])
+    assert dt.on_nack([first.sequence_number, (first.sequence_number + 1000) & 0xFFFF], 200) == 1
+    rtx = parse_rtp(sent[-1])
+    assert (rtx.ssrc, rtx.payload_type) == (0xCCCC, 121)
+    assert rtx.payload[:2] == first.sequence_number.to_bytes(2, "big")
+    assert rtx.payload[2:] == first.payload
+    assert rtx.timestamp == first.timestamp
+
+
+def test_nack_without_rtx_resends_the_same_packet():
+    up, dt, sent, _, _ = make(rtx=False)
+    up.on_rtp(parse_rtp(rtp(1, 0, ssrc=0xAAAA, payload=vp8_payload(True))), 0)
+    assert dt.on_nack([parse_rtp(sent[0]).sequence_number], 10) == 1
+    again, first = parse_rtp(sent[1]), parse_rtp(sent[0])
+    assert (again.ssrc, again.sequence_number, again.timestamp, again.payload) == (
+        first.ssrc, first.sequence_number, first.timestamp, first.payload
+    )
+
+
+def test_audio_forwards_at_once_with_audio_level_passthrough():
+    up, dt, sent, _, _ = make(kind="audio", pub_ext={URI_AUDIO_LEVEL: 1})
+    up.on_rtp(parse_rtp(rtp(5, 960, ssrc=0xAAAA, pt=111, payload=b"opus", ext=[(1, b"\x85")])), 0)
+    out = parse_rtp(sent[0])
+    assert out.extensions == {4: b"7", 5: b"\x85"}
+
+
+def test_duplicate_and_padding_are_not_forwarded():
+    up, dt, sent, _, _ = make()
+    key = rtp(1, 0, ssrc=0xAAAA, payload=vp8_payload(True))
+    up.on_rtp(parse_rtp(key), 0)
+    up.on_rtp(parse_rtp(key), 1)  # duplicate (e.g. a retransmission we already had)
+    up.on_rtp(parse_rtp(rtp(2, 0, ssrc=0xAAAA, payload=b"", padding=100)), 2)
+    up.on_rtp(parse_rtp(rtp(3, 0, ssrc=0xAAAA, payload=vp8_payload(False))), 3)
+    seqs = [parse_rtp(d).sequence_number for d in sent]
+    assert len(seqs) == 2 and (seqs[1] - seqs[0]) & 0xFFFF == 1  # no gap for the padding
+
+
+def test_sender_report_is_translated_with_the_timestamp_offset():
+    up, dt, sent, rtcp, _ = make()
+    up.on_rtp(parse_rtp(rtp(1, 90000, ssrc=0xAAAA, payload=vp8_payload(True))), 0)
+    out_ts = parse_rtp(sent[0]).timestamp
+    up.on_sender_report(SenderReport(0xAAAA, ntp_timestamp=123 << 32, rtp_timestamp=90000 + 450, packet_count=1, octet_count=1), 5)
+    (sr,) = parse_rtcp(rtcp[0])
+    assert sr.ssrc == 0xBBBB and sr.ntp_timestamp == 123 << 32
+    assert sr.rtp_timestamp == (out_ts + 450) & 0xFFFFFFFF
+    assert sr.packet_count == 1
