@@ -466,7 +466,7 @@ export class SfuClient extends EventTarget {
     // Gone meanwhile: its unsubscribe is already queued.
     if (!participant || !participant.tracks.has(trackId)) return;
     const track = transceiver.receiver.track;
-    // sabotage
+    participant.stream.addTrack(track);
     this._remoteOwners.set(trackId, participantId);
     this._emit('remotetrack', { participantId, trackId, track, kind: track.kind, stream: participant.stream });
   }

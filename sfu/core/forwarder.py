@@ -146,6 +146,8 @@ class Forwarder:
             self._closed = {s for s in self._closed if s >= dropped}
 
     def _offset_for(self, seq: int) -> int:
+        if seq >= self._seg_start[-1]:
+            return self._seg_offset[-1]
         i = bisect_right(self._seg_start, seq) - 1
         return self._seg_offset[max(i, 0)]
 
