@@ -23,7 +23,7 @@ METRICS_KEY = web.AppKey("metrics", CollectorRegistry)
 
 
 async def _ws(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=1024 * 1024)
+    ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=1024 * 1024)
     await ws.prepare(request)
     await Session(ws, request.app[REGISTRY_KEY]).run()
     return ws
