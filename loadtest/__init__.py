@@ -15,7 +15,6 @@ from loadtest.client import (
     TrackInfo,
     encode_opus_clip,
     encode_vp8_clip,
-    restrict_ice_to_loopback,
 )
 
 __all__ = [
@@ -32,5 +31,4 @@ __all__ = [
     "TrackInfo",
     "encode_opus_clip",
     "encode_vp8_clip",
-    "restrict_ice_to_loopback",
 ]

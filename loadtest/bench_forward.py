@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,6 +29,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pstats
+import re
 import shutil
 import signal
 import subprocess
@@ -50,7 +52,7 @@ from loadtest.client import (
     encode_opus_clip,
     encode_vp8_clip,
 )
-from loadtest.server import ServerProcess
+from loadtest.server import ServerProcess, server_help
 
 ROOM = "bench"
 TRACKS_PER_PUBLISHER = 2  # one video, one audio
@@ -63,8 +65,10 @@ MIB = 1024 * 1024
 
 @dataclass(slots=True)
 class SubscriberTotals:
-    """One subscriber's counters, summed over its streams (see ``StreamStats``)."""
+    """One subscriber's counters, summed over its streams (see ``StreamStats``), at
+    ``at`` (``time.monotonic()`` seconds in the worker: the clock is system-wide)."""
 
+    at: float = 0.0
     packets: int = 0
     bytes: int = 0
     expected: int = 0
@@ -75,7 +79,7 @@ class SubscriberTotals:
 
 def _totals(client: RoomClient) -> SubscriberTotals:
     assert client.counter is not None
-    totals = SubscriberTotals()
+    totals = SubscriberTotals(at=time.monotonic())
     for stats in client.counter.snapshot():
         totals.packets += stats.packets
         totals.bytes += stats.bytes
@@ -110,7 +114,7 @@ async def _worker_main(
     try:
         try:
             async with asyncio.timeout(ready_timeout):
-                await asyncio.gather(*(start(c, n) for c, n in zip(clients, names)))
+                await asyncio.gather(*(start(c, n) for c, n in zip(clients, names, strict=True)))
         except Exception as exc:  # report any failure to the parent, then clean up
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
             return
@@ -188,8 +192,11 @@ class Bench:
         python_args: tuple[str, ...] = ()
         if args.profile == "cprofile":
             python_args = ("-m", "cProfile", "-o", str(workdir / "server.prof"))
+        server_args = list(args.server_arg)
+        if "--max-participants" in server_help() and not any(a.startswith("--max-participants") for a in server_args):
+            server_args += ["--max-participants", str(args.subscribers + 1)]
         self.server = ServerProcess(
-            workdir / "server.log", args.server_arg, cpus=self.server_cpus if self.pinned else None,
+            workdir / "server.log", server_args, cpus=self.server_cpus if self.pinned else None,
             python_args=python_args,
         )
         self.server_ps = psutil.Process(self.server.pid)
@@ -226,10 +233,8 @@ class Bench:
         """CPU seconds (user + system) of this process and the workers."""
         total = sum(os.times()[:2])
         for proc, _ in self.workers:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += sum(psutil.Process(proc.pid).cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     async def snapshot(self) -> Snapshot:
@@ -283,24 +288,22 @@ class Bench:
         }
 
     def _start_py_spy(self) -> subprocess.Popen[bytes]:
-        """Record the server with py-spy for the measurement window (speedscope JSON)."""
+        """Record the server with py-spy during the measurement window, as collapsed
+        stacks (``server.pyspy.txt``, one ``frame;frame;... count`` line per stack)."""
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.path.exists(exe):
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
-        out = self.workdir / "server.speedscope.json"
         return subprocess.Popen(
             [exe, "record", "--pid", str(self.server.pid), "--duration", str(math.ceil(self.args.duration)),
-             "--rate", "200", "--nonblocking", "--format", "speedscope", "--output", str(out)],
+             "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(self.workdir / "server.pyspy.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
 
     async def close(self) -> None:
         """Stop workers, publisher and server (each by its own handle / pid)."""
-        for proc, conn in self.workers:
-            try:
+        for _, conn in self.workers:
+            with contextlib.suppress(OSError):
                 conn.send("stop")
-            except OSError:
-                pass
         for proc, _ in self.workers:
             await asyncio.to_thread(proc.join, 20)
             if proc.is_alive():
@@ -315,9 +318,14 @@ class Bench:
 def _rates(first: Snapshot, last: Snapshot, bot_cpu_count: int) -> dict[str, Any]:
     """Rates and per-packet costs over the window between two snapshots."""
     window = last.wall - first.wall
-    received = sum(b.packets - a.packets for a, b in zip(first.subscribers, last.subscribers))
-    expected = sum(b.expected - a.expected for a, b in zip(first.subscribers, last.subscribers))
-    per_sub = [(b.packets - a.packets) / window for a, b in zip(first.subscribers, last.subscribers)]
+    pairs = list(zip(first.subscribers, last.subscribers, strict=True))
+    # Each subscriber's rate over its own snapshot times, so that the workers' reply
+    # latency does not skew it; the server's CPU is then charged per packet at that rate.
+    per_sub = [(b.packets - a.packets) / (b.at - a.at) for a, b in pairs]
+    forwarded_pps = sum(per_sub)
+    expected = sum(b.expected - a.expected for a, b in pairs)
+    lost = max(0, expected - sum(b.packets - a.packets for a, b in pairs))
+    packets = forwarded_pps * window
     user = last.server_user - first.server_user
     system = last.server_system - first.server_system
     server_sent = (
@@ -326,18 +334,18 @@ def _rates(first: Snapshot, last: Snapshot, bot_cpu_count: int) -> dict[str, Any
     )
     return {
         "publisher_pps": (last.publisher_sent - first.publisher_sent) / window,
-        "forwarded_pps": received / window,
+        "forwarded_pps": forwarded_pps,
         "server_sent_pps": server_sent,
         "subscriber_pps_min": min(per_sub),
         "subscriber_pps_max": max(per_sub),
-        "lost": max(0, expected - received),
+        "lost": lost,
         "expected": expected,
         "server_cpu_share": (user + system) / window,
         "server_user_s": user,
         "server_system_s": system,
-        "us_per_packet": 1e6 * (user + system) / received if received else math.nan,
-        "us_per_packet_user": 1e6 * user / received if received else math.nan,
-        "us_per_packet_system": 1e6 * system / received if received else math.nan,
+        "us_per_packet": 1e6 * (user + system) / packets if packets else math.nan,
+        "us_per_packet_user": 1e6 * user / packets if packets else math.nan,
+        "us_per_packet_system": 1e6 * system / packets if packets else math.nan,
         "bots_cpu_share": (last.bots_cpu - first.bots_cpu) / window / bot_cpu_count,
     }
 
@@ -384,6 +392,26 @@ def _print_cprofile(path: Path, top: int = 25) -> None:
     pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
 
 
+def _print_py_spy(path: Path, top: int = 25) -> None:
+    """Summarize py-spy's collapsed stacks: the functions with the most own samples."""
+    if not path.exists():
+        print(f"(no py-spy output at {path})")
+        return
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])  # per function, not per line
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    print(f"\npy-spy of the server (window), top {top} functions by own samples of {total}; file {path}")
+    print("(run_app's own samples are the uvloop event loop in C, waits included)")
+    for leaf, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"{100 * count / total:6.1f} %  {leaf}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_forward", description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, default=10, help="counting subscribers (default 10)")
@@ -397,7 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["cprofile", "py-spy"],
                         help="profile the server: cProfile (whole run, slows it) or py-spy (window only)")
     parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra argument for 'signaling.cli serve' (repeatable)")
+                        help="extra argument for 'signaling.cli serve', e.g. --server-arg=--log-level=DEBUG "
+                             "(repeatable; --max-participants defaults to subscribers + 1)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server log, profiles)")
     args = parser.parse_args(argv)
@@ -431,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile == "cprofile":
         _print_cprofile(workdir / "server.prof")
     elif args.profile == "py-spy":
-        print(f"\npy-spy profile of the server (window): {workdir / 'server.speedscope.json'} (open in speedscope.app)")
+        _print_py_spy(workdir / "server.pyspy.txt")
     if args.keep or args.profile:
         print(f"work directory: {workdir}")
     else:

@@ -22,6 +22,7 @@ bits per second; RTP timestamps are in media clock ticks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import functools
 import json
@@ -33,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import aioice.ice
 import av
 import numpy as np
 from aiortc import (
@@ -49,6 +49,7 @@ from aiortc.sdp import SessionDescription
 from sfu.core.codecs import is_keyframe, parse_vp8_descriptor
 from sfu.core.rtp import parse_rtp
 from sfu.core.seqnum import Unwrapper
+from sfu.rtc.adapter import disable_media_engines, install_tap, set_ice_addresses
 
 __all__ = [
     "RoomClient",
@@ -64,28 +65,12 @@ __all__ = [
     "PreEncodedAudioTrack",
     "StreamStats",
     "RtpCounter",
-    "restrict_ice_to_loopback",
 ]
 
 logger = logging.getLogger("loadtest.client")
 
 # Replies that answer a request, by the request's type.
 _REPLY_TO_REQUEST = {"joined": "join", "answer": "offer", "pong": "ping", "left": "leave"}
-
-
-def restrict_ice_to_loopback() -> None:
-    """Make aiortc (through aioice) gather only a ``127.0.0.1`` host candidate.
-
-    aioice leaves out loopback addresses and offers every other interface instead;
-    load tests and integration tests must send traffic to loopback only. Affects every
-    peer connection created afterwards in this process.
-    """
-    aioice.ice.get_host_addresses = _loopback_host_addresses  # type: ignore[assignment]
-
-
-def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    """Replacement for ``aioice.ice.get_host_addresses``: loopback IPv4 only."""
-    return ["127.0.0.1"] if use_ipv4 else []
 
 
 # --------------------------------------------------------------------------- roster
@@ -600,8 +585,8 @@ class RoomClient:
             count_rtp: count received RTP with an :class:`RtpCounter` (True for a new
                 one, or an instance, e.g. a subclass that also keeps payloads) and start
                 no decoder (through ``sfu.rtc.adapter``); received tracks yield no frames.
-            loopback_only: gather only a 127.0.0.1 ICE candidate and use no STUN
-                server (see :func:`restrict_ice_to_loopback`).
+            loopback_only: gather only a 127.0.0.1 ICE host candidate, process-wide
+                (``sfu.rtc.adapter.set_ice_addresses``). No STUN server is used either way.
             request_timeout: seconds to wait for the reply to any request.
         """
         self.url = url
@@ -682,7 +667,7 @@ class RoomClient:
         async with self._negotiation:
             pc = self._require_pc()
             bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]] = []
-            for track, source in zip(tracks, sources):
+            for track, source in zip(tracks, sources, strict=True):
                 transceiver = self._take_inactive(track.kind, bindings)
                 if transceiver is None:
                     transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -768,10 +753,8 @@ class RoomClient:
         """
         async with asyncio.timeout(timeout):
             while not predicate():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), poll)
-                except TimeoutError:
-                    pass
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         """Wait until the peer connection is ``connected`` (ICE + DTLS done).
@@ -938,12 +921,10 @@ class RoomClient:
 
     def _create_peer_connection(self) -> RTCPeerConnection:
         if self.loopback_only:
-            restrict_ice_to_loopback()
+            set_ice_addresses(["127.0.0.1"])
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.on("connectionstatechange", self._notify)
         if self.counter is not None:
-            from sfu.rtc.adapter import disable_media_engines, install_tap
-
             disable_media_engines(pc)
             install_tap(pc, self.counter)
         return pc

@@ -34,7 +34,7 @@ async function enterRoom({ room, name, publish }) {
     addTile(e.detail.participant);
     updateBadges(e.detail.participant.id, client);
   });
-  
+  client.addEventListener('participantleft', (e) => tileFor(e.detail.participantId)?.remove());
   client.addEventListener('trackpublished', (e) => updateBadges(e.detail.participantId, client));
   client.addEventListener('trackunpublished', (e) => updateBadges(e.detail.participantId, client));
   client.addEventListener('trackmuted', (e) => updateBadges(e.detail.participantId, client));

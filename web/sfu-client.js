@@ -369,6 +369,7 @@ export class SfuClient extends EventTarget {
       await this.pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
       this._applyAnswer(answer.tracks ?? {}, bindings);
     } catch (error) {
+      for (const { intent } of bindings) intent.reject?.(error);
       if (this._closed) return;
       if (this.pc.signalingState === 'have-local-offer') {
         await this.pc.setLocalDescription({ type: 'rollback' });
@@ -376,7 +377,6 @@ export class SfuClient extends EventTarget {
       for (const { transceiver, intent } of bindings) {
         if (intent.type === 'subscribe') this._subscriptions.delete(intent.trackId);
         this._release(transceiver);
-        intent.reject?.(error);
       }
       this._emit('error', { code: error.code ?? 'negotiation_failed', message: error.message, requestType: 'offer' });
     }
@@ -411,8 +411,6 @@ export class SfuClient extends EventTarget {
         if (!transceiver) return false;
         this._subscriptions.delete(intent.trackId);
         transceiver.direction = 'inactive';
-        const i = bindings.findIndex((b) => b.transceiver === transceiver);
-        if (i >= 0) bindings.splice(i, 1); // subscribed and unsubscribed in one batch
         return true;
       }
       default:

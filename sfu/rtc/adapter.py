@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -325,6 +326,11 @@ class SfuPeerConnection:
         transceiver = self._transceiver(offer.mid)
         if transceiver is None:
             transceiver = self._pre_bind(offer, "sendonly")
+        elif transceiver.sender._track_id != track_id:
+            # A reused m-line carries a new stream: new SSRCs (declared in the answer),
+            # since the browser keeps the old SSRC's sequence state (RFC 3550 §8).
+            transceiver.sender._ssrc = secrets.randbits(32) or 1
+            transceiver.sender._rtx_ssrc = secrets.randbits(32) or 1
         transceiver.direction = "sendonly"
         capabilities = RTCRtpSender.getCapabilities(offer.kind).codecs
         preferred = [

@@ -79,10 +79,14 @@ def _end_process_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def sfu_server() -> Iterator[str]:
-    """Run `signaling.cli serve` on a free loopback port; yield its base URL."""
+def sfu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Run `signaling.cli serve` on a free loopback port; yield its base URL.
+
+    The server's output goes to `server.log` in this session's pytest temp directory.
+    """
     port = _free_port()
-    log = tempfile.NamedTemporaryFile(prefix="sfu-server-", suffix=".log", delete=False)
+    log_path = tmp_path_factory.mktemp("sfu-server") / "server.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO_ROOT,
@@ -95,7 +99,7 @@ def sfu_server() -> Iterator[str]:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{Path(log.name).read_text()}")
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
             try:
                 with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response:
                     if response.status == 200:
@@ -103,13 +107,12 @@ def sfu_server() -> Iterator[str]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {SERVER_START_TIMEOUT} s:\n{Path(log.name).read_text()}")
+                pytest.fail(f"server not healthy after {SERVER_START_TIMEOUT} s:\n{log_path.read_text()}")
             time.sleep(0.2)
         yield base_url
     finally:
         _end_process_group(proc)
         log.close()
-        print(f"\nserver log: {log.name}")
 
 
 class BrowserPage:

@@ -163,7 +163,8 @@ async def test_two_participants_exchange_media_and_mute(sfu_server: str, open_pa
 
 
 async def test_late_joiner_and_leaving(sfu_server: str, open_page: OpenPage) -> None:
-    """A late joiner decodes everyone and is decoded; tiles of leavers disappear."""
+    """A late joiner decodes everyone and is decoded; tiles of leavers disappear; a
+    later joiner reuses the m-lines a leaver left inactive."""
     room = new_room()
     (alice, alice_id), (bob, bob_id) = await asyncio.gather(
         join(open_page, sfu_server, room, "Alice"), join(open_page, sfu_server, room, "Bob")
@@ -185,6 +186,18 @@ async def test_late_joiner_and_leaving(sfu_server: str, open_page: OpenPage) -> 
         await expect(tile(remaining, bob_id)).to_have_count(0, timeout=TILE_GONE_TIMEOUT_MS)
     # Unsubscribing from Bob renegotiated; Alice and Carol still see each other.
     await asyncio.gather(assert_receives_media(alice, [carol_id]), assert_receives_media(carol, [alice_id]))
+
+    # Dave's tracks reuse the m-lines that Bob's left inactive: no new transceivers.
+    transceiver_count = "() => window.sfuPc.getTransceivers().length"
+    before = await asyncio.gather(alice.page.evaluate(transceiver_count), carol.page.evaluate(transceiver_count))
+    dave, dave_id = await join(open_page, sfu_server, room, "Dave")
+    await asyncio.gather(
+        assert_receives_media(alice, [carol_id, dave_id]),
+        assert_receives_media(carol, [alice_id, dave_id]),
+        assert_receives_media(dave, [alice_id, carol_id]),
+    )
+    after = await asyncio.gather(alice.page.evaluate(transceiver_count), carol.page.evaluate(transceiver_count))
+    assert after == before, f"transceivers (Alice, Carol) went from {before} to {after}"
 
     # Carol closes her tab without leaving: her tile goes too.
     await carol.page.close()

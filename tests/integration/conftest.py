@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.client import restrict_ice_to_loopback
 from loadtest.server import ServerProcess
+from sfu.rtc.adapter import set_ice_addresses
 
 SERVER_START_TIMEOUT = 30.0  # seconds until /healthz must answer 200
 
 # Every aiortc peer in the test process gathers only 127.0.0.1 (TESTING.md: loopback only).
-restrict_ice_to_loopback()
+set_ice_addresses(["127.0.0.1"])
 
 
 @pytest.fixture

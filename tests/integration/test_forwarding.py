@@ -414,7 +414,43 @@ async def test_resubscribe_reuses_the_inactive_mline(server: ServerProcess) -> N
 
             (second,) = await subscriber.subscribe([video_id])
             assert second.mid == first.mid, "the inactive m-line was not reused"
-            await subscriber.wait_until(lambda: packets_on(second.mid) >= stopped_at + 60, timeout=15)
+            try:
+                await subscriber.wait_until(lambda: packets_on(second.mid) >= stopped_at + 60, timeout=15)
+            except TimeoutError:
+                pytest.fail(f"no media on the reused m-line {second.mid}: {counter.snapshot()}")
+    finally:
+        await asyncio.gather(publisher.close(), subscriber.close())
+
+
+async def test_unpublish_tells_subscribers_and_a_new_track_reuses_the_mline(server: ServerProcess) -> None:
+    publisher = RoomClient(server.ws_url, auto_subscribe=False)
+    subscriber = RoomClient(server.ws_url, count_rtp=True)
+    counter = subscriber.counter
+    assert counter is not None
+
+    def packets_on(mid: str) -> int:
+        return sum(s.packets for s in counter.snapshot() if s.mid == mid)
+
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            await publisher.join("unpublish", "Pub")
+            await subscriber.join("unpublish", "Sub")
+            video_id, audio_id = await publisher.publish([PreEncodedVideoTrack(), PreEncodedAudioTrack()])
+            await subscriber.wait_until(lambda: {video_id, audio_id} <= subscriber.subscriptions.keys())
+            publisher_mid = publisher.published[video_id].mid
+
+            await publisher.unpublish(video_id)
+            event = await subscriber.next_event("track_unpublished", timeout=5.0)
+            assert (event["participantId"], event["trackId"]) == (publisher.participant_id, video_id)
+            assert subscriber.subscriptions.keys() == {audio_id}
+            assert video_id not in subscriber.participants[publisher.participant_id].tracks
+
+            (new_id,) = await publisher.publish([PreEncodedVideoTrack()])
+            assert new_id != video_id
+            assert publisher.published[new_id].mid == publisher_mid, "the inactive m-line was not reused"
+            await subscriber.wait_until(lambda: new_id in subscriber.subscriptions)
+            new_mid = subscriber.subscriptions[new_id].mid
+            await subscriber.wait_until(lambda: packets_on(new_mid) >= 60, timeout=15)
     finally:
         await asyncio.gather(publisher.close(), subscriber.close())
 
