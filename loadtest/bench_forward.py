@@ -453,7 +453,11 @@ async def _amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench_forward-"))
-    results = uvloop.run(_amain(args, workdir))
+    try:
+        results = uvloop.run(_amain(args, workdir))
+    except BaseException:
+        print(f"benchmark failed; server log and profiles kept in {workdir}", file=sys.stderr)
+        raise
     print(report(results))
     if args.json:
         print(json.dumps(results))

@@ -1037,6 +1037,9 @@ class RoomClient:
                 if "publish" in spec:
                     transceiver.sender.replaceTrack(None)
             raise
+        if self.counter is not None:
+            # Before applying: media on a new SSRC may arrive while the answer is applied.
+            self.counter.update_from_sdp(answer["sdp"])
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._stale -= retired
         for transceiver, spec in bindings:
@@ -1047,8 +1050,6 @@ class RoomClient:
                 self.published[entry["trackId"]] = PublishedTrack(
                     entry["trackId"], transceiver.mid, track, spec["publish"].get("source"), transceiver  # type: ignore[arg-type]
                 )
-        if self.counter is not None:
-            self.counter.update_from_sdp(answer["sdp"])
         return answer
 
 

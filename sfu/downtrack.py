@@ -52,6 +52,9 @@ class DownTrack:
         media: the negotiated ``sendonly`` m-line (SSRCs, payload types, extension ids).
         send_rtp: sends one RTP packet to the subscriber (returns False if it could not).
         send_rtcp: sends one RTCP compound packet to the subscriber.
+        connected: tells whether the subscriber's transport can send yet; nothing is
+            forwarded before (so a video DownTrack never starts on a keyframe that
+            cannot be delivered).
 
     Raises:
         ValueError: the m-line did not negotiate the UpTrack's codec.
@@ -64,6 +67,7 @@ class DownTrack:
         media: MediaInfo,
         send_rtp: Callable[[bytes], bool],
         send_rtcp: Callable[[bytes], bool],
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
         codec = next(
             (c for c in media.codecs if c.mime_type.lower() == uptrack.codec.mime_type.lower()), None
@@ -90,6 +94,8 @@ class DownTrack:
         self._audio_level = (level_in, level_out) if level_in and level_out else None
         self._template = self._extension_template()
         self._send_rtp = send_rtp
+        self._connected = connected
+        self._ready = False
         self._send_rtcp = send_rtcp
         self._counters = COUNTERS.kinds[uptrack.kind]
         self._rtx_sequence = random.randrange(0x10000)
@@ -139,6 +145,11 @@ class DownTrack:
 
     def forward(self, source: SourcePacket, now_ms: float) -> DropReason | None:
         """Forward one source packet (hot path). Returns the DropReason if dropped."""
+        if not self._ready:
+            if not self._connected():
+                COUNTERS.dropped[DropReason.NOT_CONNECTED.value] += 1
+                return DropReason.NOT_CONNECTED
+            self._ready = True
         packet = source.packet
         result = self.forwarder.translate(
             source.sequence, source.timestamp, source.keyframe, packet.payload_end == packet.payload_offset
@@ -163,6 +174,8 @@ class DownTrack:
             counters = self._counters
             counters.packets_sent += 1
             counters.bytes_sent += len(data)
+        else:
+            COUNTERS.dropped["send_failed"] += 1
         return None
 
     def on_nack(self, lost: list[int], now_ms: float) -> int:

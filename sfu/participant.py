@@ -171,9 +171,14 @@ class Participant:
             if binding is not None and not binding.publish and wants_receive:
                 up = self.room.find_track(binding.track_id)
                 if up is not None and up.publisher_id != self.id and up.kind == m.kind:
-                    if self.connection.prepare_send(m, up.codec.mime_type, up.publisher_id, up.id):
+                    current = self.downtracks.get(m.mid)
+                    new_stream = current is None or current.uptrack is not up
+                    if self.connection.prepare_send(m, up.codec.mime_type, up.publisher_id, up.id, new_stream):
                         subscriptions[m.mid] = up
                         continue
+                    logger.info("participant %s: mid %s offers no %s for %s", self.id, m.mid, up.codec.mime_type, up.id)
+                else:
+                    logger.info("participant %s: mid %s subscribes to unknown track %s", self.id, m.mid, binding.track_id)
                 self.connection.prepare_inactive(m)
             elif binding is None and m.direction == "recvonly":
                 self.connection.prepare_inactive(m)
@@ -193,8 +198,11 @@ class Participant:
             if current is not None and (up is None or current.uptrack is not up or info.direction != "sendonly"):
                 self._remove_downtrack(m.mid)
                 current = None
-            if up is not None and current is None and info.direction == "sendonly":
-                self._add_downtrack(up, info)
+            if up is not None and current is None:
+                if info.direction == "sendonly":
+                    self._add_downtrack(up, info)
+                else:
+                    logger.warning("participant %s: mid %s negotiated %s, not sendonly", self.id, m.mid, info.direction)
             # Publications.
             existing = self._uptracks_by_mid.get(m.mid)
             if info.direction == "recvonly":
@@ -241,7 +249,9 @@ class Participant:
 
     def _add_downtrack(self, up: UpTrack, info: MediaInfo) -> None:
         try:
-            dt = DownTrack(up, self.id, info, self.connection.send_rtp, self.connection.send_rtcp)
+            dt = DownTrack(
+                up, self.id, info, self.connection.send_rtp, self.connection.send_rtcp, lambda: self.connection.connected
+            )
         except ValueError:
             logger.warning("participant %s: m-line %s cannot carry %s", self.id, info.mid, up.codec.mime_type)
             return

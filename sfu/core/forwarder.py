@@ -21,6 +21,7 @@ __all__ = ["DropReason", "Translation", "Forwarder"]
 class DropReason(enum.Enum):
     """Why a packet was not forwarded to one subscriber (also a metric label)."""
 
+    NOT_CONNECTED = "not_connected"
     WAITING_FOR_KEYFRAME = "waiting_for_keyframe"
     PADDING = "padding"
     PAUSED = "paused"

@@ -186,6 +186,8 @@ def parse_offer(sdp_text: str) -> list[OfferMedia]:
         description = aiortc_sdp.SessionDescription.parse(sdp_text)
     except Exception as exc:  # aiortc raises assorted errors on junk input
         raise ValueError(f"unparsable SDP: {exc}") from exc
+    if not description.media:
+        raise ValueError("offer has no media sections")
     out = []
     for index, media in enumerate(description.media):
         if media.kind not in ("audio", "video"):
@@ -289,7 +291,9 @@ class SfuPeerConnection:
     """
 
     def __init__(self, handler: RtcHandler) -> None:
-        self.pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        # No STUN/TURN: the server's host candidates are what clients reach (and aiortc's
+        # default would query a public STUN server).
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         disable_media_engines(self.pc)
         install_tap(self.pc, handler)
         self._dtls: RTCDtlsTransport | None = None
@@ -309,12 +313,14 @@ class SfuPeerConnection:
         mime_type: str,
         stream_id: str,
         track_id: str,
+        new_stream: bool = True,
     ) -> bool:
         """Bind the offered ``recvonly`` m-line ``offer`` to a ``sendonly`` transceiver.
 
         Creates the transceiver on first use of the mid (reuses it afterwards), limits
         its codecs to ``mime_type`` (plus RTX) and sets ``a=msid:stream_id track_id``.
-        Call before :meth:`answer`.
+        ``new_stream`` (a new DownTrack starts on the m-line) gives a reused
+        transceiver fresh SSRCs. Call before :meth:`answer`.
 
         Returns:
             False when the offer has no codec ``mime_type`` (the m-line will be answered
@@ -326,9 +332,10 @@ class SfuPeerConnection:
         transceiver = self._transceiver(offer.mid)
         if transceiver is None:
             transceiver = self._pre_bind(offer, "sendonly")
-        elif transceiver.sender._track_id != track_id:
-            # A reused m-line carries a new stream: new SSRCs (declared in the answer),
-            # since the browser keeps the old SSRC's sequence state (RFC 3550 §8).
+        elif new_stream:
+            # A reused m-line carries a new stream: new SSRCs (declared in the answer).
+            # The receiver keeps the old SSRC's sequence state (RFC 3550 §8) and libsrtp
+            # refuses to protect sequence numbers behind the old ones (replay check).
             transceiver.sender._ssrc = secrets.randbits(32) or 1
             transceiver.sender._rtx_ssrc = secrets.randbits(32) or 1
         transceiver.direction = "sendonly"
@@ -422,6 +429,16 @@ class SfuPeerConnection:
         await self.pc.addIceCandidate(parsed)
 
     # -- sending ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True once SRTP keys exist and ICE has nominated a pair (packets can go out)."""
+        dtls = self._dtls
+        return (
+            dtls is not None
+            and dtls._tx_srtp is not None
+            and dtls.transport._connection._nominated.get(1) is not None
+        )
 
     def send_rtp(self, data: bytes) -> bool:
         """SRTP-protect and send one RTP packet now. Returns False if not connected."""

@@ -35,7 +35,7 @@ from loadtest.client import (
     encode_vp8_clip,
 )
 from loadtest.server import REPO_ROOT, ServerProcess, server_help
-from sfu.core.codecs import parse_vp8_descriptor
+from sfu.core.codecs import parse_vp8_descriptor, vp8_is_keyframe
 from sfu.core.rtp import parse_rtp
 
 WIDTH, HEIGHT = 320, 240
@@ -387,6 +387,29 @@ async def test_full_room_refuses_join_until_someone_leaves(start_server: Callabl
             assert [p["id"] for p in joined["participants"]] == [second.participant_id]
     finally:
         await asyncio.gather(first.close(), second.close(), third.close())
+
+
+async def test_new_subscriber_video_starts_with_a_keyframe(server: ServerProcess) -> None:
+    """The subscriber joins while the publisher's first keyframe is on its way, before
+    the subscriber's own ICE/DTLS is up: its first video packet must still start a
+    keyframe, or its decoder has nothing to start from until the next one."""
+    publisher = RoomClient(server.ws_url, auto_subscribe=False)
+    recorder = PayloadRecorder(limit=200)
+    subscriber = RoomClient(server.ws_url, auto_subscribe=False, count_rtp=recorder)
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            await publisher.join("first-keyframe", "Pub")
+            await subscriber.join("first-keyframe", "Sub")
+            (video_id,) = await publisher.publish([PreEncodedVideoTrack()])
+            # The client subscribes only to tracks it has heard of.
+            published = await subscriber.next_event("track_published")
+            assert published["track"]["id"] == video_id
+            await subscriber.subscribe([video_id])
+            await subscriber.wait_until(lambda: len(recorder.packets) >= 30, timeout=15)
+    finally:
+        await asyncio.gather(publisher.close(), subscriber.close())
+    first_payload = recorder.packets[0][4]
+    assert vp8_is_keyframe(first_payload), "the first forwarded video packet is not a keyframe start"
 
 
 async def test_resubscribe_reuses_the_inactive_mline(server: ServerProcess) -> None:

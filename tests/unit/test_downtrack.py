@@ -89,3 +89,19 @@ def test_sender_report_is_translated_with_the_timestamp_offset():
     assert sr.ssrc == 0xBBBB and sr.ntp_timestamp == 123 << 32
     assert sr.rtp_timestamp == (out_ts + 450) & 0xFFFFFFFF
     assert sr.packet_count == 1
+
+
+def test_nothing_is_forwarded_before_the_subscriber_is_connected():
+    up, _, _, _, _ = make()
+    up.downtracks.clear()
+    state = {"connected": False}
+    sent = []
+    media = MediaInfo("7", "video", "sendonly", [CodecInfo(120, "video/VP8", 90000)], {}, ssrc=1, rtx_ssrc=None)
+    dt = DownTrack(up, "PA_sub", media, lambda d: sent.append(d) or True, lambda d: True, lambda: state["connected"])
+    up.downtracks.append(dt)
+    up.on_rtp(parse_rtp(rtp(1, 0, ssrc=0xAAAA, payload=vp8_payload(True))), 0)  # keyframe lost to nobody
+    assert sent == [] and not dt.forwarder.started
+    state["connected"] = True
+    up.on_rtp(parse_rtp(rtp(2, 0, ssrc=0xAAAA, payload=vp8_payload(False))), 10)
+    up.on_rtp(parse_rtp(rtp(3, 0, ssrc=0xAAAA, payload=vp8_payload(True))), 20)
+    assert len(sent) == 1 and parse_rtp(sent[0]).payload == vp8_payload(True)
