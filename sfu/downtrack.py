@@ -93,6 +93,7 @@ class DownTrack:
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, level_out) if level_in and level_out else None
         self._template = self._extension_template()
+        self._mid_only = build_extensions([self._mid_ext] if self._mid_ext is not None else [])
         self._send_rtp = send_rtp
         self._connected = connected
         self._ready = False
@@ -130,7 +131,9 @@ class DownTrack:
             if self._abs_send_time_id is not None:
                 return template[0] + abs_send_time(now_ms / 1000.0) + template[1]
             level = source.packet.extensions.get(self._audio_level[0])  # type: ignore[index]
-            if level is not None and len(level) == 1:
+            if level is None:
+                return self._mid_only
+            if len(level) == 1:
                 return template[0] + level + template[1]
         elements = []
         if self._mid_ext is not None:

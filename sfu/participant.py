@@ -112,7 +112,6 @@ class Participant:
         self._downtracks_by_ssrc: dict[int, DownTrack] = {}
         self._mid_extension_id: int | None = None
         self._negotiation = asyncio.Lock()
-        self._timer: asyncio.Task[None] | None = None
         self._last_report_ms = 0.0
         self.closed = False
 
@@ -159,7 +158,6 @@ class Participant:
             except ValueError as exc:
                 raise OfferError("bad_sdp", str(exc)) from exc
             published = self._apply(offer, subscriptions)
-            self._start_timer()
             return answer, self._answer_tracks(), published
 
     def _prepare(self, offer: list[OfferMedia]) -> dict[str, UpTrack]:
@@ -397,23 +395,10 @@ class Participant:
             build_rr(ReceiverReport(self.rtcp_ssrc)) + build_pli(Pli(self.rtcp_ssrc, media_ssrc))
         )
 
-    def _start_timer(self) -> None:
-        if self._timer is None and not self.closed:
-            self._timer = asyncio.ensure_future(self._run_timer())
-
-    async def _run_timer(self) -> None:
-        """Every 20 ms: NACKs and keyframe retries; every second: RR + REMB."""
-        try:
-            while not self.closed:
-                await asyncio.sleep(TICK_MS / 1000.0)
-                self.tick(time.monotonic() * 1000.0)
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # a bug here must not kill forwarding silently
-            logger.exception("participant %s: RTCP timer failed", self.id)
-
     def tick(self, now_ms: float) -> None:
-        """Periodic publisher-side RTCP at ``now_ms`` (monotonic ms)."""
+        """Periodic publisher-side RTCP at ``now_ms`` (monotonic ms); the room registry
+        calls it every ``TICK_MS``: due NACKs and PLI retries, and every
+        ``REPORT_INTERVAL_MS`` an RR + REMB."""
         if not self.uptracks:
             return
         rtt = self._publisher_rtt_ms()
@@ -452,8 +437,6 @@ class Participant:
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
         for mid in list(self.downtracks):
             self._remove_downtrack(mid)
         for up in list(self.uptracks.values()):

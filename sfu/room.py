@@ -9,13 +9,17 @@ participant's ``send_event`` callback (the events of docs/PROTOCOL.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 from typing import Any, Callable
 
-from .participant import Participant
+from .participant import TICK_MS, Participant
 from .uptrack import UpTrack
 
 __all__ = ["Room", "RoomRegistry", "RoomFull", "InvalidRoomName", "ROOM_NAME"]
+
+logger = logging.getLogger(__name__)
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -123,6 +127,26 @@ class RoomRegistry:
         self.max_participants = max_participants
         self.publisher_bitrate = publisher_bitrate
         self.rooms: dict[str, Room] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.ensure_future(self._run_ticker())
+
+    async def _run_ticker(self) -> None:
+        """One timer for every publisher of the process (not one task per participant):
+        every ``TICK_MS`` each publishing participant sends its due NACKs, PLI retries
+        and periodic RR/REMB. Ends when no room is left."""
+        while self.rooms:
+            await asyncio.sleep(TICK_MS / 1000.0)
+            now_ms = time.monotonic() * 1000.0
+            for room in list(self.rooms.values()):
+                for participant in list(room.participants.values()):
+                    if participant.uptracks and not participant.closed:
+                        try:
+                            participant.tick(now_ms)
+                        except Exception:  # one participant's fault must not stop the others
+                            logger.exception("participant %s: periodic RTCP failed", participant.id)
 
     def join(
         self,
@@ -146,6 +170,7 @@ class RoomRegistry:
             raise RoomFull(f"room {room_name} is full ({room.max_participants} participants)")
         participant = Participant(room, display_name, send_event, on_failed, self.publisher_bitrate)
         room.add(participant)
+        self._ensure_ticker()
         return room, participant
 
     async def leave(self, room: Room, participant: Participant) -> None:

@@ -19,7 +19,9 @@ Private names used (checked by ``tests/unit/test_adapter_contract.py``):
 ``_set_mline_index``, ``_bundled``, ``_codecs``, ``_headerExtensions``, ``_preferred_codecs``;
 ``RTCRtpSender._ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_track_id``;
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_tx_srtp``, ``transport``;
-``RTCIceTransport._connection``; ``aioice.Connection._nominated``; and the module
+``RTCDtlsTransport._rx_srtp``; ``RTCIceTransport._connection``;
+``aioice.Connection._nominated`` and ``data_received``; pylibsrtp's ``Session._srtp``,
+``_cdata``, ``_buffer`` and its cffi ``lib.srtp_protect``; and the module
 function ``aioice.ice.get_host_addresses`` (replaced by :func:`set_ice_addresses`).
 """
 
@@ -34,6 +36,9 @@ from typing import Any, Callable, Protocol
 
 import aioice.ice
 import aiortc
+import pylibsrtp
+from pylibsrtp._binding import ffi as _srtp_ffi
+from pylibsrtp._binding import lib as _srtp_lib
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
@@ -55,6 +60,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# pylibsrtp's buffer is 1500 bytes; leave room for the SRTP trailer (pylibsrtp.SRTP_MAX_TRAILER_LEN).
+_MAX_PROTECT_INPUT = 1500 - pylibsrtp.SRTP_MAX_TRAILER_LEN
 
 AIORTC_VERSION = "1.16.0"
 
@@ -229,6 +237,14 @@ def _disable_transceiver(transceiver: RTCRtpTransceiver) -> None:
 
 
 def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
+    """Route the decrypted RTP/RTCP of ``dtls`` to ``handler``.
+
+    Fast path: SRTP/SRTCP datagrams are taken at the ICE connection's
+    ``data_received`` (called synchronously by the UDP protocol), unprotected and
+    handed over at once, skipping aiortc's per-packet queue and coroutine chain.
+    DTLS, and anything arriving before the SRTP keys exist, still go through aiortc;
+    its ``_handle_rtp_data``/``_handle_rtcp_data`` are replaced too, for that path.
+    """
     if getattr(dtls, "_sfu_tapped", False):
         return
     on_rtp = handler.on_rtp
@@ -244,6 +260,24 @@ def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
     dtls._sfu_tapped = True  # type: ignore[attr-defined]
+
+    connection = dtls.transport._connection
+    queued = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        srtp = dtls._rx_srtp
+        if srtp is None or not 127 < data[0] < 192:
+            queued(data, component)
+            return
+        try:
+            if 192 <= data[1] <= 223:  # RTCP packet types (RFC 5761 §4)
+                on_rtcp(srtp.unprotect_rtcp(data), monotonic() * 1000.0)
+            else:
+                on_rtp(srtp.unprotect(data), monotonic() * 1000.0)
+        except pylibsrtp.Error:
+            logger.debug("SRTP unprotect failed; packet dropped")
+
+    connection.data_received = data_received
 
 
 def _wrap_create_transceiver(
@@ -281,6 +315,36 @@ def install_tap(pc: RTCPeerConnection, handler: RtcHandler) -> None:
     _wrap_create_transceiver(pc, lambda t: _tap_transport(t.receiver.transport, handler))
 
 
+class _Protector:
+    """SRTP protect for the hot path: pylibsrtp's ``Session.protect`` minus its
+    per-call allocation (a reused length cell), ~0.4 µs less per packet.
+
+    Uses pylibsrtp internals (``Session._srtp``, ``_cdata``, ``_buffer``).
+    """
+
+    __slots__ = ("session", "_ctx", "_cdata", "_buffer", "_length", "_protect")
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._ctx = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._length = _srtp_ffi.new("int *")
+        self._protect = _srtp_lib.srtp_protect
+
+    def protect(self, data: bytes) -> bytes:
+        """SRTP-protect one RTP packet (RFC 3711 §3.3). Raises pylibsrtp.Error."""
+        n = len(data)
+        if n > _MAX_PROTECT_INPUT:
+            raise pylibsrtp.Error("packet is too long")
+        self._buffer[0:n] = data
+        self._length[0] = n
+        status = self._protect(self._ctx, self._cdata, self._length)
+        if status:
+            raise pylibsrtp.Error(f"srtp_protect failed ({status})")
+        return self._buffer[0 : self._length[0]]
+
+
 class SfuPeerConnection:
     """The server's one ``RTCPeerConnection`` to a participant, as a raw RTP transport.
 
@@ -297,6 +361,7 @@ class SfuPeerConnection:
         disable_media_engines(self.pc)
         install_tap(self.pc, handler)
         self._dtls: RTCDtlsTransport | None = None
+        self._protector: _Protector | None = None
         self.media: dict[str, MediaInfo] = {}
 
     # -- negotiation -----------------------------------------------------------------
@@ -448,8 +513,11 @@ class SfuPeerConnection:
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             return False
+        protector = self._protector
+        if protector is None or protector.session is not dtls._tx_srtp:
+            protector = self._protector = _Protector(dtls._tx_srtp)
         try:
-            pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+            pair.protocol.transport.sendto(protector.protect(data), pair.remote_addr)
         except Exception:  # closing transport or SRTP error: the packet is lost
             return False
         return True
