@@ -40,6 +40,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -644,7 +645,10 @@ class RoomClient:
         return reply
 
     async def publish(
-        self, tracks: Sequence[MediaStreamTrack], sources: Sequence[str | None] | None = None
+        self,
+        tracks: Sequence[MediaStreamTrack],
+        sources: Sequence[str | None] | None = None,
+        video_codec: str | None = None,
     ) -> list[str]:
         """Publish local tracks in one offer/answer exchange.
 
@@ -653,6 +657,8 @@ class RoomClient:
                 such as :class:`PreEncodedVideoTrack` are only packetized).
             sources: one source per track (``camera``, ``microphone``, ``screen``,
                 ``screen_audio``, ``custom``) or None for the server's default.
+            video_codec: offer only this video codec (e.g. ``"video/H264"``) plus RTX
+                for video tracks; None offers all of aiortc's.
 
         Returns:
             the server's track ids, in the order of ``tracks``.
@@ -674,6 +680,14 @@ class RoomClient:
                 else:
                     transceiver.sender.replaceTrack(track)
                     transceiver.direction = "sendonly"
+                if video_codec is not None and track.kind == "video":
+                    transceiver.setCodecPreferences(
+                        [
+                            c
+                            for c in RTCRtpSender.getCapabilities("video").codecs
+                            if c.mimeType.lower() in (video_codec.lower(), "video/rtx")
+                        ]
+                    )
                 spec: dict[str, Any] = {} if source is None else {"source": source}
                 bindings.append((transceiver, {"publish": spec}))
             answer = await self._negotiate(bindings)

@@ -361,7 +361,9 @@ class SfuPeerConnection:
         disable_media_engines(self.pc)
         install_tap(self.pc, handler)
         self._dtls: RTCDtlsTransport | None = None
-        self._protector: _Protector | None = None
+        self._send_route: tuple[Any, Any, _Protector] | None = None
+        self._route_pair: Any = None
+        self._nominated: dict[int, Any] = {}
         self.media: dict[str, MediaInfo] = {}
 
     # -- negotiation -----------------------------------------------------------------
@@ -505,33 +507,43 @@ class SfuPeerConnection:
             and dtls.transport._connection._nominated.get(1) is not None
         )
 
-    def send_rtp(self, data: bytes) -> bool:
-        """SRTP-protect and send one RTP packet now. Returns False if not connected."""
+    def _route(self) -> tuple[Any, Any, _Protector] | None:
+        """(sendto, remote address, protector) for the nominated pair, cached until the
+        pair or the SRTP session changes; None while not connected."""
         dtls = self._dtls
         if dtls is None or dtls._tx_srtp is None:
-            return False
-        pair = dtls.transport._connection._nominated.get(1)
+            return None
+        self._nominated = dtls.transport._connection._nominated
+        pair = self._nominated.get(1)
         if pair is None:
-            return False
-        protector = self._protector
-        if protector is None or protector.session is not dtls._tx_srtp:
-            protector = self._protector = _Protector(dtls._tx_srtp)
+            return None
+        route = self._send_route
+        if route is None or self._route_pair is not pair or route[2].session is not dtls._tx_srtp:
+            # CandidatePair.remote_addr is a property that builds a tuple: read it once.
+            route = self._send_route = (pair.protocol.transport.sendto, pair.remote_addr, _Protector(dtls._tx_srtp))
+            self._route_pair = pair
+        return route
+
+    def send_rtp(self, data: bytes) -> bool:
+        """SRTP-protect and send one RTP packet now. Returns False if not connected."""
+        route = self._send_route
+        if route is None or self._nominated.get(1) is not self._route_pair:
+            route = self._route()
+            if route is None:
+                return False
         try:
-            pair.protocol.transport.sendto(protector.protect(data), pair.remote_addr)
+            route[0](route[2].protect(data), route[1])
         except Exception:  # closing transport or SRTP error: the packet is lost
             return False
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
         """SRTCP-protect and send one (compound) RTCP packet now. False if not connected."""
-        dtls = self._dtls
-        if dtls is None or dtls._tx_srtp is None:
-            return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
+        route = self._route()
+        if route is None:
             return False
         try:
-            pair.protocol.transport.sendto(dtls._tx_srtp.protect_rtcp(data), pair.remote_addr)
+            route[0](route[2].session.protect_rtcp(data), route[1])
         except Exception:
             return False
         return True

@@ -215,6 +215,29 @@ async def test_video_and_audio_are_forwarded_and_decoded(server: ServerProcess) 
     assert peak > 3000, f"the tone did not come through (peak {peak})"
 
 
+async def test_h264_only_publisher_is_forwarded_as_h264(server: ServerProcess) -> None:
+    """A publisher that offers only H.264 is forwarded as H.264 (no transcoding): the
+    subscriber's m-line negotiates H.264 and decodes the publisher's picture."""
+    publisher = RoomClient(server.ws_url, auto_subscribe=False)
+    subscriber = RoomClient(server.ws_url)
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            await publisher.join("h264", "Pub")
+            (video_id,) = await publisher.publish([PatternVideoTrack()], ["camera"], video_codec="video/H264")
+            await subscriber.join("h264", "Sub")
+            await subscriber.wait_until(lambda: video_id in subscriber.subscriptions)
+            video = subscriber.subscriptions[video_id]
+            negotiated = [c.mimeType for c in video.transceiver._codecs if not c.mimeType.endswith("/rtx")]
+            async with asyncio.timeout(30):
+                frames = await recv_frames(video.track, 60)
+    finally:
+        await asyncio.gather(publisher.close(), subscriber.close())
+    assert negotiated and all(m.lower() == "video/h264" for m in negotiated), negotiated
+    assert {(f.width, f.height) for f in frames} == {(WIDTH, HEIGHT)}
+    means = {round(float(f.to_ndarray(format="rgb24")[..., 0].mean()) / 4) for f in frames}
+    assert len(means) > 10, means
+
+
 async def test_late_joiner_receives_tracks_published_before_it_joined(server: ServerProcess) -> None:
     publisher = RoomClient(server.ws_url, auto_subscribe=False)
     late = RoomClient(server.ws_url, auto_subscribe=False)
