@@ -1,18 +1,21 @@
-"""Headless load-test bots for the SFU: a room-protocol client (:mod:`loadtest.client`)
-and the forwarding benchmark (``python -m loadtest.bench_forward``)."""
+"""Headless load-test bots for the SFU: a room-protocol client (:mod:`loadtest.client`),
+looped pre-encoded media (:mod:`loadtest.media`), RTP counting without decoding
+(:mod:`loadtest.counter`), and the benchmarks (``python -m loadtest.bench_forward``,
+``python -m loadtest.bench_hotpath``)."""
 
 from loadtest.client import (
-    EncodedClip,
     ParticipantInfo,
-    PreEncodedAudioTrack,
-    PreEncodedVideoTrack,
     PublishedTrack,
     RoomClient,
     RoomError,
-    RtpCounter,
-    StreamStats,
     Subscription,
     TrackInfo,
+)
+from loadtest.counter import RtpCounter, StreamStats
+from loadtest.media import (
+    EncodedClip,
+    PreEncodedAudioTrack,
+    PreEncodedVideoTrack,
     encode_opus_clip,
     encode_vp8_clip,
 )

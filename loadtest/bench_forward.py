@@ -45,10 +45,10 @@ from typing import Any
 import psutil
 import uvloop
 
-from loadtest.client import (
+from loadtest.client import RoomClient
+from loadtest.media import (
     PreEncodedAudioTrack,
     PreEncodedVideoTrack,
-    RoomClient,
     encode_opus_clip,
     encode_vp8_clip,
 )

@@ -1,19 +1,11 @@
 """A headless room client (bot) for the SFU's JSON room protocol (docs/PROTOCOL.md).
 
-Three parts, all asyncio and aiortc:
-
 * :class:`RoomClient` joins a room over the WebSocket at ``/ws``, publishes local
   tracks, subscribes to remote ones (automatically or explicitly) and keeps the room
   roster up to date from the server's events. The client always offers; one offer is
   in flight at a time.
-* :class:`PreEncodedVideoTrack` / :class:`PreEncodedAudioTrack` publish a short
-  synthetic clip that is encoded once (VP8 / Opus) and then looped: aiortc's
-  ``RTCRtpSender`` only packetizes ``av.Packet`` objects, so a publishing bot costs
-  almost no CPU.
-* :class:`RtpCounter` counts what a subscriber receives (packets, payload bytes,
-  frames, keyframes, losses) straight from the decrypted RTP, without decoding.
-  ``RoomClient(count_rtp=True)`` wires it in through the SFU's aiortc adapter
-  (``sfu.rtc.adapter.disable_media_engines`` / ``install_tap``).
+Publishing media for bots is in :mod:`loadtest.media`; counting received RTP without
+decoding (``RoomClient(count_rtp=True)``) in :mod:`loadtest.counter`.
 
 Units: times are seconds (``float``) unless a name says otherwise; bit rates are
 bits per second; RTP timestamps are in media clock ticks.
@@ -23,19 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
-import functools
 import json
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import av
-import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -44,13 +31,10 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import SessionDescription
 
-from sfu.core.codecs import is_keyframe, parse_vp8_descriptor
-from sfu.core.rtp import parse_rtp
-from sfu.core.seqnum import Unwrapper
 from sfu.rtc.adapter import disable_media_engines, install_tap, set_ice_addresses
+
+from .counter import RtpCounter
 
 __all__ = [
     "RoomClient",
@@ -59,13 +43,6 @@ __all__ = [
     "ParticipantInfo",
     "PublishedTrack",
     "Subscription",
-    "EncodedClip",
-    "encode_vp8_clip",
-    "encode_opus_clip",
-    "PreEncodedVideoTrack",
-    "PreEncodedAudioTrack",
-    "StreamStats",
-    "RtpCounter",
 ]
 
 logger = logging.getLogger("loadtest.client")
@@ -163,385 +140,6 @@ class RoomError(Exception):
         self.code = code
         self.message = message
         self.request_type = request_type
-
-
-# --------------------------------------------------------------------- media clips
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedClip:
-    """A short encoded clip that a track loops.
-
-    Attributes:
-        packets: the encoded frames (one ``bytes`` per VP8 frame or Opus packet).
-        pts: presentation time of each packet in ``time_base`` units, from 0.
-        time_base: seconds per pts tick.
-        duration: length of one loop in ``time_base`` ticks; loop ``k`` adds
-            ``k * duration`` to every pts.
-        keyframes: True for packets that are keyframes (every Opus packet is).
-    """
-
-    packets: tuple[bytes, ...]
-    pts: tuple[int, ...]
-    time_base: fractions.Fraction
-    duration: int
-    keyframes: tuple[bool, ...]
-
-    @property
-    def bitrate(self) -> float:
-        """Average payload bit rate of the clip, bits per second."""
-        seconds = float(self.duration * self.time_base)
-        return sum(len(p) for p in self.packets) * 8 / seconds
-
-
-def _synthetic_video(width: int, height: int, index: int, rng: np.random.Generator) -> np.ndarray:
-    """An RGB frame (``height x width x 3``, uint8): moving gradients and a checker
-    board with 8x8 blocks of noise, so that a video encoder needs a real bit rate."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    img = np.empty((height, width, 3), np.uint8)
-    img[..., 0] = (xx + 4 * index) % 256
-    img[..., 1] = (yy + 2 * index) % 256
-    img[..., 2] = ((xx // 16 + yy // 16 + index) % 2) * 255
-    noise = rng.integers(0, 64, (height // 8 + 1, width // 8 + 1), dtype=np.uint8)
-    img[..., 2] ^= noise.repeat(8, 0).repeat(8, 1)[:height, :width]
-    return img
-
-
-@functools.lru_cache(maxsize=8)
-def encode_vp8_clip(
-    width: int = 640,
-    height: int = 480,
-    fps: int = 30,
-    seconds: float = 2.0,
-    bitrate: int = 1_000_000,
-    keyframe_interval: int = 30,
-) -> EncodedClip:
-    """Encode a synthetic VP8 clip once (cached per argument set).
-
-    Args:
-        width, height: frame size in pixels (even numbers).
-        fps: frames per second.
-        seconds: clip length; the number of frames is rounded to a whole multiple of
-            ``keyframe_interval`` so that every loop starts on a keyframe.
-        bitrate: target bit rate, bits per second (libvpx CBR).
-        keyframe_interval: frames between keyframes (a new subscriber waits at most
-            this long for a picture).
-
-    Returns:
-        the clip, ``time_base`` = 1/fps.
-    """
-    frames = max(1, round(seconds * fps / keyframe_interval)) * keyframe_interval
-    codec = av.CodecContext.create("libvpx", "w")
-    codec.width = width
-    codec.height = height
-    codec.pix_fmt = "yuv420p"
-    codec.bit_rate = bitrate
-    codec.time_base = fractions.Fraction(1, fps)
-    codec.framerate = fractions.Fraction(fps, 1)
-    codec.gop_size = keyframe_interval
-    codec.options = {
-        "deadline": "realtime",
-        "cpu-used": "8",
-        "lag-in-frames": "0",
-        "auto-alt-ref": "0",
-        "static-thresh": "0",
-        "minrate": str(bitrate),
-        "maxrate": str(bitrate),
-        "bufsize": str(bitrate),
-    }
-    rng = np.random.default_rng(1)
-    encoded: list[av.Packet] = []
-    for i in range(frames):
-        frame = av.VideoFrame.from_ndarray(_synthetic_video(width, height, i, rng), format="rgb24")
-        frame = frame.reformat(format="yuv420p")
-        frame.pts = i
-        frame.time_base = codec.time_base
-        # Force a keyframe at each interval: libvpx's own placement may drift.
-        frame.pict_type = av.video.frame.PictureType.I if i % keyframe_interval == 0 else av.video.frame.PictureType.NONE
-        encoded.extend(codec.encode(frame))
-    encoded.extend(codec.encode(None))
-    if len(encoded) != frames:
-        raise RuntimeError(f"VP8 encoder returned {len(encoded)} packets for {frames} frames")
-    return EncodedClip(
-        packets=tuple(bytes(p) for p in encoded),
-        pts=tuple(range(frames)),
-        time_base=fractions.Fraction(1, fps),
-        duration=frames,
-        keyframes=tuple(bool(p.is_keyframe) for p in encoded),
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def encode_opus_clip(
-    seconds: float = 2.0, bitrate: int = 64_000, tone_hz: float = 440.0
-) -> EncodedClip:
-    """Encode a stereo sine tone once as 20 ms Opus packets at 48 kHz (cached).
-
-    Args:
-        seconds: clip length, rounded to whole 20 ms packets; a tone of whole cycles per
-            clip loops without a click (440 Hz over 2 s does).
-        bitrate: Opus target bit rate, bits per second.
-        tone_hz: tone frequency, hertz.
-
-    Returns:
-        the clip, ``time_base`` = 1/48000, 960 ticks per packet.
-    """
-    rate, samples_per_packet = 48_000, 960
-    count = max(1, round(seconds * rate / samples_per_packet))
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate = rate
-    codec.format = "s16"
-    codec.layout = "stereo"
-    codec.bit_rate = bitrate
-    codec.time_base = fractions.Fraction(1, rate)
-    codec.options = {"application": "audio", "frame_duration": "20"}
-    t = np.arange(count * samples_per_packet) / rate
-    mono = (0.3 * 32767 * np.sin(2 * np.pi * tone_hz * t)).astype(np.int16)
-    interleaved = np.repeat(mono, 2).reshape(1, -1)
-    encoded: list[av.Packet] = []
-    for i in range(count):
-        chunk = interleaved[:, i * samples_per_packet * 2 : (i + 1) * samples_per_packet * 2]
-        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
-        frame.sample_rate = rate
-        frame.pts = i * samples_per_packet
-        frame.time_base = codec.time_base
-        encoded.extend(codec.encode(frame))
-    encoded.extend(codec.encode(None))
-    # The encoder's pre-skip adds a trailing packet: keep one packet per input frame.
-    packets = tuple(bytes(p) for p in encoded[:count])
-    return EncodedClip(
-        packets=packets,
-        pts=tuple(i * samples_per_packet for i in range(count)),
-        time_base=fractions.Fraction(1, rate),
-        duration=count * samples_per_packet,
-        keyframes=(True,) * count,
-    )
-
-
-class _ClipTrack(MediaStreamTrack):
-    """Loops an :class:`EncodedClip` as ``av.Packet`` objects paced in real time."""
-
-    def __init__(self, clip: EncodedClip) -> None:
-        super().__init__()
-        self.clip = clip
-        self._index = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.Packet:  # type: ignore[override]
-        """The next packet, returned when its presentation time is due.
-
-        Pts keep increasing across loops, so RTP timestamps never jump back.
-        """
-        if self.readyState != "live":
-            raise MediaStreamError
-        clip = self.clip
-        loops, i = divmod(self._index, len(clip.packets))
-        pts = loops * clip.duration + clip.pts[i]
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        delay = self._start + float(pts * clip.time_base) - now
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self._index += 1
-        packet = av.Packet(clip.packets[i])
-        packet.pts = pts
-        packet.time_base = clip.time_base
-        return packet
-
-
-class PreEncodedVideoTrack(_ClipTrack):
-    """A video track that loops a pre-encoded VP8 clip (no encoding per frame).
-
-    Publish it with :meth:`RoomClient.publish`; the peer must negotiate VP8 (aiortc
-    offers VP8 first). Keyframe requests (PLI) are not honoured: the clip has a
-    keyframe every ``keyframe_interval`` frames instead.
-    """
-
-    kind = "video"
-
-    def __init__(self, clip: EncodedClip | None = None) -> None:
-        """``clip`` defaults to :func:`encode_vp8_clip` (640x480, 30 fps, 1 Mbit/s)."""
-        super().__init__(clip or encode_vp8_clip())
-
-
-class PreEncodedAudioTrack(_ClipTrack):
-    """An audio track that loops pre-encoded 20 ms Opus packets (48 kHz, stereo)."""
-
-    kind = "audio"
-
-    def __init__(self, clip: EncodedClip | None = None) -> None:
-        """``clip`` defaults to :func:`encode_opus_clip` (2 s, 64 kbit/s, 440 Hz)."""
-        super().__init__(clip or encode_opus_clip())
-
-
-# ------------------------------------------------------------------ RTP counting
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """What one subscriber received on one SSRC, counted from decrypted RTP.
-
-    Attributes:
-        ssrc: the RTP stream's SSRC.
-        kind: ``"audio"``, ``"video"`` or ``""`` when the payload type is unknown.
-        mid: the m-line, when the SDP or the MID extension named it.
-        packets: RTP packets received (duplicates included).
-        bytes: RTP payload bytes received (headers and padding excluded).
-        frames: video frames completed (packets with the marker bit); audio packets.
-        keyframes: packets that start a keyframe.
-        width, height: size of the last VP8 keyframe, pixels (0 if none yet).
-        first_seq, max_seq: lowest and highest unwrapped sequence number seen.
-        first_arrival, last_arrival: arrival times of the first / last packet,
-            ``time.monotonic()`` seconds.
-    """
-
-    ssrc: int
-    kind: str = ""
-    mid: str | None = None
-    packets: int = 0
-    bytes: int = 0
-    frames: int = 0
-    keyframes: int = 0
-    width: int = 0
-    height: int = 0
-    first_seq: int = 0
-    max_seq: int = 0
-    first_arrival: float = 0.0
-    last_arrival: float = 0.0
-
-    @property
-    def expected(self) -> int:
-        """Packets expected from the sequence numbers (RFC 3550 §A.3)."""
-        return self.max_seq - self.first_seq + 1 if self.packets else 0
-
-    @property
-    def lost(self) -> int:
-        """Expected minus received, floored at 0 (duplicates can exceed expected)."""
-        return max(0, self.expected - self.packets)
-
-
-class _StreamState:
-    """Per-SSRC counting state: the public :class:`StreamStats` and its unwrapper."""
-
-    __slots__ = ("stats", "unwrapper", "mime")
-
-    def __init__(self, ssrc: int, arrival: float) -> None:
-        self.stats = StreamStats(ssrc=ssrc, first_arrival=arrival)
-        self.unwrapper = Unwrapper(16)
-        self.mime = ""
-
-
-def _vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
-    """Width and height from the start of a VP8 keyframe (RFC 6386 §9.1), else None."""
-    try:
-        offset = parse_vp8_descriptor(payload).size
-    except ValueError:
-        return None
-    header = payload[offset : offset + 10]
-    if len(header) < 10 or header[3:6] != b"\x9d\x01\x2a":
-        return None
-    width, height = struct.unpack_from("<HH", header, 6)
-    return width & 0x3FFF, height & 0x3FFF
-
-
-class RtpCounter:
-    """Counts received RTP per SSRC without depayloading into frames or decoding.
-
-    It is an ``sfu.rtc.adapter.RtcHandler``: feed it decrypted packets through
-    :meth:`on_rtp` / :meth:`on_rtcp` and tell it what the SDP says with
-    :meth:`update_from_sdp`. Cost: one RTP header parse per packet, plus a VP8
-    descriptor peek per video packet.
-
-    Attributes:
-        rtcp_packets, rtcp_bytes: compound RTCP datagrams received and their size.
-        malformed: datagrams that did not parse as RTP.
-    """
-
-    def __init__(self) -> None:
-        self._streams: dict[int, _StreamState] = {}
-        self._ssrc_mid: dict[int, str] = {}
-        self._pt_mime: dict[int, str] = {}
-        self._mid_ext_ids: set[int] = set()
-        self.rtcp_packets = 0
-        self.rtcp_bytes = 0
-        self.malformed = 0
-
-    def update_from_sdp(self, sdp: str) -> None:
-        """Learn SSRC -> mid, payload type -> codec and the MID extension id from an
-        SDP (the remote answer: its ``a=ssrc`` lines name what the server sends)."""
-        description = SessionDescription.parse(sdp)
-        for media in description.media:
-            if media.kind not in ("audio", "video"):
-                continue
-            mid = media.rtp.muxId
-            for ssrc in media.ssrc:
-                self._ssrc_mid[ssrc.ssrc] = mid
-            for codec in media.rtp.codecs:
-                self._pt_mime[codec.payloadType] = codec.mimeType
-            for ext in media.rtp.headerExtensions:
-                if ext.uri == "urn:ietf:params:rtp-hdrext:sdes:mid":
-                    self._mid_ext_ids.add(ext.id)
-        for state in self._streams.values():
-            mid = self._ssrc_mid.get(state.stats.ssrc)
-            if mid is not None:
-                state.stats.mid = mid
-
-    def on_rtp(self, data: bytes, arrival_ms: float) -> None:
-        """Count one decrypted RTP packet that arrived at ``arrival_ms``
-        (``time.monotonic()`` in milliseconds, as ``sfu.rtc.adapter`` reports it)."""
-        arrival_time = arrival_ms / 1000.0
-        try:
-            packet = parse_rtp(data)
-        except ValueError:
-            self.malformed += 1
-            return
-        state = self._streams.get(packet.ssrc)
-        if state is None:
-            state = self._streams[packet.ssrc] = _StreamState(packet.ssrc, arrival_time)
-            state.stats.mid = self._ssrc_mid.get(packet.ssrc)
-        stats = state.stats
-        if stats.mid is None:
-            for ext_id in self._mid_ext_ids:
-                value = packet.extensions.get(ext_id)
-                if value:
-                    stats.mid = self._ssrc_mid[packet.ssrc] = value.decode("ascii", "replace")
-                    break
-        if not state.mime:
-            state.mime = self._pt_mime.get(packet.payload_type, "")
-            stats.kind = state.mime.partition("/")[0].lower()
-        seq = state.unwrapper.unwrap(packet.sequence_number)
-        if stats.packets == 0:
-            stats.first_seq = stats.max_seq = seq
-        elif seq > stats.max_seq:
-            stats.max_seq = seq
-        elif seq < stats.first_seq:
-            stats.first_seq = seq
-        stats.packets += 1
-        stats.bytes += packet.payload_size
-        stats.last_arrival = arrival_time
-        if stats.kind == "video":
-            if packet.marker:
-                stats.frames += 1
-            if packet.payload_size and is_keyframe(state.mime, packet.payload):
-                stats.keyframes += 1
-                size = _vp8_keyframe_size(packet.payload) if state.mime.lower() == "video/vp8" else None
-                if size:
-                    stats.width, stats.height = size
-        elif packet.payload_size:
-            stats.frames += 1
-
-    def on_rtcp(self, data: bytes, arrival_ms: float) -> None:
-        """Count one decrypted compound RTCP datagram (``arrival_ms`` unused)."""
-        self.rtcp_packets += 1
-        self.rtcp_bytes += len(data)
-
-    def snapshot(self) -> list[StreamStats]:
-        """Copies of the per-SSRC counters, in order of first arrival."""
-        return [
-            StreamStats(**{name: getattr(s.stats, name) for name in StreamStats.__slots__})
-            for s in self._streams.values()
-        ]
 
 
 # ---------------------------------------------------------------------- the client

@@ -10,6 +10,7 @@ import functools
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ class ServerProcess:
         port: int | None = None,
         cpus: set[int] | None = None,
         python_args: Sequence[str] = (),
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         """Start the server (this returns at once; see :meth:`wait_healthy`).
 
@@ -70,8 +72,12 @@ class ServerProcess:
             cpus: pin the server to these CPU numbers (``sched_setaffinity``).
             python_args: interpreter arguments before ``-m signaling.cli``, e.g.
                 ``("-m", "cProfile", "-o", "out.prof")``.
+            tls: (certificate, key) PEM files: serve HTTPS/WSS (``--tls-cert/--tls-key``).
         """
         self.port = port or free_port()
+        self.tls = tls
+        if tls is not None:
+            extra_args = (*extra_args, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -93,12 +99,12 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         """The room service WebSocket URL."""
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
 
     @property
     def http_url(self) -> str:
         """The base HTTP URL (``/healthz``, ``/metrics``)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Poll ``/healthz`` every 0.1 s until it answers 200.
@@ -110,7 +116,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1.0) as response:
+                # A test certificate is self-signed: health polling does not verify it.
+                context = ssl._create_unverified_context() if self.tls else None
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1.0, context=context) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):

@@ -15,8 +15,8 @@ import sys
 import uvloop
 from aiohttp import web
 
-from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
 from sfu.room import RoomRegistry
+from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
 
 from .app import create_app
 

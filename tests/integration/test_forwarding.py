@@ -22,15 +22,19 @@ import av
 import numpy as np
 import psutil
 import pytest
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    VideoStreamTrack,
+)
 from aiortc.mediastreams import MediaStreamError
 
-from loadtest.client import (
+from loadtest.client import RoomClient, RoomError
+from loadtest.counter import RtpCounter
+from loadtest.media import (
     PreEncodedAudioTrack,
     PreEncodedVideoTrack,
-    RoomClient,
-    RoomError,
-    RtpCounter,
     encode_opus_clip,
     encode_vp8_clip,
 )
@@ -270,7 +274,8 @@ async def test_late_joiner_receives_tracks_published_before_it_joined(server: Se
 
 DOOMED_CLIENT = """
 import asyncio, sys
-from loadtest.client import PreEncodedAudioTrack, PreEncodedVideoTrack, RoomClient
+from loadtest.client import RoomClient
+from loadtest.media import PreEncodedAudioTrack, PreEncodedVideoTrack
 
 async def main() -> None:
     client = RoomClient(sys.argv[1], auto_subscribe=False)

@@ -2,7 +2,13 @@
 
 import pytest
 
-from sfu.core.codecs import h264_is_keyframe, is_keyframe, parse_vp8_descriptor, rtx_original_sequence, vp8_is_keyframe
+from sfu.core.codecs import (
+    h264_is_keyframe,
+    is_keyframe,
+    parse_vp8_descriptor,
+    rtx_original_sequence,
+    vp8_is_keyframe,
+)
 
 from .synth import vp8_payload
 

@@ -1,7 +1,7 @@
 """Reception statistics for RR report blocks (RFC 3550 §A.3, §A.8) and RTT (§6.4.1)."""
 
-from sfu.core.rtcp import ReportBlock
 from sfu.core.receive_stats import ReceiveStats, ntp_middle32, rtt_from_report_ms
+from sfu.core.rtcp import ReportBlock
 from sfu.core.seqnum import Unwrapper
 
 
