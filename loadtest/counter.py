@@ -176,6 +176,10 @@ class RtpCounter:
         self.rtcp_packets += 1
         self.rtcp_bytes += len(data)
 
+    def packets_on(self, mid: str) -> int:
+        """Packets received so far on the m-line ``mid``, over all its SSRCs."""
+        return sum(s.stats.packets for s in self._streams.values() if s.stats.mid == mid)
+
     def snapshot(self) -> list[StreamStats]:
         """Copies of the per-SSRC counters, in order of first arrival."""
         return [

@@ -445,9 +445,7 @@ async def test_resubscribe_reuses_the_inactive_mline(server: ServerProcess) -> N
     subscriber = RoomClient(server.ws_url, auto_subscribe=False, count_rtp=True)
     counter = subscriber.counter
     assert counter is not None
-
-    def packets_on(mid: str) -> int:
-        return sum(s.packets for s in counter.snapshot() if s.mid == mid)
+    packets_on = counter.packets_on
 
     try:
         async with asyncio.timeout(TEST_TIMEOUT):
@@ -478,9 +476,7 @@ async def test_unpublish_tells_subscribers_and_a_new_track_reuses_the_mline(serv
     subscriber = RoomClient(server.ws_url, count_rtp=True)
     counter = subscriber.counter
     assert counter is not None
-
-    def packets_on(mid: str) -> int:
-        return sum(s.packets for s in counter.snapshot() if s.mid == mid)
+    packets_on = counter.packets_on
 
     try:
         async with asyncio.timeout(TEST_TIMEOUT):
