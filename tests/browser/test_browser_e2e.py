@@ -49,6 +49,16 @@ async () => {
 """
 
 
+PUBLISHER_FEEDBACK_JS = """async () => {
+  const out = {available: null, videoRtt: null};
+  (await window.sfuPc.getStats()).forEach((s) => {
+    if (s.type === 'candidate-pair' && s.nominated && s.availableOutgoingBitrate) out.available = s.availableOutgoingBitrate;
+    if (s.type === 'remote-inbound-rtp' && s.kind === 'video') out.videoRtt = s.roundTripTime ?? null;
+  });
+  return out;
+}"""
+
+
 def new_room() -> str:
     """A room name no other test uses."""
     return f"t{uuid.uuid4().hex[:10]}"
@@ -150,6 +160,17 @@ async def test_two_participants_exchange_media_and_mute(sfu_server: str, open_pa
     await expect(tile(alice, bob_id).locator(".name")).to_have_text("Bob")
     await expect(tile(bob, alice_id).locator(".name")).to_have_text("Alice")
     await asyncio.gather(assert_receives_media(alice, [bob_id]), assert_receives_media(bob, [alice_id]))
+
+    # The server's RTCP reaches Chrome as a publisher: REMB sets its available
+    # bitrate (--publisher-bitrate, 2.5 Mbit/s by default; without REMB Chrome stays
+    # near 300 kbit/s) and RRs echo its SRs (LSR/DLSR), so it measures a round-trip time.
+    for _ in range(50):  # the first RR that can echo an SR comes ~1 s after the first SR
+        feedback = await alice.page.evaluate(PUBLISHER_FEEDBACK_JS)
+        if feedback["available"] == 2_500_000 and feedback["videoRtt"] is not None:
+            break
+        await asyncio.sleep(0.2)
+    assert feedback["available"] == 2_500_000, feedback
+    assert feedback["videoRtt"] is not None and feedback["videoRtt"] < 0.5, feedback
 
     mic_off_at_bob = tile(bob, alice_id).locator(".mic-off")
     await expect(mic_off_at_bob).to_be_hidden()
