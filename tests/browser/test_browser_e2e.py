@@ -59,6 +59,15 @@ PUBLISHER_FEEDBACK_JS = """async () => {
 }"""
 
 
+SENDER_REPORTS_JS = """async () => {
+  const kinds = [];
+  (await window.sfuPc.getStats()).forEach((s) => {
+    if (s.type === 'remote-outbound-rtp' && s.remoteTimestamp && s.packetsSent > 0) kinds.push(s.kind);
+  });
+  return kinds;
+}"""
+
+
 def new_room() -> str:
     """A room name no other test uses."""
     return f"t{uuid.uuid4().hex[:10]}"
@@ -171,6 +180,15 @@ async def test_two_participants_exchange_media_and_mute(sfu_server: str, open_pa
         await asyncio.sleep(0.2)
     assert feedback["available"] == 2_500_000, feedback
     assert feedback["videoRtt"] is not None and feedback["videoRtt"] < 0.5, feedback
+
+    # As a subscriber Chrome gets SRs derived from the publisher's (for lip sync): it
+    # reports them as remote-outbound-rtp for both kinds.
+    for _ in range(50):
+        kinds = await bob.page.evaluate(SENDER_REPORTS_JS)
+        if {"audio", "video"} <= set(kinds):
+            break
+        await asyncio.sleep(0.2)
+    assert {"audio", "video"} <= set(kinds), kinds
 
     mic_off_at_bob = tile(bob, alice_id).locator(".mic-off")
     await expect(mic_off_at_bob).to_be_hidden()
