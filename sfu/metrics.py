@@ -42,6 +42,11 @@ class MediaCounters:
         self.firs_received = 0
         self.plis_sent = 0
         self.rtcp_malformed = 0
+        self.dc_messages_received = 0
+        self.dc_bytes_received = 0
+        self.dc_messages_sent = 0
+        self.dc_bytes_sent = 0
+        self.dc_dropped: Counter[str] = Counter()
 
 
 COUNTERS = MediaCounters()
@@ -95,6 +100,22 @@ class MediaCollector(Collector):
             ("sfu_rtcp_malformed", "RTCP datagrams dropped as malformed", c.rtcp_malformed),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+
+        for name, doc, value in (
+            ("sfu_datachannel_messages_received", "DataChannel messages received from participants", c.dc_messages_received),
+            ("sfu_datachannel_received_bytes", "DataChannel bytes received from participants", c.dc_bytes_received),
+            ("sfu_datachannel_messages_sent", "DataChannel messages delivered to participants", c.dc_messages_sent),
+            ("sfu_datachannel_sent_bytes", "DataChannel bytes delivered to participants", c.dc_bytes_sent),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        dc_dropped = CounterMetricFamily(
+            "sfu_datachannel_messages_dropped",
+            "DataChannel messages not delivered to a receiver (or refused from a sender), by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(c.dc_dropped.items()):
+            dc_dropped.add_metric([reason], n)
+        yield dc_dropped
 
         rooms, participants, tracks, downtracks = self._gauges()
         yield GaugeMetricFamily("sfu_rooms", "rooms with at least one participant", value=rooms)

@@ -34,6 +34,7 @@ from .core.rtcp import (
     parse_rtcp,
 )
 from .core.rtp import URI_MID, parse_rtp
+from .datachannel import DataChannels
 from .downtrack import DownTrack
 from .metrics import COUNTERS
 from .rtc.adapter import MediaInfo, OfferMedia, SfuPeerConnection, parse_offer
@@ -105,6 +106,8 @@ class Participant:
         self.bandwidth_estimate: int | None = None  # the subscriber's REMB, bit/s
         self.connection = SfuPeerConnection(self)
         self.connection.on_state_change(self._on_state_change)
+        self.data = DataChannels(self.id, self.connection.open_data_channel, room.on_data, send_event)
+        self.connection.on_datachannel(self.data.add)
         self._on_failed = on_failed
         self._bindings: dict[str, _Binding] = {}
         self._uptracks_by_mid: dict[str, UpTrack] = {}
@@ -444,4 +447,5 @@ class Participant:
         self.uptracks.clear()
         self._uptracks_by_mid.clear()
         self._routes.clear()
+        self.data.close()
         await self.connection.close()

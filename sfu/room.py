@@ -14,6 +14,8 @@ import re
 import time
 from typing import Any, Callable
 
+from .core.envelope import Outgoing
+from .datachannel import ChannelKey, fan_out
 from .participant import TICK_MS, Participant
 from .uptrack import UpTrack
 
@@ -73,6 +75,11 @@ class Room:
             raise RoomFull(f"room {self.name} is full ({self.max_participants} participants)")
         self.participants[participant.id] = participant
         self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
+
+    def on_data(self, sender_id: str, key: ChannelKey, outgoing: Outgoing) -> None:
+        """Fan a DataChannel message out to the others (or to ``outgoing.to``)."""
+        if sender_id in self.participants:
+            fan_out(sender_id, key, outgoing, {pid: p.data for pid, p in self.participants.items() if not p.closed})
 
     def on_tracks_published(self, participant: Participant, tracks: list[UpTrack]) -> None:
         """Tell the others about newly published tracks."""

@@ -143,7 +143,7 @@ class Session:
         )
 
     def _on_peer_failed(self) -> None:
-        logger.info("session %s: PeerConnection failed", self._who())
+        logger.info("session %s: PeerConnection closed or failed", self._who())
         self._close_soon()
 
     async def _on_offer(self, msg: dict[str, Any]) -> None:

@@ -553,6 +553,27 @@ class SfuPeerConnection:
             return False
         return True
 
+    # -- DataChannels (public aiortc API, kept here so sfu/ sees one transport object) --
+
+    def on_datachannel(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(channel)`` for every DataChannel the client opens (RFC 8832)."""
+        self.pc.on("datachannel", callback)
+
+    def open_data_channel(
+        self, label: str, ordered: bool, max_retransmits: int | None, max_packet_lifetime: int | None
+    ) -> Any:
+        """Open a DataChannel towards the client (DCEP, RFC 8832 §5.1).
+
+        Returns:
+            the aiortc ``RTCDataChannel`` (``readyState`` "connecting" until the client
+            acknowledges), or None when no ``m=application`` section was negotiated.
+        """
+        if self.pc.sctp is None or self.pc.connectionState in ("closed", "failed"):
+            return None
+        return self.pc.createDataChannel(
+            label, ordered=ordered, maxRetransmits=max_retransmits, maxPacketLifeTime=max_packet_lifetime
+        )
+
     @property
     def connection_state(self) -> str:
         """``RTCPeerConnection.connectionState``."""
