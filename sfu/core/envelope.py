@@ -57,7 +57,17 @@ def _header_fields(header: object) -> tuple[frozenset[str] | None, str | None]:
     topic = header.get("topic")
     if topic is not None and (not isinstance(topic, str) or len(topic) > MAX_TOPIC_CHARS):
         raise EnvelopeError("bad_data", f"'topic' must be a string of at most {MAX_TOPIC_CHARS} characters")
+    if topic is not None:
+        _check_utf8(topic, "topic")
     return to, topic
+
+
+def _check_utf8(text: str, field: str) -> None:
+    """JSON allows lone surrogates (``"\ud800"``), which UTF-8 cannot carry onward."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise EnvelopeError("bad_data", f"'{field}' is not valid Unicode text") from exc
 
 
 def decode_client_message(message: str | bytes) -> Outgoing:
@@ -86,6 +96,7 @@ def decode_client_message(message: str | bytes) -> Outgoing:
         data = envelope.get("data")
         if not isinstance(data, str):
             raise EnvelopeError("bad_data", "a text envelope needs a string 'data'")
+        _check_utf8(data, "data")
         return Outgoing(data, to, topic)
     if len(message) < 2:
         raise EnvelopeError("bad_data", "a binary message starts with a 16-bit header length")
@@ -110,9 +121,10 @@ def encode_delivery(sender_id: str, outgoing: Outgoing) -> str | bytes:
         envelope: dict[str, str] = {"from": sender_id, "data": outgoing.data}
         if outgoing.topic is not None:
             envelope["topic"] = outgoing.topic
-        return json.dumps(envelope, separators=(",", ":"))
+        # Raw UTF-8 (not \u escapes): the delivered size stays that of what was sent.
+        return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
     header: dict[str, str] = {"from": sender_id}
     if outgoing.topic is not None:
         header["topic"] = outgoing.topic
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return struct.pack("!H", len(encoded)) + encoded + outgoing.data

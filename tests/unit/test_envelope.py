@@ -67,3 +67,19 @@ def test_size_limit_counts_encoded_bytes():
     # Multi-byte characters count as their UTF-8 bytes.
     with pytest.raises(EnvelopeError):
         decode_client_message(json.dumps({"data": "é" * MAX_ENVELOPE_BYTES}, ensure_ascii=False))
+
+
+def test_non_ascii_is_delivered_as_utf8_not_escaped():
+    text = "😀中é" * 1000
+    sent = json.dumps({"data": text}, ensure_ascii=False)
+    delivered = encode_delivery("PA_x", decode_client_message(sent))
+    assert json.loads(delivered)["data"] == text
+    assert len(delivered.encode()) < len(sent.encode()) + 40
+
+
+@pytest.mark.parametrize("field", ["data", "topic"])
+def test_lone_surrogates_are_bad_data(field):
+    envelope = {"data": "ok", field: "\ud800"}
+    with pytest.raises(EnvelopeError) as err:
+        decode_client_message(json.dumps(envelope))  # the JSON escape decodes to a lone surrogate
+    assert err.value.code == "bad_data"
