@@ -1,8 +1,12 @@
 // Demo room page. `/?room=ROOM&name=NAME` joins at once with camera and microphone;
 // `&publish=0` joins as a viewer; without `room` the page shows the join form.
+// A chat panel sends and shows text over the client's reliable `chat` DataChannel.
 import { SfuClient } from './sfu-client.js';
 
 const $ = (selector, root = document) => root.querySelector(selector);
+
+/** Label of the DataChannel the chat panel uses (the client opens it at join). */
+const CHAT_CHANNEL = 'chat';
 
 const params = new URLSearchParams(location.search);
 const room = params.get('room');
@@ -44,7 +48,9 @@ async function enterRoom({ room, name, publish }) {
   client.addEventListener('closed', (e) => {
     // Before the join completes, the join's own error is the better message.
     if (e.detail.reason !== 'left' && client.participantId) setStatus(`Disconnected: ${e.detail.reason}`);
+    setChatEnabled(false);
   });
+  wireChat(client, name);
 
   let localStream = null;
   $('#leave').addEventListener('click', async () => {
@@ -66,6 +72,7 @@ async function enterRoom({ room, name, publish }) {
   try {
     setStatus('Joining…');
     await client.join(room, name);
+    setChatEnabled(true);
     setStatus(localStream || !publish ? `Joined as ${name}` : `Joined as ${name} (watching only: no camera or microphone)`);
     if (localStream) {
       const trackIds = await client.publish(localStream);
@@ -76,6 +83,99 @@ async function enterRoom({ room, name, publish }) {
   } catch (error) {
     setStatus(`Could not join: ${error.message}`);
   }
+}
+
+/**
+ * Wire the chat panel to the client: show what others send on the chat channel
+ * (with their display names) and send what we type.
+ * @param {SfuClient} client
+ * @param {string} name Our display name, shown on our own messages.
+ */
+function wireChat(client, name) {
+  // Names by participant id, kept after people leave so their last messages still
+  // show who wrote them.
+  const names = new Map();
+  client.addEventListener('participantjoined', (e) => names.set(e.detail.participant.id, e.detail.participant.name));
+
+  client.addEventListener('data', (e) => {
+    const { label, from, data } = e.detail;
+    if (label !== CHAT_CHANNEL) return;
+    const text = typeof data === 'string' ? data : `[${data.byteLength ?? 0} bytes of binary data]`;
+    addChatMessage(names.get(from) ?? client.participants.get(from)?.name ?? from, text, false);
+  });
+  client.addEventListener('dataoverflow', (e) => {
+    if (e.detail.label === CHAT_CHANNEL) addChatNotice('Some messages were missed (connection too slow).');
+  });
+  client.addEventListener('error', (e) => {
+    if (e.detail.label === CHAT_CHANNEL) addChatNotice(`Message not delivered: ${e.detail.message}`);
+  });
+
+  $('#chat-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const input = $('#chat-input');
+    const text = input.value;
+    if (!text.trim()) return;
+    try {
+      client.sendData(CHAT_CHANNEL, text);
+    } catch (error) {
+      addChatNotice(`Could not send: ${error.message}`);
+      return;
+    }
+    addChatMessage(name, text, true);
+    input.value = '';
+    input.focus();
+  });
+  $('#leave').addEventListener('click', () => setChatEnabled(false), { once: true });
+}
+
+/**
+ * Append a message to the chat log (as text, never as markup).
+ * @param {string} from Sender's display name.
+ * @param {string} text
+ * @param {boolean} own Whether we sent it.
+ */
+function addChatMessage(from, text, own) {
+  const item = document.createElement('li');
+  item.className = own ? 'chat-message own' : 'chat-message';
+  const fromEl = document.createElement('span');
+  fromEl.className = 'chat-from';
+  fromEl.textContent = from;
+  const textEl = document.createElement('span');
+  textEl.className = 'chat-text';
+  textEl.textContent = text;
+  item.append(fromEl, textEl);
+  appendToChatLog(item);
+}
+
+/**
+ * Append a line about the chat itself (not a message) to the chat log.
+ * @param {string} text
+ */
+function addChatNotice(text) {
+  const item = document.createElement('li');
+  item.className = 'chat-notice';
+  item.textContent = text;
+  appendToChatLog(item);
+}
+
+/**
+ * Append an item to the chat log, following the newest line if the log was at its end.
+ * @param {HTMLElement} item
+ */
+function appendToChatLog(item) {
+  const log = $('#chat-log');
+  const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 8;
+  log.append(item);
+  if (atEnd) log.scrollTop = log.scrollHeight;
+}
+
+/**
+ * Enable or disable the chat input and its Send button.
+ * @param {boolean} enabled
+ */
+function setChatEnabled(enabled) {
+  $('#chat-input').disabled = !enabled;
+  $('#chat-send').disabled = !enabled;
 }
 
 /**

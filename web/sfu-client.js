@@ -1,16 +1,32 @@
 // SFU room client: one WebSocket (JSON room protocol, docs/PROTOCOL.md) and one
 // RTCPeerConnection per participant. The client always offers; the server answers.
 //
-// All changes to the PeerConnection (adding or reusing transceivers, setting them
-// inactive) happen inside the negotiation loop, just before the offer that carries
-// them, so one offer is in flight at a time and requests made meanwhile are coalesced
-// into the next offer.
+// All changes to the transceivers (adding or reusing them, setting them inactive)
+// happen inside the negotiation loop, just before the offer that carries them, so one
+// offer is in flight at a time and requests made meanwhile are coalesced into the
+// next offer. DataChannels are created at once (so callers get the channel object),
+// but the offer that adds the m=application section for them is made by the loop too.
+//
+// DataChannel messages are envelopes (PROTOCOL.md, "DataChannels"): the server fans
+// each one out to the other participants and tells the receivers who sent it.
 
 /** Default publish source per track kind (PROTOCOL.md, "offer"). */
 const DEFAULT_SOURCE = { video: 'camera', audio: 'microphone' };
 
 /** How long `leave()` waits for the server's `left` before closing anyway. */
 const LEAVE_TIMEOUT_MS = 2000;
+
+/** DataChannel labels with this prefix are reserved for the server. */
+const RESERVED_LABEL_PREFIX = '_sfu';
+
+/** Label of the reliable channel every client opens when it joins (the demo's chat). */
+const DEFAULT_CHANNEL = 'chat';
+
+/** Largest JSON header of a binary envelope (its length is a 16-bit field). */
+const MAX_BINARY_HEADER = 0xffff;
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder('utf-8', { fatal: true });
 
 /**
  * @typedef {object} TrackInfo
@@ -29,6 +45,32 @@ const LEAVE_TIMEOUT_MS = 2000;
  */
 
 /**
+ * @typedef {object} ChannelOptions
+ * Reliability of a DataChannel (as in `RTCDataChannelInit`). Without
+ * `maxRetransmits` and `maxPacketLifeTime` the channel is reliable; set at most one.
+ * @property {boolean} [ordered=true]         Deliver in order.
+ * @property {number} [maxRetransmits]        Give up on a message after this many retransmissions.
+ * @property {number} [maxPacketLifeTime]     Give up on a message after this many milliseconds.
+ */
+
+/**
+ * @typedef {object} DataMessage
+ * Detail of the `data` event: one message another participant sent.
+ * @property {string} label              The channel's label.
+ * @property {string} from               Sender's participant id (set by the server).
+ * @property {string|null} topic         The sender's topic, or null.
+ * @property {string|Uint8Array} data    A string for a text message, the payload bytes
+ *   for a binary one.
+ */
+
+/**
+ * @typedef {object} SendOptions
+ * @property {string|string[]} [to]  Participant id(s) to deliver to; everyone else in
+ *   the room by default. Unknown ids are ignored by the server.
+ * @property {string} [topic]        A tag of at most 64 characters for receivers to filter on.
+ */
+
+/**
  * Client for one participant in one room.
  *
  * Events (all `CustomEvent`s; the payload is in `event.detail`):
@@ -41,8 +83,16 @@ const LEAVE_TIMEOUT_MS = 2000;
  * - `remotetrack` `{participantId, trackId, track, kind, stream}`: media of a
  *   subscribed track is bound to `track` (a MediaStreamTrack), already added to the
  *   participant's `stream`.
- * - `error` `{code, message, requestType}`: the server refused a request, or
- *   negotiation failed.
+ * - `data` {@link DataMessage}: a DataChannel message from another participant.
+ * - `channelopen` `{label, channel}`: the channel that `sendData(label, ...)` uses
+ *   is open (messages sent before are queued until then).
+ * - `dataoverflow` `{label}`: we fell so far behind on reliable channel `label` that
+ *   the server closed it towards us; messages sent meanwhile are lost to us. The
+ *   client opens the channel again by itself, so later messages arrive.
+ * - `error` `{code, message, requestType, label}`: the server refused a request, or
+ *   negotiation failed. DataChannel errors (`data_too_large`, `bad_data`, and
+ *   `bad_envelope` for a malformed message from the server) name the channel in
+ *   `label`; it is null otherwise.
  * - `closed` `{reason}`: the connection ended (after `leave()` or when it dropped).
  */
 export class SfuClient extends EventTarget {
@@ -52,8 +102,11 @@ export class SfuClient extends EventTarget {
    *   `ws(s)://<this page's host>/ws`.
    * @param {RTCConfiguration} [options.rtcConfig] Extra PeerConnection settings
    *   (e.g. `iceServers`); bundling is always `max-bundle`.
+   * @param {string|null} [options.defaultChannel='chat'] Label of the reliable channel
+   *   opened at join, before the first offer (so a participant without media can
+   *   exchange data); null to open none.
    */
-  constructor({ url, rtcConfig = {} } = {}) {
+  constructor({ url, rtcConfig = {}, defaultChannel = DEFAULT_CHANNEL } = {}) {
     super();
     /** WebSocket URL of the room service. */
     this.url = url ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
@@ -68,6 +121,19 @@ export class SfuClient extends EventTarget {
     /** @type {Map<string, {track: MediaStreamTrack, source: string, transceiver: RTCRtpTransceiver}>}
      *  Our published tracks, by server track id. */
     this.localTracks = new Map();
+    /** @type {Map<string, RTCDataChannel>} The channel `sendData` uses, by label: the
+     *  one we opened, else one the server opened towards us. */
+    this.channels = new Map();
+
+    this._defaultChannel = defaultChannel;
+    /** Every DataChannel we listen on (ours and the server's), open or opening. */
+    this._dataChannels = new Set();
+    /** Channels we opened ourselves (they take precedence for sending). */
+    this._ownChannels = new WeakSet();
+    /** Messages sent on a channel that is not open yet, flushed when it opens. */
+    this._outbox = new WeakMap();
+    /** Labels to open again once their channel has closed (after `data_overflow`). */
+    this._reopen = new Set();
 
     this._ws = null;
     this._closed = false;
@@ -92,9 +158,10 @@ export class SfuClient extends EventTarget {
       if (this._offerSent) this._send({ type: 'candidate', candidate });
       else this._candidateBacklog.push(candidate);
     });
+    this.pc.addEventListener('datachannel', (event) => this._adoptChannel(event.channel, false));
     this.pc.addEventListener('connectionstatechange', () => {
       if (this.pc.connectionState === 'failed') {
-        this._emit('error', { code: 'connection_failed', message: 'media connection to the server failed', requestType: null });
+        this._emit('error', { code: 'connection_failed', message: 'media connection to the server failed', requestType: null, label: null });
       }
     });
   }
@@ -115,8 +182,64 @@ export class SfuClient extends EventTarget {
     });
     this.participantId = joined.participantId;
     this.room = joined.room;
+    // Before the subscriptions below, so that the first offer carries m=application.
+    if (this._defaultChannel) this.openChannel(this._defaultChannel);
+    this._ensureApplication();
     for (const p of joined.participants) this._addParticipant(p);
     return joined;
+  }
+
+  /**
+   * Open a DataChannel, or return the one already open with this label and the same
+   * reliability. A message sent on it reaches every other participant's channel with
+   * the same label and reliability (the server opens one towards those who lack it).
+   * If no offer has carried an m=application section yet, the client renegotiates;
+   * messages sent meanwhile are queued until the channel opens.
+   * @param {string} label Any label not starting with `_sfu`.
+   * @param {ChannelOptions} [options]
+   * @returns {RTCDataChannel}
+   * @throws {Error} For a reserved label, or when we already opened `label` with
+   *   another reliability.
+   */
+  openChannel(label, { ordered = true, maxRetransmits, maxPacketLifeTime } = {}) {
+    checkLabel(label);
+    if (this._closed) throw new Error('client is closed');
+    const options = { ordered, maxRetransmits: maxRetransmits ?? null, maxPacketLifeTime: maxPacketLifeTime ?? null };
+    const existing = this.channels.get(label);
+    if (existing && sameReliability(existing, options)) return existing;
+    if (existing && this._ownChannels.has(existing)) {
+      throw new Error(`DataChannel "${label}" is already open with another reliability`);
+    }
+    const init = { ordered };
+    if (maxRetransmits != null) init.maxRetransmits = maxRetransmits;
+    if (maxPacketLifeTime != null) init.maxPacketLifeTime = maxPacketLifeTime;
+    const channel = this.pc.createDataChannel(label, init);
+    this._adoptChannel(channel, true);
+    this._ensureApplication();
+    return channel;
+  }
+
+  /**
+   * Send a message to the room on DataChannel `label`, wrapped in the envelope: a
+   * string goes as a text message, bytes (ArrayBuffer or any ArrayBufferView) as a
+   * binary one. Before the channel is open the message is queued. The server refuses
+   * envelopes over 65,280 bytes with an `error` event `data_too_large`.
+   * @param {string} label A channel from `openChannel` (or one the server opened).
+   * @param {string|ArrayBuffer|ArrayBufferView} data
+   * @param {SendOptions} [options]
+   * @throws {Error} For a reserved label or a label with no channel.
+   * @throws {TypeError} For other kinds of `data`, or a bad `to`/`topic`.
+   */
+  sendData(label, data, { to, topic } = {}) {
+    checkLabel(label);
+    const channel = this.channels.get(label);
+    if (!channel || this._closed) throw new Error(`no DataChannel "${label}": call openChannel("${label}") first`);
+    const message = encodeEnvelope(data, { to, topic });
+    if (channel.readyState === 'open') {
+      channel.send(message);
+    } else {
+      this._outbox.get(channel).push(message);
+    }
   }
 
   /**
@@ -199,7 +322,7 @@ export class SfuClient extends EventTarget {
     try {
       msg = JSON.parse(data);
     } catch {
-      this._emit('error', { code: 'bad_json', message: 'server sent a frame that is not JSON', requestType: null });
+      this._emit('error', { code: 'bad_json', message: 'server sent a frame that is not JSON', requestType: null, label: null });
       return;
     }
     switch (msg.type) {
@@ -234,6 +357,9 @@ export class SfuClient extends EventTarget {
       case 'left':
         this._pendingLeave?.();
         break;
+      case 'data_overflow':
+        this._onDataOverflow(msg.label);
+        break;
       default:
         break; // `pong` and message types this client does not use.
     }
@@ -248,7 +374,7 @@ export class SfuClient extends EventTarget {
       this._pendingJoin.reject(error);
       this._pendingJoin = null;
     } else {
-      this._emit('error', { code: msg.code, message: msg.message, requestType: msg.requestType ?? null });
+      this._emit('error', { code: msg.code, message: msg.message, requestType: msg.requestType ?? null, label: msg.label ?? null });
     }
   }
 
@@ -261,6 +387,7 @@ export class SfuClient extends EventTarget {
     this._pendingLeave?.();
     this._pendingJoin = this._pendingOffer = this._pendingLeave = null;
     for (const intent of this._intents.splice(0)) intent.reject?.(error);
+    this._reopen.clear();
     this.pc.close();
     this._ws?.close();
     this._emit('closed', { reason });
@@ -378,7 +505,7 @@ export class SfuClient extends EventTarget {
         if (intent.type === 'subscribe') this._subscriptions.delete(intent.trackId);
         this._release(transceiver);
       }
-      this._emit('error', { code: error.code ?? 'negotiation_failed', message: error.message, requestType: 'offer' });
+      this._emit('error', { code: error.code ?? 'negotiation_failed', message: error.message, requestType: 'offer', label: null });
     }
   }
 
@@ -413,6 +540,10 @@ export class SfuClient extends EventTarget {
         transceiver.direction = 'inactive';
         return true;
       }
+      case 'application':
+        // The channels exist already; an offer made now carries m=application,
+        // unless an earlier one has negotiated the SCTP transport.
+        return this.pc.sctp === null;
       default:
         throw new Error(`unknown intent ${intent.type}`);
     }
@@ -469,9 +600,185 @@ export class SfuClient extends EventTarget {
     this._emit('remotetrack', { participantId, trackId, track, kind: track.kind, stream: participant.stream });
   }
 
+  // --- DataChannels -----------------------------------------------------------
+
+  /** Queue an offer with m=application unless one has been negotiated or is queued. */
+  _ensureApplication() {
+    if (!this.participantId || this.pc.sctp !== null || this._dataChannels.size === 0) return;
+    if (this._intents.some((i) => i.type === 'application')) return;
+    this._enqueue({ type: 'application' });
+  }
+
+  /**
+   * Listen on a channel: ours (`own`) or one the server opened towards us.
+   * @param {RTCDataChannel} channel
+   * @param {boolean} own
+   */
+  _adoptChannel(channel, own) {
+    const label = channel.label;
+    // Reserved labels are the server's business; never surface them as room data.
+    if (label.startsWith(RESERVED_LABEL_PREFIX)) return;
+    channel.binaryType = 'arraybuffer';
+    this._dataChannels.add(channel);
+    this._outbox.set(channel, []);
+    if (own) this._ownChannels.add(channel);
+    const current = this.channels.get(label);
+    if (own || !current || current.readyState === 'closing' || current.readyState === 'closed') {
+      this.channels.set(label, channel);
+    }
+
+    let announced = false;
+    const opened = () => {
+      for (const message of this._outbox.get(channel).splice(0)) channel.send(message);
+      if (announced || this.channels.get(label) !== channel) return;
+      announced = true;
+      this._emit('channelopen', { label, channel });
+    };
+    channel.addEventListener('open', opened);
+    channel.addEventListener('message', (event) => this._onChannelMessage(label, event.data));
+    channel.addEventListener('close', () => this._onChannelClosed(channel));
+    // A channel that arrives by `datachannel` is usually open already.
+    if (channel.readyState === 'open') queueMicrotask(opened);
+  }
+
+  _onChannelMessage(label, raw) {
+    let message;
+    try {
+      message = decodeEnvelope(raw);
+    } catch (error) {
+      this._emit('error', {
+        code: 'bad_envelope', message: `server sent a malformed message on "${label}": ${error.message}`,
+        requestType: null, label,
+      });
+      return;
+    }
+    this._emit('data', { label, ...message });
+  }
+
+  _onChannelClosed(channel) {
+    const label = channel.label;
+    this._dataChannels.delete(channel);
+    if (this._closed) return;
+    if (this.channels.get(label) === channel) {
+      this.channels.delete(label);
+      // Another channel with this label (e.g. the server's) takes over, ours first.
+      const others = [...this._dataChannels].filter((c) => c.label === label);
+      const next = others.find((c) => this._ownChannels.has(c)) ?? others[0];
+      if (next) this.channels.set(label, next);
+    }
+    if (this._reopen.delete(label)) this._reopenChannel(label, channel);
+  }
+
+  /**
+   * The server closed reliable channel `label` towards us. Tell the application, and
+   * open the channel again (once the closed one is gone) so later messages arrive.
+   */
+  _onDataOverflow(label) {
+    if (typeof label !== 'string') return;
+    this._emit('dataoverflow', { label });
+    const current = this.channels.get(label);
+    if (current && (current.readyState === 'open' || current.readyState === 'connecting' || current.readyState === 'closing')) {
+      // Its close event (which may still be on the way) reopens it.
+      this._reopen.add(label);
+    } else {
+      this._reopenChannel(label, current);
+    }
+  }
+
+  _reopenChannel(label, previous) {
+    if (this._closed || this.channels.has(label)) return;
+    const options = previous
+      ? { ordered: previous.ordered, maxRetransmits: previous.maxRetransmits, maxPacketLifeTime: previous.maxPacketLifeTime }
+      : {};
+    try {
+      this.openChannel(label, options);
+    } catch (error) {
+      this._emit('error', { code: 'channel_failed', message: error.message, requestType: null, label });
+    }
+  }
+
   _flushCandidates() {
     if (this._offerSent) return;
     this._offerSent = true;
     for (const candidate of this._candidateBacklog.splice(0)) this._send({ type: 'candidate', candidate });
   }
+}
+
+/** @throws {Error} if `label` is not a string, or is reserved for the server. */
+function checkLabel(label) {
+  if (typeof label !== 'string') throw new TypeError('a DataChannel label must be a string');
+  if (label.startsWith(RESERVED_LABEL_PREFIX)) {
+    throw new Error(`DataChannel labels starting with "${RESERVED_LABEL_PREFIX}" are reserved for the server: "${label}"`);
+  }
+}
+
+/** Whether `channel` has the reliability `options` asks for. */
+function sameReliability(channel, { ordered, maxRetransmits, maxPacketLifeTime }) {
+  return channel.ordered === ordered &&
+    (channel.maxRetransmits ?? null) === maxRetransmits &&
+    (channel.maxPacketLifeTime ?? null) === maxPacketLifeTime;
+}
+
+/**
+ * Build the envelope the server expects (PROTOCOL.md, "DataChannels").
+ * @param {string|ArrayBuffer|ArrayBufferView} data
+ * @param {SendOptions} options
+ * @returns {string|Uint8Array} A JSON string (text) or the binary envelope.
+ */
+function encodeEnvelope(data, { to, topic }) {
+  const header = {};
+  if (to !== undefined && to !== null) {
+    const ids = typeof to === 'string' ? [to] : to;
+    if (!Array.isArray(ids) || !ids.every((id) => typeof id === 'string')) {
+      throw new TypeError('`to` must be a participant id or an array of them');
+    }
+    header.to = ids;
+  }
+  if (topic !== undefined && topic !== null) {
+    if (typeof topic !== 'string') throw new TypeError('`topic` must be a string');
+    header.topic = topic;
+  }
+  if (typeof data === 'string') return JSON.stringify({ data, ...header });
+
+  let payload;
+  if (data instanceof ArrayBuffer) payload = new Uint8Array(data);
+  else if (ArrayBuffer.isView(data)) payload = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  else throw new TypeError('DataChannel data must be a string, an ArrayBuffer or an ArrayBufferView');
+  const headerBytes = Object.keys(header).length ? textEncoder.encode(JSON.stringify(header)) : new Uint8Array(0);
+  if (headerBytes.length > MAX_BINARY_HEADER) throw new TypeError('envelope header too long');
+  const out = new Uint8Array(2 + headerBytes.length + payload.length);
+  new DataView(out.buffer).setUint16(0, headerBytes.length);
+  out.set(headerBytes, 2);
+  out.set(payload, 2 + headerBytes.length);
+  return out;
+}
+
+/**
+ * Unwrap an envelope the server delivered.
+ * @param {string|ArrayBuffer} raw
+ * @returns {{from: string, topic: string|null, data: string|Uint8Array}}
+ * @throws {Error} if it is not a valid delivered envelope.
+ */
+function decodeEnvelope(raw) {
+  let header;
+  let data;
+  if (typeof raw === 'string') {
+    header = JSON.parse(raw);
+    if (header === null || typeof header !== 'object' || Array.isArray(header) || !('data' in header)) {
+      throw new Error('text envelope is not an object with "data"');
+    }
+    data = header.data;
+  } else {
+    const bytes = new Uint8Array(raw);
+    if (bytes.length < 2) throw new Error('binary envelope shorter than its length field');
+    const length = new DataView(bytes.buffer, bytes.byteOffset).getUint16(0);
+    if (bytes.length < 2 + length) throw new Error('binary envelope shorter than its header');
+    header = JSON.parse(textDecoder.decode(bytes.subarray(2, 2 + length)));
+    if (header === null || typeof header !== 'object' || Array.isArray(header)) {
+      throw new Error('binary envelope header is not an object');
+    }
+    data = bytes.slice(2 + length);
+  }
+  if (typeof header.from !== 'string') throw new Error('envelope has no "from"');
+  return { from: header.from, topic: typeof header.topic === 'string' ? header.topic : null, data };
 }

@@ -241,3 +241,205 @@ async def test_late_joiner_and_leaving(sfu_server: str, open_page: OpenPage) -> 
     # Carol closes her tab without leaving: her tile goes too.
     await carol.page.close()
     await expect(tile(alice, carol_id)).to_have_count(0, timeout=TILE_GONE_TIMEOUT_MS)
+
+
+# --- DataChannels: chat through the demo page, and the client's data API -------------
+
+CHAT_TIMEOUT_MS = 5_000
+CHAT_OPEN_JS = "() => window.sfuClient?.channels.get('chat')?.readyState === 'open'"
+CHAT_LOG_JS = """() => [...document.querySelectorAll('#chat-log .chat-message')].map((m) => [
+  m.querySelector('.chat-from').textContent, m.querySelector('.chat-text').textContent, m.classList.contains('own')])"""
+
+
+async def wait_chat_open(participant: BrowserPage) -> None:
+    """Wait until the page's `chat` DataChannel is open (its SCTP association is up)."""
+    await participant.page.wait_for_function(CHAT_OPEN_JS, timeout=JOIN_TIMEOUT_MS)
+
+
+def chat_message(participant: BrowserPage, text: str):
+    """Locator of the chat message(s) on `participant`'s page whose text is `text`."""
+    page = participant.page
+    exact = re.compile(f"^{re.escape(text)}$")
+    return page.locator("#chat-log .chat-message").filter(has=page.locator(".chat-text", has_text=exact))
+
+
+async def send_chat(participant: BrowserPage, text: str, *, enter: bool = False) -> None:
+    """Type `text` into the chat input and send it with the Send button (or Enter)."""
+    page = participant.page
+    await page.fill("#chat-input", text)
+    if enter:
+        await page.press("#chat-input", "Enter")
+    else:
+        await page.click("#chat-send")
+    await expect(page.locator("#chat-input")).to_have_value("")
+
+
+async def expect_chat(participant: BrowserPage, sender: str, text: str) -> None:
+    """`participant`'s chat log shows `text` exactly once, from `sender`."""
+    message = chat_message(participant, text)
+    await expect(message, f"{participant.label} shows {text!r}\n{participant.log()}").to_have_count(
+        1, timeout=CHAT_TIMEOUT_MS
+    )
+    await expect(message.locator(".chat-from")).to_have_text(sender)
+
+
+async def test_chat_between_publishers_and_a_viewer(sfu_server: str, open_page: OpenPage) -> None:
+    """Chat over the reliable `chat` DataChannel through the demo page's UI: each page
+    shows the others' messages under their names, and its own; a viewer that joined an
+    empty room (DataChannel, no media at all) chats too."""
+    room = new_room()
+    # Vera joins first, publishing nothing into an empty room: her first offer carries
+    # the m=application section only, and her chat channel still opens.
+    vera, vera_id = await join(open_page, sfu_server, room, "Vera", publish=False)
+    await wait_chat_open(vera)
+    sdp = await vera.page.evaluate("() => window.sfuPc.currentLocalDescription.sdp")
+    assert re.findall(r"^m=(\w+)", sdp, re.M) == ["application"], sdp
+
+    (alice, alice_id), (bob, bob_id) = await asyncio.gather(
+        join(open_page, sfu_server, room, "Alice"), join(open_page, sfu_server, room, "Bob")
+    )
+    await asyncio.gather(wait_chat_open(alice), wait_chat_open(bob))
+    pages = (alice, bob, vera)
+
+    hello = "Hello from Alice"
+    await send_chat(alice, hello)
+    for page in pages:
+        await expect_chat(page, "Alice", hello)
+
+    # Markup is shown as text, never parsed.
+    markup = "<b>hi</b> & <img src=x onerror=alert(1)> from Bob"
+    await send_chat(bob, markup, enter=True)
+    for page in pages:
+        await expect_chat(page, "Bob", markup)
+        assert await page.page.locator("#chat-log b, #chat-log img").count() == 0
+
+    viewer_text = "Vera here, watching only"
+    await send_chat(vera, viewer_text)
+    for page in pages:
+        await expect_chat(page, "Vera", viewer_text)
+
+    # Every page has the same three messages, in order, each once; its own marked.
+    for page, own in ((alice, "Alice"), (bob, "Bob"), (vera, "Vera")):
+        log = await page.page.evaluate(CHAT_LOG_JS)
+        expected = [[sender, text, sender == own] for sender, text in
+                    (("Alice", hello), ("Bob", markup), ("Vera", viewer_text))]
+        assert log == expected, f"{page.label}: {log}"
+
+    # Vera chatted without sending any media; she still receives Alice and Bob.
+    outbound = await vera.page.evaluate(
+        "async () => [...(await window.sfuPc.getStats()).values()].filter((s) => s.type === 'outbound-rtp').length"
+    )
+    assert outbound == 0
+    await expect(vera.page.locator("#local")).to_be_hidden()
+    await expect(tile(vera, alice_id).locator(".name")).to_have_text("Alice")
+    await expect(tile(vera, bob_id).locator(".name")).to_have_text("Bob")
+
+
+# Collects every `data` and `error` event of the page's client into window.seen.
+COLLECT_JS = """() => {
+  window.seen = {data: [], errors: [], overflows: []};
+  const c = window.sfuClient;
+  c.addEventListener('data', (e) => window.seen.data.push({
+    label: e.detail.label, from: e.detail.from, topic: e.detail.topic,
+    binary: e.detail.data instanceof Uint8Array,
+    data: e.detail.data instanceof Uint8Array ? Array.from(e.detail.data) : e.detail.data}));
+  c.addEventListener('error', (e) => window.seen.errors.push(e.detail));
+  c.addEventListener('dataoverflow', (e) => window.seen.overflows.push(e.detail));
+}"""
+
+
+async def seen(participant: BrowserPage) -> dict:
+    return await participant.page.evaluate("() => window.seen")
+
+
+async def wait_seen(participant: BrowserPage, predicate_js: str) -> None:
+    """Wait until `predicate_js` (a function of window.seen) holds on the page."""
+    await participant.page.wait_for_function(f"() => ({predicate_js})(window.seen)", timeout=CHAT_TIMEOUT_MS)
+
+
+async def test_data_api_envelopes_addressing_and_errors(sfu_server: str, open_page: OpenPage) -> None:
+    """SfuClient's data API against the server: binary and text envelopes with `from`
+    and `topic`, `to` addressing, a lossy channel the server opens towards receivers,
+    reserved labels, `data_too_large` and `bad_data` errors naming the channel, and the
+    channel reopened after `data_overflow`."""
+    room = new_room()
+    (ann, ann_id), (ben, ben_id), (cat, cat_id) = await asyncio.gather(
+        *(join(open_page, sfu_server, room, name, publish=False) for name in ("Ann", "Ben", "Cat"))
+    )
+    for p in (ann, ben, cat):
+        await wait_chat_open(p)
+        await p.page.evaluate(COLLECT_JS)
+
+    # Text to Ben only, with a topic; then a broadcast on the same ordered channel:
+    # once Cat has the broadcast she would have had the addressed one.
+    await ann.page.evaluate(
+        f"() => {{ window.sfuClient.sendData('chat', 'for Ben', {{to: ['{ben_id}'], topic: 'dm'}});"
+        " window.sfuClient.sendData('chat', 'for all'); }"
+    )
+    await wait_seen(ben, "s => s.data.length >= 2")
+    await wait_seen(cat, "s => s.data.length >= 1")
+    assert (await seen(ben))["data"] == [
+        {"label": "chat", "from": ann_id, "topic": "dm", "binary": False, "data": "for Ben"},
+        {"label": "chat", "from": ann_id, "topic": None, "binary": False, "data": "for all"},
+    ]
+    assert (await seen(cat))["data"] == [
+        {"label": "chat", "from": ann_id, "topic": None, "binary": False, "data": "for all"},
+    ]
+
+    # A lossy channel only Ben opens: binary messages reach Ann and Cat on channels the
+    # server opens towards them with the same reliability.
+    await ben.page.evaluate("() => window.sfuClient.openChannel('state', {ordered: false, maxRetransmits: 0})")
+    payload = [0, 1, 2, 127, 128, 255]
+    await ben.page.evaluate(
+        f"() => window.sfuClient.sendData('state', new Uint8Array({payload}), {{topic: 'cursor'}})"
+    )
+    expected = {"label": "state", "from": ben_id, "topic": "cursor", "binary": True, "data": payload}
+    for p in (ann, cat):
+        await wait_seen(p, "s => s.data.some((d) => d.label === 'state')")
+        assert [d for d in (await seen(p))["data"] if d["label"] == "state"] == [expected]
+        reliability = await p.page.evaluate(
+            "() => { const c = window.sfuClient.channels.get('state');"
+            " return [c.readyState, c.ordered, c.maxRetransmits, c.maxPacketLifeTime]; }"
+        )
+        assert reliability == ["open", False, 0, None], f"{p.label}: {reliability}"
+    assert not [d for d in (await seen(ben))["data"] if d["label"] == "state"], "the sender got its own message"
+
+    # Labels starting with _sfu are refused by the client itself.
+    refused = await ann.page.evaluate(
+        """() => ['openChannel', 'sendData'].map((m) => {
+             try { window.sfuClient[m]('_sfu_ctl', 'x'); return null; } catch (e) { return e.message; } })"""
+    )
+    assert all(r and "reserved" in r for r in refused), refused
+
+    # Too large (65,311-byte envelope: under SCTP's 64 KiB, over the server's limit) and
+    # not an envelope: errors naming the channel; nothing is delivered.
+    await ann.page.evaluate(
+        "() => { window.sfuClient.sendData('chat', 'x'.repeat(65300));"
+        " window.sfuClient.channels.get('chat').send('not an envelope'); }"
+    )
+    await wait_seen(ann, "s => s.errors.length >= 2")
+    errors = sorted(((e["code"], e["label"]) for e in (await seen(ann))["errors"]))
+    assert errors == [("bad_data", "chat"), ("data_too_large", "chat")], (await seen(ann))["errors"]
+
+    # data_overflow: the server has closed Cat's chat channel (simulated here: a
+    # browser reads too fast to fall 4 MiB behind). Cat is told and reopens it.
+    old_label = await cat.page.evaluate(
+        """() => { window.oldChat = window.sfuClient.channels.get('chat'); window.oldChat.close();
+                   window.sfuClient._onMessage(JSON.stringify({type: 'data_overflow', label: 'chat'}));
+                   return window.oldChat.label; }"""
+    )
+    assert old_label == "chat"
+    await cat.page.wait_for_function(
+        "() => { const c = window.sfuClient.channels.get('chat');"
+        " return c && c !== window.oldChat && c.readyState === 'open' && c.ordered && c.maxRetransmits === null; }",
+        timeout=CHAT_TIMEOUT_MS,
+    )
+    assert (await seen(cat))["overflows"] == [{"label": "chat"}]
+    await ann.page.evaluate("() => window.sfuClient.sendData('chat', 'after overflow')")
+    await wait_seen(cat, "s => s.data.some((d) => d.data === 'after overflow')")
+    await wait_seen(ben, "s => s.data.some((d) => d.data === 'after overflow')")
+    await asyncio.sleep(0.3)  # a duplicate would arrive right behind
+    for p in (ben, cat):
+        texts = [d["data"] for d in (await seen(p))["data"] if d["label"] == "chat"]
+        assert texts.count("after overflow") == 1, f"{p.label}: {texts}"
+        assert not any(isinstance(t, str) and t.startswith("xxx") for t in texts), "the oversized message was delivered"
