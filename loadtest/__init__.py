@@ -1,7 +1,8 @@
 """Headless load-test bots for the SFU: a room-protocol client (:mod:`loadtest.client`),
 looped pre-encoded media (:mod:`loadtest.media`), RTP counting without decoding
-(:mod:`loadtest.counter`), and the benchmarks (``python -m loadtest.bench_forward``,
-``python -m loadtest.bench_hotpath``)."""
+(:mod:`loadtest.counter`), DataChannel envelopes (:mod:`loadtest.data`), and the
+benchmarks (``python -m loadtest.bench_forward``, ``python -m loadtest.bench_hotpath``,
+``python -m loadtest.bench_datachannel``)."""
 
 from loadtest.client import (
     ParticipantInfo,
@@ -12,6 +13,7 @@ from loadtest.client import (
     TrackInfo,
 )
 from loadtest.counter import RtpCounter, StreamStats
+from loadtest.data import ChannelSpec, DataMessage
 from loadtest.media import (
     EncodedClip,
     PreEncodedAudioTrack,
@@ -21,6 +23,8 @@ from loadtest.media import (
 )
 
 __all__ = [
+    "ChannelSpec",
+    "DataMessage",
     "EncodedClip",
     "ParticipantInfo",
     "PreEncodedAudioTrack",

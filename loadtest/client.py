@@ -4,6 +4,10 @@
   tracks, subscribes to remote ones (automatically or explicitly) and keeps the room
   roster up to date from the server's events. The client always offers; one offer is
   in flight at a time.
+* DataChannels: :meth:`RoomClient.open_channel` (or ``channels=`` at construction),
+  :meth:`RoomClient.send_data`, and received messages (:class:`~loadtest.data.DataMessage`) in
+  :attr:`RoomClient.data` (or an ``on_data`` callback). Envelopes are in
+  :mod:`loadtest.data`.
 Publishing media for bots is in :mod:`loadtest.media`; counting received RTP without
 decoding (``RoomClient(count_rtp=True)``) in :mod:`loadtest.counter`.
 
@@ -26,6 +30,7 @@ import aiohttp
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDataChannel,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -35,14 +40,21 @@ from aiortc import (
 from sfu.rtc.adapter import disable_media_engines, install_tap, set_ice_addresses
 
 from .counter import RtpCounter
+from .data import (
+    ChannelSpec,
+    DataMessage,
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+)
 
 __all__ = [
-    "RoomClient",
-    "RoomError",
-    "TrackInfo",
     "ParticipantInfo",
     "PublishedTrack",
+    "RoomClient",
+    "RoomError",
     "Subscription",
+    "TrackInfo",
 ]
 
 logger = logging.getLogger("loadtest.client")
@@ -166,6 +178,13 @@ class RoomClient:
             ``track_published``/``unpublished``/``muted``/``unmuted``, and ``error``
             replies to requests that have no reply of their own), in arrival order.
         counter: the :class:`RtpCounter` when ``count_rtp`` is on, else None.
+        channels: the open (or opening) DataChannels by label: those this client
+            opened, and those the server opened towards it (a server-opened channel whose label is
+            taken by another reliability is read from but not listed here).
+        data: received DataChannel messages, in arrival order (unused when an
+            ``on_data`` callback was given).
+        bad_envelopes: messages from the server that were not valid envelopes
+            (logged and dropped).
     """
 
     def __init__(
@@ -176,6 +195,8 @@ class RoomClient:
         count_rtp: bool | RtpCounter = False,
         loopback_only: bool = True,
         request_timeout: float = 15.0,
+        channels: Sequence[ChannelSpec] = (),
+        on_data: Callable[[DataMessage], None] | None = None,
     ) -> None:
         """
         Args:
@@ -187,6 +208,10 @@ class RoomClient:
             loopback_only: gather only a 127.0.0.1 ICE host candidate, process-wide
                 (``sfu.rtc.adapter.set_ice_addresses``). No STUN server is used either way.
             request_timeout: seconds to wait for the reply to any request.
+            channels: DataChannels to open at :meth:`join`, before the first offer
+                (so that it carries the ``m=application`` section).
+            on_data: called with every received DataChannel message instead of
+                queueing it in :attr:`data` (keeps memory flat under load).
         """
         self.url = url
         self.auto_subscribe = auto_subscribe
@@ -211,6 +236,12 @@ class RoomClient:
         self._subscriber: asyncio.Task[None] | None = None
         self._stale: set[RTCRtpTransceiver] = set()
         self._changed = asyncio.Event()
+        self._channel_specs = tuple(channels)
+        self._on_data = on_data
+        self._sctp_negotiated = False
+        self.channels: dict[str, RTCDataChannel] = {}
+        self.data: asyncio.Queue[DataMessage] = asyncio.Queue()
+        self.bad_envelopes = 0
 
     # ------------------------------------------------------------ public API
 
@@ -220,7 +251,8 @@ class RoomClient:
         return self._ws is not None and not self._ws.closed
 
     async def join(self, room: str, name: str) -> dict[str, Any]:
-        """Open the WebSocket (if needed) and join ``room`` as ``name``.
+        """Open the WebSocket (if needed) and join ``room`` as ``name``. With
+        ``channels`` given at construction, also negotiate and wait until they are open.
 
         Returns:
             the server's ``joined`` message.
@@ -228,7 +260,8 @@ class RoomClient:
         Raises:
             RoomError: the server refused (``invalid_room``, ``room_full``, ...); the
                 WebSocket stays open and ``join`` may be called again.
-            TimeoutError: no reply within ``request_timeout`` seconds.
+            TimeoutError: no reply (or the channels did not open) within
+                ``request_timeout`` seconds.
         """
         await self._connect()
         reply = await self._request({"type": "join", "room": room, "name": name})
@@ -237,9 +270,13 @@ class RoomClient:
         for participant in reply.get("participants", []):
             self._add_participant(participant)
         self.pc = self._create_peer_connection()
+        # Channels exist before any offer, so that the first one carries m=application.
+        opened = [self._create_channel(spec) for spec in self._channel_specs]
         if self.auto_subscribe:
             self._want(t for p in self.participants.values() for t in p.tracks)
         self._notify()
+        if opened:
+            await self._open_channels(opened)
         return reply
 
     async def publish(
@@ -333,6 +370,55 @@ class RoomClient:
         """Tell the room that a published track is (un)muted; no reply is expected
         (an ``unknown_track`` error would arrive in :attr:`events`)."""
         await self._send({"type": "mute", "trackId": track_id, "muted": muted})
+
+    async def open_channel(
+        self,
+        label: str,
+        ordered: bool = True,
+        max_retransmits: int | None = None,
+        max_packet_lifetime: int | None = None,
+    ) -> RTCDataChannel:
+        """Open a DataChannel and wait until it is open.
+
+        The first channel of a connection is negotiated with an offer (its
+        ``m=application`` section); later ones open in-band (DCEP, RFC 8832).
+        Opening a label again after the server closed it (``data_overflow``) resumes
+        receiving. ``max_packet_lifetime`` is in milliseconds.
+
+        Raises:
+            TimeoutError: not open within ``request_timeout`` seconds.
+            ConnectionError: the channel closed before it opened.
+        """
+        self._require_pc()
+        spec = ChannelSpec(label, ordered, max_retransmits, max_packet_lifetime)
+        channel = self._create_channel(spec)
+        await self._open_channels([channel])
+        return channel
+
+    def send_data(
+        self, label: str, data: str | bytes, to: Sequence[str] | None = None, topic: str | None = None
+    ) -> None:
+        """Send ``data`` (text for ``str``, binary for ``bytes``) in an envelope on the
+        channel ``label``, to ``to`` (participant ids) or everyone else.
+
+        The size limit is the server's to enforce (it answers ``data_too_large``);
+        aiortc itself raises ValueError past the peer's 65,536-byte maximum.
+
+        Raises:
+            KeyError: no open channel has this label.
+            aiortc.exceptions.InvalidStateError: the channel is not open.
+        """
+        self.channels[label].send(encode_envelope(data, to, topic))
+
+    def send_raw(self, label: str, message: str | bytes) -> None:
+        """Send ``message`` on the channel ``label`` as it is, without an envelope
+        (to test how the server treats what a client makes up)."""
+        self.channels[label].send(message)
+
+    def buffered_amount(self, label: str) -> int:
+        """Bytes queued on the channel ``label`` that aiortc has not yet handed to
+        SCTP (``RTCDataChannel.bufferedAmount``)."""
+        return self.channels[label].bufferedAmount
 
     async def ping(self) -> float:
         """Round-trip time of a ``ping``/``pong`` exchange, seconds."""
@@ -536,10 +622,75 @@ class RoomClient:
             set_ice_addresses(["127.0.0.1"])
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.on("connectionstatechange", self._notify)
+        pc.on("datachannel", self._accept_channel)
         if self.counter is not None:
             disable_media_engines(pc)
             install_tap(pc, self.counter)
         return pc
+
+    # ----------------------------------------------------------- DataChannels
+
+    def _create_channel(self, spec: ChannelSpec) -> RTCDataChannel:
+        """Create (not yet open) a client-opened channel and list it by label."""
+        channel = self._require_pc().createDataChannel(
+            spec.label,
+            ordered=spec.ordered,
+            maxRetransmits=spec.max_retransmits,
+            maxPacketLifeTime=spec.max_packet_lifetime,
+        )
+        self.channels[spec.label] = channel
+        self._watch_channel(channel)
+        return channel
+
+    def _accept_channel(self, channel: RTCDataChannel) -> None:
+        """A channel the server opened towards this client (``datachannel`` event)."""
+        self.channels.setdefault(channel.label, channel)
+        self._watch_channel(channel)
+        self._notify()
+
+    def _watch_channel(self, channel: RTCDataChannel) -> None:
+        label = channel.label
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            self._on_channel_message(label, message)
+
+        @channel.on("close")
+        def on_close() -> None:
+            if self.channels.get(label) is channel:
+                del self.channels[label]
+            self._notify()
+
+        channel.on("open", self._notify)
+
+    def _on_channel_message(self, label: str, message: str | bytes) -> None:
+        received_at = time.monotonic()
+        try:
+            from_id, topic, data = decode_envelope(message)
+        except EnvelopeError as exc:
+            self.bad_envelopes += 1
+            logger.warning("bad envelope from the server on %r: %s", label, exc)
+            return
+        delivered = DataMessage(label, from_id, topic, data, received_at)
+        if self._on_data is not None:
+            self._on_data(delivered)
+        else:
+            self.data.put_nowait(delivered)
+
+    async def _open_channels(self, channels: Sequence[RTCDataChannel]) -> None:
+        """Negotiate the SCTP association if no answer has carried it yet, then wait
+        until ``channels`` are open."""
+        async with self._negotiation:
+            if not self._sctp_negotiated:
+                await self._negotiate([])
+
+        def all_open() -> bool:
+            for channel in channels:
+                if channel.readyState in ("closing", "closed"):
+                    raise ConnectionError(f"DataChannel {channel.label!r} closed before it opened")
+            return all(channel.readyState == "open" for channel in channels)
+
+        await self.wait_until(all_open, self.request_timeout)
 
     def _require_pc(self) -> RTCPeerConnection:
         if self.pc is None:
@@ -653,6 +804,8 @@ class RoomClient:
             # Before applying: media on a new SSRC may arrive while the answer is applied.
             self.counter.update_from_sdp(answer["sdp"])
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        # A channel created while this offer was in flight needs one more offer.
+        self._sctp_negotiated = "\r\nm=application " in answer["sdp"]
         self._stale -= retired
         for transceiver, spec in bindings:
             entry = answer.get("tracks", {}).get(transceiver.mid)

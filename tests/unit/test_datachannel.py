@@ -3,7 +3,12 @@ targets, errors to the sender, and backpressure (lossy drops, reliable overflow)
 
 import json
 
-from sfu.datachannel import LOSSY_BUFFER_BYTES, RELIABLE_BUFFER_BYTES, DataChannels, fan_out
+from sfu.datachannel import (
+    LOSSY_BUFFER_BYTES,
+    RELIABLE_BUFFER_BYTES,
+    DataChannels,
+    fan_out,
+)
 from sfu.metrics import COUNTERS
 
 

@@ -6,7 +6,12 @@ import struct
 
 import pytest
 
-from sfu.core.envelope import MAX_ENVELOPE_BYTES, EnvelopeError, decode_client_message, encode_delivery
+from sfu.core.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    decode_client_message,
+    encode_delivery,
+)
 
 
 def binary(header, payload):
