@@ -129,6 +129,19 @@ class ServerProcess:
                 raise RuntimeError(f"server not healthy after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.1)
 
+    def metrics(self) -> dict[str, float]:
+        """Every sample on ``/metrics``, keyed by its name with labels as written
+        (``sfu_datachannel_messages_dropped_total{reason="buffer_full"}``)."""
+        context = ssl._create_unverified_context() if self.tls else None
+        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5.0, context=context) as response:
+            text = response.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
     def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> int:
         """Send ``sig`` to the server's pid, wait up to ``grace`` seconds, then
         SIGKILL it. Returns its exit code."""

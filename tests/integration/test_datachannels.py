@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,19 +79,6 @@ async def assert_silent(client: RoomClient, quiet: float = 0.5) -> None:
     """Nothing more arrives at ``client`` within ``quiet`` seconds."""
     await asyncio.sleep(quiet)
     assert client.data.empty(), f"unexpected message: {client.data.get_nowait()}"
-
-
-def metrics(server: ServerProcess) -> dict[str, float]:
-    """Every sample on ``/metrics``, keyed by its name with labels as written
-    (``sfu_datachannel_messages_dropped_total{reason="buffer_full"}``)."""
-    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5.0) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 def dropped(samples: dict[str, float], reason: str) -> float:
@@ -447,7 +433,7 @@ async def sample_server(server: ServerProcess, samples: list[ServerSample], peri
     """Append a :class:`ServerSample` every ``period`` seconds until cancelled."""
     process = psutil.Process(server.pid)
     while True:
-        values = await asyncio.to_thread(metrics, server)
+        values = await asyncio.to_thread(server.metrics)
         samples.append(ServerSample(
             time.monotonic(), process.memory_info().rss, dropped(values, "buffer_full"), dropped(values, "overflowed")
         ))

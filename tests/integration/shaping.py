@@ -1,0 +1,46 @@
+"""Shaping loopback links with ``tc`` (iproute2, root) for tests: traffic to one UDP
+port goes through an HTB class of a given rate with a short FIFO, so what exceeds the
+rate is dropped (the kernel here has no netem). See TESTING.md."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+from collections.abc import Iterator
+
+__all__ = ["shaped_port", "candidate_port"]
+
+
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def shaped_port(port: int, rate_kbit: int, queue_packets: int = 10) -> Iterator[None]:
+    """Limit UDP traffic to 127.0.0.1 ``port`` to ``rate_kbit`` kbit/s, dropping what
+    overflows a FIFO of ``queue_packets``; everything else on ``lo`` is untouched. The
+    shaping is removed on exit, whatever happened."""
+    _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "100000")
+    try:
+        _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit")
+        _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
+            "rate", f"{rate_kbit}kbit", "ceil", f"{rate_kbit}kbit")
+        _tc("qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo", "limit", str(queue_packets))
+        _tc("filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32",
+            "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20")
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+
+
+def candidate_port(sdp: str) -> int:
+    """The port of the first 127.0.0.1 host candidate in an SDP.
+
+    Raises:
+        ValueError: there is none.
+    """
+    match = re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+) typ host", sdp)
+    if match is None:
+        raise ValueError("no 127.0.0.1 host candidate in the SDP")
+    return int(match.group(1))
