@@ -3,6 +3,7 @@ browser client from ``web/`` at ``/``."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -12,12 +13,14 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
+    disable_created_metrics,
     generate_latest,
 )
 
 from sfu.metrics import MediaCollector
 from sfu.room import RoomRegistry
 
+from .metrics import SignalingMetrics, watch_event_loop_lag
 from .session import Session
 
 __all__ = ["create_app", "WEB_DIR"]
@@ -25,12 +28,14 @@ __all__ = ["create_app", "WEB_DIR"]
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 REGISTRY_KEY = web.AppKey("registry", RoomRegistry)
 METRICS_KEY = web.AppKey("metrics", CollectorRegistry)
+SIGNALING_METRICS_KEY = web.AppKey("signaling_metrics", SignalingMetrics)
+LAG_TASK_KEY = web.AppKey("lag_task", asyncio.Task)
 
 
 async def _ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=1024 * 1024)
     await ws.prepare(request)
-    await Session(ws, request.app[REGISTRY_KEY]).run()
+    await Session(ws, request.app[REGISTRY_KEY], request.app[SIGNALING_METRICS_KEY]).run()
     return ws
 
 
@@ -48,7 +53,12 @@ async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
+async def _start_lag_watch(app: web.Application) -> None:
+    app[LAG_TASK_KEY] = asyncio.ensure_future(watch_event_loop_lag(app[SIGNALING_METRICS_KEY].event_loop_lag))
+
+
 async def _shutdown(app: web.Application) -> None:
+    app[LAG_TASK_KEY].cancel()
     await app[REGISTRY_KEY].close()
 
 
@@ -57,11 +67,14 @@ def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) ->
     app = web.Application()
     registry = registry or RoomRegistry()
     app[REGISTRY_KEY] = registry
+    disable_created_metrics()  # no *_created series next to every counter and histogram
     metrics = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         metrics.register(collector)
     metrics.register(MediaCollector(registry.gauges))
     app[METRICS_KEY] = metrics
+    app[SIGNALING_METRICS_KEY] = SignalingMetrics(metrics)
+    app.on_startup.append(_start_lag_watch)
     app.router.add_get("/ws", _ws)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -17,6 +18,7 @@ from aiohttp import WSMsgType, web
 from sfu.participant import OfferError, Participant
 from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry
 
+from .metrics import SignalingMetrics
 from .protocol import ProtocolError, error_message, parse_message
 
 __all__ = ["Session"]
@@ -32,11 +34,14 @@ class Session:
     Args:
         ws: the prepared WebSocket.
         registry: the rooms of this process.
+        metrics: the room service's metrics.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, registry: RoomRegistry) -> None:
+    def __init__(self, ws: web.WebSocketResponse, registry: RoomRegistry, metrics: SignalingMetrics) -> None:
         self.ws = ws
         self.registry = registry
+        self.metrics = metrics
+        self._join_started: float | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
         self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -49,6 +54,8 @@ class Session:
         """
         if self._closing:
             return
+        if message.get("type") == "error":
+            self.metrics.signaling_errors.labels(code=message.get("code", "")).inc()
         if self._outgoing.qsize() >= SEND_QUEUE_LIMIT:
             logger.warning("session %s: send queue full, closing", self._who())
             self._close_soon()
@@ -77,6 +84,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until it closes, then remove the participant."""
         writer = asyncio.ensure_future(self._writer())
+        self.metrics.websocket_connections.inc()
         try:
             async for frame in self.ws:
                 if frame.type == WSMsgType.TEXT:
@@ -88,6 +96,7 @@ class Session:
                 if self._closing:
                     break
         finally:
+            self.metrics.websocket_connections.dec()
             await self._leave()
             self._close_soon()
             try:
@@ -133,6 +142,7 @@ class Session:
         except RoomFull as exc:
             raise ProtocolError("room_full", str(exc), "join") from exc
         self.room, self.participant = room, participant
+        self._join_started = time.monotonic()
         self.send(
             {
                 "type": "joined",
@@ -150,6 +160,9 @@ class Session:
         participant = self._joined("offer")
         answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
         self.send({"type": "answer", "sdp": answer, "tracks": tracks})
+        if self._join_started is not None:
+            self.metrics.join_duration.observe(time.monotonic() - self._join_started)
+            self._join_started = None
         if self.room is not None and published:
             self.room.on_tracks_published(participant, published)
 

@@ -1,0 +1,47 @@
+"""Room-service metrics (prometheus-client objects on the app's registry).
+
+Names follow docs/METRICS.md: ``sfu_`` prefix, base units (seconds), ``_total`` for
+counters. None of these is touched per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["SignalingMetrics", "watch_event_loop_lag"]
+
+
+class SignalingMetrics:
+    """The room service's metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.websocket_connections = Gauge(
+            "sfu_websocket_connections", "open WebSocket connections to the room service", registry=registry
+        )
+        self.signaling_errors = Counter(
+            "sfu_signaling_errors", "error replies sent to clients, by protocol error code", ["code"], registry=registry
+        )
+        self.join_duration = Histogram(
+            "sfu_join_duration_seconds",
+            "time from a participant's join message to the answer of its first offer",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=registry,
+        )
+        self.event_loop_lag = Histogram(
+            "sfu_event_loop_lag_seconds",
+            "how late a 250 ms timer of the event loop fires",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+
+
+async def watch_event_loop_lag(histogram: Histogram, interval: float = 0.25) -> None:
+    """Observe, every ``interval`` seconds, how much later than asked the loop woke up
+    (a busy or blocked loop delays every packet and message). Runs until cancelled."""
+    while True:
+        start = time.monotonic()
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, time.monotonic() - start - interval))
