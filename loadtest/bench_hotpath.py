@@ -20,6 +20,7 @@ from pylibsrtp import Policy, Session
 
 from sfu.core.rtp import URI_ABS_SEND_TIME, URI_MID, parse_rtp
 from sfu.downtrack import DownTrack
+from sfu.metrics import COUNTERS
 from sfu.rtc.adapter import CodecInfo, MediaInfo
 from sfu.uptrack import UpTrack
 
@@ -42,7 +43,9 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=10)
     parser.add_argument("--packets", type=int, default=20000)
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    parser.add_argument("--no-metrics", action="store_true", help="no per-packet counting (as sfu serve --no-media-metrics)")
     args = parser.parse_args()
+    COUNTERS.per_packet = not args.no_metrics
 
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
@@ -86,7 +89,7 @@ def main() -> None:
         profiler.disable()
     cpu = time.process_time() - t0
     forwarded = args.packets * args.subscribers
-    print(f"subscribers={args.subscribers} packets_in={args.packets} forwarded={forwarded}")
+    print(f"subscribers={args.subscribers} packets_in={args.packets} forwarded={forwarded} metrics={'off' if args.no_metrics else 'on'}")
     print(f"CPU per forwarded packet: {cpu / forwarded * 1e6:.2f} µs  ({forwarded / cpu:,.0f} forwarded packets/s per core)")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(12)

@@ -98,7 +98,7 @@ class DownTrack:
         self._connected = connected
         self._ready = False
         self._send_rtcp = send_rtcp
-        self._counters = COUNTERS.kinds[uptrack.kind]
+        self._counters = COUNTERS.kinds[uptrack.kind] if COUNTERS.per_packet else None
         self._rtx_sequence = random.randrange(0x10000)
         self.packets_sent = 0
         self.octets_sent = 0
@@ -175,8 +175,9 @@ class DownTrack:
             self.packets_sent += 1
             self.octets_sent += packet.payload_end - packet.payload_offset
             counters = self._counters
-            counters.packets_sent += 1
-            counters.bytes_sent += len(data)
+            if counters is not None:
+                counters.packets_sent += 1
+                counters.bytes_sent += len(data)
         else:
             COUNTERS.dropped["send_failed"] += 1
         return None
@@ -208,6 +209,21 @@ class DownTrack:
                 sent += 1
         COUNTERS.retransmissions_sent += sent
         return sent
+
+    def stats_snapshot(self) -> dict[str, object]:
+        """Per-DownTrack statistics for the admin endpoint (JSON-ready)."""
+        return {
+            "mid": self.mid,
+            "trackId": self.uptrack.id,
+            "publisherId": self.uptrack.publisher_id,
+            "kind": self.kind,
+            "ssrc": self.ssrc,
+            "started": self.forwarder.started,
+            "packetsSent": self.packets_sent,
+            "octetsSent": self.octets_sent,
+            "rttMs": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "fractionLost": self.fraction_lost,
+        }
 
     def on_keyframe_request(self, now_ms: float) -> None:
         """The subscriber sent PLI or FIR: ask the publisher (coalesced upstream)."""

@@ -8,13 +8,51 @@ lock per packet. Names follow Prometheus conventions: ``sfu_`` prefix, base unit
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from typing import Callable, Iterable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["KindCounters", "MediaCounters", "COUNTERS", "MediaCollector"]
+__all__ = ["BucketHistogram", "KindCounters", "MediaCounters", "COUNTERS", "MediaCollector", "LATENCY_SAMPLE_EVERY"]
+
+# Forwarding latency is measured on one incoming packet in this many.
+LATENCY_SAMPLE_EVERY = 16
+
+
+class BucketHistogram:
+    """A histogram of plain ints: ``observe`` costs a bisect and two additions, no lock.
+
+    Args:
+        bounds: the upper bounds of the buckets, ascending (``+Inf`` is implicit).
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation of ``value``."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        """The Prometheus histogram family (cumulative buckets)."""
+        buckets = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.sum)
 
 
 class KindCounters:
@@ -30,9 +68,14 @@ class KindCounters:
 
 
 class MediaCounters:
-    """All process-wide media counters; one instance, :data:`COUNTERS`."""
+    """All process-wide media counters; one instance, :data:`COUNTERS`.
+
+    ``per_packet`` (default True) turns the per-packet counting and latency sampling
+    on; ``sfu serve --no-media-metrics`` turns it off, to measure what metrics cost.
+    """
 
     def __init__(self) -> None:
+        self.per_packet = True
         self.kinds = {"audio": KindCounters(), "video": KindCounters()}
         self.dropped: Counter[str] = Counter()
         self.nacks_received = 0
@@ -47,6 +90,14 @@ class MediaCounters:
         self.dc_messages_sent = 0
         self.dc_bytes_sent = 0
         self.dc_dropped: Counter[str] = Counter()
+        # Seconds from a packet reaching Python to its last subscriber's sendto.
+        self.forwarding_latency = BucketHistogram(
+            (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+        )
+        # Subscribers' REMB estimates, bit/s.
+        self.subscriber_bitrate = BucketHistogram(
+            (100e3, 250e3, 500e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 30e6)
+        )
 
 
 COUNTERS = MediaCounters()
@@ -116,6 +167,14 @@ class MediaCollector(Collector):
         for reason, n in sorted(c.dc_dropped.items()):
             dc_dropped.add_metric([reason], n)
         yield dc_dropped
+
+        yield c.forwarding_latency.family(
+            "sfu_forwarding_latency_seconds",
+            f"time from a packet's arrival to its send to the last subscriber (1 packet in {LATENCY_SAMPLE_EVERY})",
+        )
+        yield c.subscriber_bitrate.family(
+            "sfu_subscriber_bandwidth_estimate_bits_per_second", "subscribers' bandwidth estimates (REMB), bit/s"
+        )
 
         rooms, participants, tracks, downtracks = self._gauges()
         yield GaugeMetricFamily("sfu_rooms", "rooms with at least one participant", value=rooms)

@@ -124,6 +124,18 @@ class Participant:
         """The protocol's participant object: ``{"id", "name", "tracks"}``."""
         return {"id": self.id, "name": self.name, "tracks": [t.describe() for t in self.uptracks.values()]}
 
+    def stats_snapshot(self) -> dict[str, Any]:
+        """This participant with per-track statistics, for the admin endpoint."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "connectionState": self.connection.connection_state,
+            "bandwidthEstimate": self.bandwidth_estimate,
+            "published": [up.stats_snapshot() for up in self.uptracks.values()],
+            "subscribed": [dt.stats_snapshot() for dt in self.downtracks.values()],
+            "dataChannels": self.data.labels,
+        }
+
     # -- negotiation ------------------------------------------------------------------
 
     async def handle_offer(self, sdp: str, tracks: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], list[UpTrack]]:
@@ -387,6 +399,7 @@ class Participant:
                         dt.on_keyframe_request(arrival_ms)
             elif isinstance(p, Remb):
                 self.bandwidth_estimate = p.bitrate
+                COUNTERS.subscriber_bitrate.observe(p.bitrate)
             elif isinstance(p, Bye):
                 pass  # leaving is signaled over the WebSocket
 

@@ -186,6 +186,15 @@ class RoomRegistry:
         if not room.participants and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
 
+    def snapshot(self) -> dict[str, Any]:
+        """Every room, participant and track with statistics (the admin endpoint's body)."""
+        return {
+            "rooms": [
+                {"name": room.name, "participants": [p.stats_snapshot() for p in room.participants.values()]}
+                for room in self.rooms.values()
+            ]
+        }
+
     def gauges(self) -> tuple[int, int, dict[str, int], int]:
         """(rooms, participants, published tracks by kind, DownTracks) for metrics."""
         participants = 0

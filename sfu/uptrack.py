@@ -8,6 +8,7 @@ publisher (RFC 4588) are restored to their original sequence number first.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable
 
 from .core.codecs import is_keyframe, rtx_original_sequence
@@ -18,7 +19,7 @@ from .core.receive_stats import ReceiveStats
 from .core.rtcp import ReportBlock, SenderReport
 from .core.rtp import RtpPacket
 from .core.seqnum import Unwrapper
-from .metrics import COUNTERS
+from .metrics import COUNTERS, LATENCY_SAMPLE_EVERY
 from .rtc.adapter import CodecInfo
 
 if TYPE_CHECKING:
@@ -91,13 +92,31 @@ class UpTrack:
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
         self._mime = codec.mime_type
-        self._counters = COUNTERS.kinds[kind]
+        self._counters = COUNTERS.kinds[kind] if COUNTERS.per_packet else None
         self._send_pli = send_pli
         self.keyframes_received = 0
 
     def describe(self) -> dict[str, object]:
         """The protocol's track object: ``{"id", "kind", "source", "muted"}``."""
         return {"id": self.id, "kind": self.kind, "source": self.source, "muted": self.muted}
+
+    def stats_snapshot(self) -> dict[str, object]:
+        """Per-track statistics for the admin endpoint (JSON-ready)."""
+        stats = self.stats
+        return {
+            **self.describe(),
+            "publisherId": self.publisher_id,
+            "mid": self.mid,
+            "codec": self.codec.mime_type,
+            "ssrc": self.ssrc,
+            "rtxSsrc": self.rtx_ssrc,
+            "packetsReceived": stats.received if stats else 0,
+            "packetsLost": stats.lost if stats else 0,
+            "jitter": round(stats.jitter / self.codec.clock_rate, 6) if stats else 0.0,
+            "keyframesReceived": self.keyframes_received,
+            "keyframeRequestsSent": self.keyframes.sent,
+            "subscribers": len(self.downtracks),
+        }
 
     def bind_ssrc(self, ssrc: int) -> None:
         """Bind the media SSRC (from SDP, or from the MID extension of the first packet)."""
@@ -114,8 +133,9 @@ class UpTrack:
             COUNTERS.dropped["duplicate"] += 1
             return
         counters = self._counters
-        counters.packets_received += 1
-        counters.bytes_received += len(packet.data)
+        if counters is not None:
+            counters.packets_received += 1
+            counters.bytes_received += len(packet.data)
         if self.nack is not None:
             self.nack.on_packet(seq, now_ms)
         stats = self.stats
@@ -131,6 +151,8 @@ class UpTrack:
         self.cache.put(seq, source)
         for downtrack in self.downtracks:
             downtrack.forward(source, now_ms)
+        if seq % LATENCY_SAMPLE_EVERY == 0 and counters is not None and self.downtracks:
+            COUNTERS.forwarding_latency.observe(max(0.0, time.monotonic() - now_ms / 1000.0))
 
     def on_rtx(self, packet: RtpPacket, now_ms: float) -> None:
         """Handle an RTX packet from the publisher (RFC 4588 §4): restore and forward it.

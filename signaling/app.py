@@ -1,5 +1,6 @@
-"""The aiohttp application: ``/ws`` (room protocol), ``/healthz``, ``/metrics`` and the
-browser client from ``web/`` at ``/``."""
+"""The aiohttp application: ``/ws`` (room protocol), ``/healthz``, ``/metrics``,
+``/admin/rooms`` (JSON statistics; there is no authentication in the server yet, so it
+is as open as the port) and the browser client from ``web/`` at ``/``."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _admin_rooms(request: web.Request) -> web.Response:
+    """Rooms, participants and per-track statistics for debugging (JSON)."""
+    return web.json_response(request.app[REGISTRY_KEY].snapshot())
+
+
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
@@ -78,6 +84,7 @@ def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) ->
     app.router.add_get("/ws", _ws)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/admin/rooms", _admin_rooms)
     app.router.add_get("/", _index)
     app.router.add_static("/", web_dir, show_index=False)
     app.on_shutdown.append(_shutdown)

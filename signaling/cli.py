@@ -15,6 +15,7 @@ import sys
 import uvloop
 from aiohttp import web
 
+from sfu.metrics import COUNTERS
 from sfu.room import RoomRegistry
 from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="address for ICE host candidates (repeatable; env SFU_ICE_ADDRESSES, comma-separated). "
         "Default: 127.0.0.1 when --host is a loopback address, else every non-loopback interface",
+    )
+    serve.add_argument(
+        "--no-media-metrics",
+        action="store_true",
+        help="do not count RTP packets/bytes or sample forwarding latency (to measure what metrics cost)",
     )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
     set_ice_addresses(ice_addresses(args.host, args.ice_address))
+    COUNTERS.per_packet = not args.no_media_metrics
     uvloop.install()
     registry = RoomRegistry(max_participants=args.max_participants, publisher_bitrate=args.publisher_bitrate)
     web.run_app(
