@@ -36,7 +36,6 @@ import multiprocessing.connection
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ import psutil
 import uvloop
 
 from loadtest.bench_forward import _print_py_spy
+from loadtest.benchutil import start_py_spy, stop_workers
 from loadtest.client import RoomClient
 from loadtest.data import ChannelSpec, DataMessage
 from loadtest.server import ServerProcess, server_help
@@ -348,7 +348,7 @@ class Bench:
         cpu0, bots0 = self.server_ps.cpu_times(), self._bots_cpu()
         counters0 = await asyncio.to_thread(_datachannel_counters, self.server.http_url)
         wall0 = time.monotonic()
-        spy = self._start_py_spy() if profile else None
+        spy = start_py_spy(self.server.pid, self.args.duration, self.workdir / "server.pyspy.txt") if profile else None
         await asyncio.sleep(args.duration)
         if spy is not None:
             await asyncio.to_thread(spy.wait, args.duration + 30)
@@ -394,28 +394,9 @@ class Bench:
             "steps": [{**asdict(s), "delivery_ratio": s.delivery_ratio} for s in steps],
         }
 
-    def _start_py_spy(self) -> subprocess.Popen[bytes]:
-        """Record the server with py-spy for one window, as collapsed stacks
-        (``server.pyspy.txt``, one ``frame;frame;... count`` line per stack)."""
-        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(exe):
-            raise RuntimeError("py-spy is not installed (pip install py-spy)")
-        return subprocess.Popen(
-            [exe, "record", "--pid", str(self.server.pid), "--duration", str(math.ceil(self.args.duration)),
-             "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(self.workdir / "server.pyspy.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-
     async def close(self) -> None:
         """Stop the workers and the server (each by its own handle / pid)."""
-        for _, conn in self.workers:
-            with contextlib.suppress(OSError):
-                conn.send("stop")
-        for proc, _ in self.workers:
-            await asyncio.to_thread(proc.join, 20)
-            if proc.is_alive():
-                proc.kill()
-                await asyncio.to_thread(proc.join, 5)
+        await stop_workers(self.workers)
         self.server.stop(grace=15)
 
 

@@ -32,7 +32,6 @@ import pstats
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from typing import Any
 import psutil
 import uvloop
 
+from loadtest.benchutil import start_py_spy, stop_workers
 from loadtest.client import RoomClient
 from loadtest.media import (
     PreEncodedAudioTrack,
@@ -266,7 +266,7 @@ class Bench:
         await self.wait_workers_ready()
         await asyncio.sleep(args.warmup)
 
-        spy = self._start_py_spy() if args.profile == "py-spy" else None
+        spy = start_py_spy(self.server.pid, self.args.duration, self.workdir / "server.pyspy.txt") if args.profile == "py-spy" else None
         first = await self.snapshot()
         await asyncio.sleep(args.duration)
         last = await self.snapshot()
@@ -287,28 +287,9 @@ class Bench:
             **_rates(first, last, len(self.bot_cpus)),
         }
 
-    def _start_py_spy(self) -> subprocess.Popen[bytes]:
-        """Record the server with py-spy during the measurement window, as collapsed
-        stacks (``server.pyspy.txt``, one ``frame;frame;... count`` line per stack)."""
-        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.path.exists(exe):
-            raise RuntimeError("py-spy is not installed (pip install py-spy)")
-        return subprocess.Popen(
-            [exe, "record", "--pid", str(self.server.pid), "--duration", str(math.ceil(self.args.duration)),
-             "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(self.workdir / "server.pyspy.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-
     async def close(self) -> None:
         """Stop workers, publisher and server (each by its own handle / pid)."""
-        for _, conn in self.workers:
-            with contextlib.suppress(OSError):
-                conn.send("stop")
-        for proc, _ in self.workers:
-            await asyncio.to_thread(proc.join, 20)
-            if proc.is_alive():
-                proc.kill()
-                await asyncio.to_thread(proc.join, 5)
+        await stop_workers(self.workers)
         if self.publisher is not None:
             await self.publisher.close()
         # SIGINT lets a cProfile'd server exit normally so that the profile is written.
