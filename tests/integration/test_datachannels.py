@@ -514,7 +514,11 @@ async def _stopped_receiver_lossy(server: ServerProcess) -> None:
     assert report["received"]["chat"] == list(range(chat_count))  # reliable: nothing dropped
     assert not [e for e in report["events"] if e["type"] == "data_overflow"]
     state = report["received"]["state"]
-    assert set(range(warm)) <= set(state) and len(state) < warm + during / 2
+    # Before the stop the bot read normally: nearly all warm-up messages arrived (a lossy
+    # channel may still lose a few to socket-buffer overflow); of those sent while it was
+    # stopped, most were dropped.
+    assert len(set(range(warm)) & set(state)) >= 0.98 * warm, f"{len(set(state))} of {warm} warm-up messages"
+    assert len(state) < warm + during / 2
 
 
 def test_stopped_receiver_reliable_channel_is_closed_with_data_overflow(server: ServerProcess) -> None:
