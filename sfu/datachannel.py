@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .core.envelope import (
     EnvelopeError,
@@ -218,13 +218,13 @@ def fan_out(
     sender_id: str,
     key: ChannelKey,
     outgoing: Outgoing,
-    receivers: dict[str, DataChannels],
+    receivers: Iterable[DataChannels],
 ) -> int:
     """Deliver ``outgoing`` from ``sender_id`` to the other participants' channels.
 
     Args:
-        receivers: participant id -> its DataChannels (the sender may be included; it
-            is skipped).
+        receivers: the room's participants' DataChannels (the sender's may be
+            included; it is skipped).
 
     Returns:
         how many receivers it was sent or queued to.
@@ -232,7 +232,8 @@ def fan_out(
     message = encode_delivery(sender_id, outgoing)
     targets = outgoing.to
     delivered = 0
-    for participant_id, channels in receivers.items():
+    for channels in receivers:
+        participant_id = channels.participant_id
         if participant_id == sender_id or (targets is not None and participant_id not in targets):
             continue
         if channels.deliver(key, message) is None:

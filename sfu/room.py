@@ -79,7 +79,7 @@ class Room:
     def on_data(self, sender_id: str, key: ChannelKey, outgoing: Outgoing) -> None:
         """Fan a DataChannel message out to the others (or to ``outgoing.to``)."""
         if sender_id in self.participants:
-            fan_out(sender_id, key, outgoing, {pid: p.data for pid, p in self.participants.items() if not p.closed})
+            fan_out(sender_id, key, outgoing, (p.data for p in self.participants.values() if not p.closed))
 
     def on_tracks_published(self, participant: Participant, tracks: list[UpTrack]) -> None:
         """Tell the others about newly published tracks."""

@@ -79,7 +79,6 @@ class Forwarder:
         self._ts_offset = 0
         self._highest_src: int = -1
         self._closed: set[int] = set()
-        self.last_out_timestamp: int | None = None
 
     def translate(self, seq: int, timestamp: int, keyframe: bool, padding_only: bool) -> Translation | DropReason:
         """Decide for one source packet.
@@ -131,10 +130,7 @@ class Forwarder:
         return self._ts_offset
 
     def _emit(self, seq: int, timestamp: int) -> Translation:
-        out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
-        if seq == self._highest_src:
-            self.last_out_timestamp = out_ts
-        return Translation((seq + self._offset_for(seq)) & 0xFFFF, out_ts)
+        return Translation((seq + self._offset_for(seq)) & 0xFFFF, (timestamp + self._ts_offset) & 0xFFFFFFFF)
 
     def _push_segment(self, start: int, offset: int) -> None:
         self._closed.add(start - 1)

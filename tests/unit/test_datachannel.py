@@ -54,7 +54,7 @@ class Room:
             self.members[pid] = DataChannels(
                 pid,
                 self._opener(pid, sctp),
-                lambda sender, key, out: fan_out(sender, key, out, self.members),
+                lambda sender, key, out: fan_out(sender, key, out, self.members.values()),
                 self.events[pid].append,
             )
 
