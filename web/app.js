@@ -1,6 +1,19 @@
 // Demo room page. `/?room=ROOM&name=NAME` joins at once with camera and microphone;
 // `&publish=0` joins as a viewer; without `room` the page shows the join form.
 // A chat panel sends and shows text over the client's reliable `chat` DataChannel.
+//
+// Simulcast: the camera is published as three layers (rids q/h/f at 1/4, 1/2 and full
+// resolution, asking the camera for 1280x720); `&simulcast=0` publishes one encoding
+// (640x480). Each remote tile tells the server its height in device pixels
+// (`track_settings` maxHeight, debounced) so the server forwards no larger layer than
+// the tile shows, and pauses the video while the tile's "Hide video" is on.
+// `&maxHeight=N` sends N for every tile instead of its size (tests); `&maxHeight=none`
+// sends no cap at all. Each tile shows the layer it receives and why (`[data-layer]`).
+//
+// For tests and debugging, `window` holds: `sfuClient`, `sfuPc`, `sfuApp` (the page's
+// options), `sfuLayerEvents` (every `layerchanged` detail, oldest first) and
+// `sfuSettingsSent` (every `setTrackSettings` call: `{at, trackId, settings}`, `at`
+// in ms of `performance.now()`).
 import { SfuClient } from './sfu-client.js';
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -8,8 +21,46 @@ const $ = (selector, root = document) => root.querySelector(selector);
 /** Label of the DataChannel the chat panel uses (the client opens it at join). */
 const CHAT_CHANNEL = 'chat';
 
+/** Camera layers for simulcast, lowest first (PROTOCOL.md, "Simulcast"); bit/s. */
+const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
+/** Camera size asked for, in pixels: the top layer's (simulcast) or the only one's. */
+const CAMERA_SIZE = { simulcast: { width: 1280, height: 720 }, single: { width: 640, height: 480 } };
+
+/** Wait this long after a tile stops resizing before telling the server, in ms. */
+const TILE_SIZE_DEBOUNCE_MS = 300;
+
 const params = new URLSearchParams(location.search);
 const room = params.get('room');
+
+/**
+ * The page's options from the query string: `simulcast`, publish the camera as three
+ * layers; `maxHeight`, a fixed cap for every tile in device pixels (null: send no
+ * cap; undefined: send each tile's own height).
+ * @type {{simulcast: boolean, maxHeight: number|null|undefined}}
+ */
+const options = {
+  simulcast: params.get('simulcast') !== '0',
+  maxHeight: parseMaxHeight(params.get('maxHeight')),
+};
+window.sfuApp = options;
+window.sfuLayerEvents = [];
+window.sfuSettingsSent = [];
+
+/**
+ * @param {string|null} value The `maxHeight` query parameter.
+ * @returns {number|null|undefined} See `options.maxHeight`.
+ */
+function parseMaxHeight(value) {
+  if (value === null || value === '') return undefined;
+  if (value === 'none') return null;
+  const n = Number(value);
+  return Number.isInteger(n) && n > 0 ? n : undefined;
+}
 
 if (room) {
   enterRoom({
@@ -35,7 +86,7 @@ async function enterRoom({ room, name, publish }) {
   window.sfuPc = client.pc;
 
   client.addEventListener('participantjoined', (e) => {
-    addTile(e.detail.participant);
+    addTile(e.detail.participant, client);
     updateBadges(e.detail.participant.id, client);
   });
   client.addEventListener('participantleft', (e) => tileFor(e.detail.participantId)?.remove());
@@ -43,7 +94,15 @@ async function enterRoom({ room, name, publish }) {
   client.addEventListener('trackunpublished', (e) => updateBadges(e.detail.participantId, client));
   client.addEventListener('trackmuted', (e) => updateBadges(e.detail.participantId, client));
   client.addEventListener('trackunmuted', (e) => updateBadges(e.detail.participantId, client));
-  client.addEventListener('remotetrack', (e) => startPlayback(tileFor(e.detail.participantId)));
+  client.addEventListener('remotetrack', (e) => {
+    const tile = tileFor(e.detail.participantId);
+    startPlayback(tile);
+    if (e.detail.kind === 'video') tile?.reportSize?.();
+  });
+  client.addEventListener('layerchanged', (e) => {
+    window.sfuLayerEvents.push(e.detail);
+    showLayer(client, e.detail.trackId);
+  });
   client.addEventListener('error', (e) => setStatus(`Error: ${e.detail.message}`));
   client.addEventListener('closed', (e) => {
     // Before the join completes, the join's own error is the better message.
@@ -67,7 +126,7 @@ async function enterRoom({ room, name, publish }) {
 
   if (publish) {
     setStatus('Starting camera and microphone…');
-    localStream = await getLocalMedia(name);
+    localStream = await getLocalMedia(name, options.simulcast);
   }
   try {
     setStatus('Joining…');
@@ -75,7 +134,10 @@ async function enterRoom({ room, name, publish }) {
     setChatEnabled(true);
     setStatus(localStream || !publish ? `Joined as ${name}` : `Joined as ${name} (watching only: no camera or microphone)`);
     if (localStream) {
-      const trackIds = await client.publish(localStream);
+      const trackIds = await Promise.all(localStream.getTracks().map((track) => client.publishTrack(track, {
+        stream: localStream,
+        ...(track.kind === 'video' && options.simulcast ? { sendEncodings: SIMULCAST_ENCODINGS } : {}),
+      })));
       const byKind = Object.fromEntries(localStream.getTracks().map((t, i) => [t.kind, trackIds[i]]));
       wireMuteButton($('#toggle-mic'), client, byKind.audio, ['Mute mic', 'Unmute mic']);
       wireMuteButton($('#toggle-cam'), client, byKind.video, ['Stop camera', 'Start camera']);
@@ -181,14 +243,16 @@ function setChatEnabled(enabled) {
 /**
  * Open the camera and microphone and show the local preview.
  * @param {string} name Our display name, for the preview's caption.
+ * @param {boolean} simulcast Ask for the camera size the simulcast layers need.
  * @returns {Promise<MediaStream|null>} null when the devices are unavailable or refused.
  */
-async function getLocalMedia(name) {
+async function getLocalMedia(name, simulcast) {
+  const { width, height } = CAMERA_SIZE[simulcast ? 'simulcast' : 'single'];
   let stream;
   try {
     stream = await navigator.mediaDevices.getUserMedia({
       audio: true,
-      video: { width: { ideal: 640 }, height: { ideal: 480 } },
+      video: { width: { ideal: width }, height: { ideal: height } },
     });
   } catch (error) {
     console.warn('getUserMedia failed', error);
@@ -231,8 +295,9 @@ function tileFor(participantId) {
 /**
  * Add a tile for a remote participant, rendering its `stream`.
  * @param {import('./sfu-client.js').Participant} participant
+ * @param {SfuClient} client
  */
-function addTile(participant) {
+function addTile(participant, client) {
   const tile = $('#tile-template').content.firstElementChild.cloneNode(true);
   tile.dataset.participantId = participant.id;
   $('.name', tile).textContent = participant.name;
@@ -251,9 +316,101 @@ function addTile(participant) {
     const hidden = tile.classList.toggle('video-hidden');
     hideVideo.setAttribute('aria-pressed', String(hidden));
     hideVideo.textContent = hidden ? 'Show video' : 'Hide video';
+    // A hidden video needs no bandwidth: ask the server to pause it.
+    for (const trackId of videoTrackIds(client, participant.id)) {
+      sendTrackSettings(client, trackId, { paused: hidden });
+    }
   });
 
   $('#tiles').append(tile);
+  watchTileSize(tile, video, client, participant.id);
+}
+
+/**
+ * Keep the server told of the height, in device pixels, that a tile shows its video
+ * at (or of the page's fixed `maxHeight`): once per video track, then again when the
+ * tile has been resized to another height and stayed so for TILE_SIZE_DEBOUNCE_MS.
+ * Sets `tile.reportSize()`, called when a video track of the tile gets media.
+ * @param {HTMLElement} tile
+ * @param {HTMLVideoElement} video
+ * @param {SfuClient} client
+ * @param {string} participantId
+ */
+function watchTileSize(tile, video, client, participantId) {
+  if (options.maxHeight === null) return; // `maxHeight=none`: never cap
+  /** The maxHeight last sent, by track id. */
+  const sent = new Map();
+  let timer = null;
+  const report = () => {
+    timer = null;
+    const maxHeight = options.maxHeight ?? Math.round(video.getBoundingClientRect().height * devicePixelRatio);
+    if (!(maxHeight > 0)) return; // not laid out (e.g. the page is hidden)
+    for (const trackId of videoTrackIds(client, participantId)) {
+      if (sent.get(trackId) === maxHeight) continue;
+      sent.set(trackId, maxHeight);
+      sendTrackSettings(client, trackId, { maxHeight });
+    }
+  };
+  tile.reportSize = report;
+  if (options.maxHeight !== undefined) return; // a fixed cap: nothing to watch
+  new ResizeObserver(() => {
+    clearTimeout(timer);
+    timer = setTimeout(report, TILE_SIZE_DEBOUNCE_MS);
+  }).observe(video);
+}
+
+/**
+ * Ids of the video tracks `participantId` publishes.
+ * @param {SfuClient} client
+ * @param {string} participantId
+ * @returns {string[]}
+ */
+function videoTrackIds(client, participantId) {
+  const tracks = client.participants.get(participantId)?.tracks.values() ?? [];
+  return [...tracks].filter((t) => t.kind === 'video').map((t) => t.id);
+}
+
+/**
+ * `client.setTrackSettings`, recorded in `window.sfuSettingsSent`.
+ * @param {SfuClient} client
+ * @param {string} trackId
+ * @param {import('./sfu-client.js').TrackSettings} settings
+ */
+function sendTrackSettings(client, trackId, settings) {
+  try {
+    client.setTrackSettings(trackId, settings);
+    window.sfuSettingsSent.push({ at: performance.now(), trackId, settings });
+  } catch (error) {
+    console.warn('track_settings not sent', error);
+  }
+}
+
+/**
+ * Show on the tile of the participant publishing `trackId` which layer the server
+ * forwards and why: the label carries `data-layer` (the RID, `paused`, or `single`
+ * for a track without simulcast), `data-reason`, `data-width`, `data-height` and
+ * `data-track-id`. The tile shows its participant's first video track.
+ * @param {SfuClient} client
+ * @param {string} trackId
+ */
+function showLayer(client, trackId) {
+  const participantId = [...client.participants.values()].find((p) => p.tracks.has(trackId))?.id;
+  if (!participantId || videoTrackIds(client, participantId)[0] !== trackId) return;
+  const tile = tileFor(participantId);
+  const label = tile && $('.layer', tile);
+  const info = client.layers.get(trackId);
+  if (!label || !info) return;
+  const size = info.width && info.height ? `${info.width}x${info.height}` : '';
+  const layer = info.paused ? 'paused' : info.rid ?? 'single';
+  label.dataset.layer = layer;
+  label.dataset.reason = info.reason ?? '';
+  label.dataset.width = info.width ?? '';
+  label.dataset.height = info.height ?? '';
+  label.dataset.trackId = trackId;
+  const what = info.paused ? 'paused' : [info.rid, size].filter(Boolean).join(' ') || 'video';
+  label.textContent = `${what} · ${(info.reason ?? '').replaceAll('_', ' ')}`;
+  label.title = `Layer the server forwards (${layer}) and why: ${info.reason}`;
+  label.hidden = false;
 }
 
 /**

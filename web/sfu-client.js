@@ -34,6 +34,38 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  * @property {string} kind     `audio` or `video`.
  * @property {string} source   `camera`, `microphone`, `screen`, `screen_audio` or `custom`.
  * @property {boolean} muted   Whether the publisher has muted it.
+ * @property {string[]} [layers] For a video track published with simulcast: its
+ *   layers' RIDs, lowest resolution first (e.g. `['q', 'h', 'f']`); absent for a
+ *   track sent as a single encoding.
+ */
+
+/**
+ * @typedef {object} TrackSettings
+ * What a subscriber asks of one subscribed video track (PROTOCOL.md,
+ * "track_settings"). Fields left out are left as they are.
+ * @property {number|null} [maxHeight] Cap on the resolution, in device pixels of
+ *   height (e.g. the tile's CSS height times `devicePixelRatio`): the server forwards
+ *   the highest layer at most this tall (the lowest when none is). null removes the cap.
+ * @property {boolean} [paused] true: the server stops forwarding the track;
+ *   false: it resumes.
+ */
+
+/**
+ * @typedef {object} LayerInfo
+ * Detail of the `layerchanged` event: the layer the server now forwards on one of our
+ * subscribed video tracks, and why (PROTOCOL.md, "layer_changed").
+ * @property {string} trackId           The subscribed track.
+ * @property {string|null} mid          Our m-line receiving it.
+ * @property {string|null} rid          The simulcast layer's RID; null for a track
+ *   sent as a single encoding, and while paused.
+ * @property {number|null} layer        Layer index, 0 = lowest; null while paused.
+ * @property {number|null} width        Layer width in pixels, when the server knows it.
+ * @property {number|null} height       Layer height in pixels, when the server knows it.
+ * @property {boolean} paused           Nothing is forwarded (see `reason`).
+ * @property {string} reason            `bandwidth` (our estimated downlink),
+ *   `preference` (our {@link TrackSettings}), `paused` (our pause) or
+ *   `publisher_layer_lost` (the publisher stopped sending a layer).
+ * @property {number} receivedAt        `performance.now()` when the event arrived, in ms.
  */
 
 /**
@@ -83,6 +115,9 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  * - `remotetrack` `{participantId, trackId, track, kind, stream}`: media of a
  *   subscribed track is bound to `track` (a MediaStreamTrack), already added to the
  *   participant's `stream`.
+ * - `layerchanged` {@link LayerInfo}: the server switched the layer it forwards on
+ *   a subscribed video track (also its first layer, and pausing/resuming); the
+ *   latest per track is in `client.layers`.
  * - `data` {@link DataMessage}: a DataChannel message from another participant.
  * - `channelopen` `{label, channel}`: the channel that `sendData(label, ...)` uses
  *   is open (messages sent before are queued until then).
@@ -124,6 +159,9 @@ export class SfuClient extends EventTarget {
     /** @type {Map<string, RTCDataChannel>} The channel `sendData` uses, by label: the
      *  one we opened, else one the server opened towards us. */
     this.channels = new Map();
+    /** @type {Map<string, LayerInfo>} The latest `layer_changed` per subscribed
+     *  video track id (kept until the track is unpublished). */
+    this.layers = new Map();
 
     this._defaultChannel = defaultChannel;
     /** Every DataChannel we listen on (ours and the server's), open or opening. */
@@ -149,6 +187,9 @@ export class SfuClient extends EventTarget {
     this._subscriptions = new Map();
     /** Remote track id -> participant id, for subscriptions the server has confirmed. */
     this._remoteOwners = new Map();
+    /** Remote track id -> {@link TrackSettings} asked for before the subscription was
+     *  confirmed; sent once it is. */
+    this._pendingSettings = new Map();
     /** ICE candidates gathered before the first offer went out. */
     this._candidateBacklog = [];
     this._offerSent = false;
@@ -284,6 +325,41 @@ export class SfuClient extends EventTarget {
   }
 
   /**
+   * Ask the server to cap the resolution of a subscribed video track, or to pause or
+   * resume it (PROTOCOL.md, "track_settings"). Only the fields given are sent. Before
+   * the server has confirmed the subscription, the settings are kept (merged with
+   * earlier ones) and sent once it has; a refusal arrives as an `error` event
+   * (`unknown_track`, `bad_message`).
+   * @param {string} trackId A remote video track id (from `trackpublished`).
+   * @param {TrackSettings} settings
+   * @throws {Error} When no participant in the room publishes `trackId`.
+   * @throws {TypeError} For a `maxHeight` that is not a positive integer or null, or a
+   *   `paused` that is not a boolean.
+   */
+  setTrackSettings(trackId, { maxHeight, paused } = {}) {
+    const settings = {};
+    if (maxHeight !== undefined) {
+      if (maxHeight !== null && !(Number.isInteger(maxHeight) && maxHeight > 0)) {
+        throw new TypeError('maxHeight must be a positive integer (device pixels) or null');
+      }
+      settings.maxHeight = maxHeight;
+    }
+    if (paused !== undefined) {
+      if (typeof paused !== 'boolean') throw new TypeError('paused must be a boolean');
+      settings.paused = paused;
+    }
+    if (![...this.participants.values()].some((p) => p.tracks.has(trackId))) {
+      throw new Error(`not a remote track: ${trackId}`);
+    }
+    if (!Object.keys(settings).length) return;
+    if (this._remoteOwners.has(trackId)) {
+      this._send({ type: 'track_settings', trackId, ...settings });
+    } else {
+      this._pendingSettings.set(trackId, { ...this._pendingSettings.get(trackId), ...settings });
+    }
+  }
+
+  /**
    * Leave the room: tell the server, then close the PeerConnection and WebSocket.
    * Local tracks are left running (they belong to the caller).
    * @returns {Promise<void>} Resolves once closed.
@@ -360,9 +436,31 @@ export class SfuClient extends EventTarget {
       case 'data_overflow':
         this._onDataOverflow(msg.label);
         break;
+      case 'layer_changed':
+        this._onLayerChanged(msg);
+        break;
       default:
         break; // `pong` and message types this client does not use.
     }
+  }
+
+  /** Record and announce the layer the server now forwards on a subscribed track. */
+  _onLayerChanged(msg) {
+    if (typeof msg.trackId !== 'string') return;
+    /** @type {LayerInfo} */
+    const info = {
+      trackId: msg.trackId,
+      mid: msg.mid ?? null,
+      rid: msg.rid ?? null,
+      layer: msg.layer ?? null,
+      width: msg.width ?? null,
+      height: msg.height ?? null,
+      paused: Boolean(msg.paused),
+      reason: msg.reason ?? null,
+      receivedAt: performance.now(),
+    };
+    this.layers.set(info.trackId, info);
+    this._emit('layerchanged', info);
   }
 
   _onError(msg) {
@@ -430,6 +528,8 @@ export class SfuClient extends EventTarget {
       participant.stream.removeTrack(transceiver.receiver.track);
     }
     this._remoteOwners.delete(trackId);
+    this._pendingSettings.delete(trackId);
+    this.layers.delete(trackId);
     // A subscription still waiting in the queue is simply dropped; one already
     // applied to the PeerConnection is set inactive by the next offer.
     const queued = this._intents.findIndex((i) => i.type === 'subscribe' && i.trackId === trackId);
@@ -597,6 +697,11 @@ export class SfuClient extends EventTarget {
     const track = transceiver.receiver.track;
     participant.stream.addTrack(track);
     this._remoteOwners.set(trackId, participantId);
+    const settings = this._pendingSettings.get(trackId);
+    if (settings) {
+      this._pendingSettings.delete(trackId);
+      this._send({ type: 'track_settings', trackId, ...settings });
+    }
     this._emit('remotetrack', { participantId, trackId, track, kind: track.kind, stream: participant.stream });
   }
 

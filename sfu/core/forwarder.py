@@ -42,8 +42,40 @@ class Translation:
         return f"Translation(seq={self.sequence_number}, ts={self.timestamp})"
 
 
+class _Epoch:
+    """The numbering of one stretch of one source layer: offset segments (from source
+    seq ``seg_start[i]`` on, ``out = src + seg_offset[i]``), closed padding slots, the
+    newest source seq and the timestamp offset."""
+
+    __slots__ = ("layer", "seg_start", "seg_offset", "closed", "highest_src", "ts_offset")
+
+    def __init__(self, layer: int, seq: int, out_seq: int, ts_offset: int) -> None:
+        self.layer = layer
+        self.seg_start = [seq]
+        self.seg_offset = [out_seq - seq]
+        self.closed: set[int] = set()
+        self.highest_src = seq - 1
+        self.ts_offset = ts_offset
+
+    def offset_for(self, seq: int) -> int:
+        if seq >= self.seg_start[-1]:
+            return self.seg_offset[-1]
+        i = bisect_right(self.seg_start, seq) - 1
+        return self.seg_offset[max(i, 0)]
+
+    def source_of(self, out: int) -> int | None:
+        """The source seq sent as unwrapped output number ``out`` in this epoch, if any."""
+        for i in range(len(self.seg_start) - 1, -1, -1):
+            src = out - self.seg_offset[i]
+            if src >= self.seg_start[i]:
+                if src > self.highest_src or src in self.closed:
+                    return None
+                return src
+        return None
+
+
 class Forwarder:
-    """Sequence and timestamp munger of one DownTrack for one source stream.
+    """Sequence and timestamp munger of one DownTrack.
 
     Args:
         needs_keyframe: video starts forwarding only at a keyframe; audio at once.
@@ -54,9 +86,15 @@ class Forwarder:
         max_late: a packet more than this many sequence numbers behind the newest
             forwarded one is dropped as too old.
 
-    Sequence numbers given to :meth:`translate` are unwrapped source numbers; the
-    output is kept unwrapped internally and truncated in :class:`Translation`.
+    Sequence numbers and timestamps given to it are unwrapped source numbers of the
+    current source ``layer``; the output is kept unwrapped internally and truncated in
+    :class:`Translation`. A simulcast layer switch (:meth:`switch`) starts a new epoch
+    on another source stream: the output sequence continues at the next number and the
+    output timestamp at the value the caller computed, so the subscriber sees one
+    continuous stream (RFC 3550 §5.1). Older epochs are kept for NACK mapping.
     """
+
+    EPOCHS_KEPT = 4
 
     def __init__(
         self,
@@ -73,15 +111,39 @@ class Forwarder:
         self._max_late = max_late
         self.started = False
         self.paused = False
-        # Offset segments: from source seq _seg_start[i] on, out = src + _seg_offset[i].
-        self._seg_start: list[int] = []
-        self._seg_offset: list[int] = []
-        self._ts_offset = 0
-        self._highest_src: int = -1
-        self._closed: set[int] = set()
+        self.layer: int | None = None
+        self.last_out_timestamp = self._out_ts_start  # unwrapped, of the newest packet
+        self._epoch = _Epoch(0, 0, self._next_out_seq, 0)
+        self._old: list[_Epoch] = []
+
+    def switch(self, layer: int, seq: int, timestamp: int, out_timestamp: int | None = None) -> None:
+        """Start forwarding source ``layer`` from its packet ``seq`` (call at a keyframe).
+
+        Args:
+            layer: the source layer index the next packets come from.
+            seq: unwrapped sequence number of its first packet to forward.
+            timestamp: unwrapped RTP timestamp of that packet.
+            out_timestamp: the output timestamp to give it (unwrapped, after
+                :attr:`last_out_timestamp`); None at the start uses the initial one.
+
+        The packet's output sequence number is the one after the last sent.
+        """
+        epoch = self._epoch
+        if self.started:
+            next_out = epoch.highest_src + 1 + epoch.seg_offset[-1]
+            self._old.append(epoch)
+            if len(self._old) > self.EPOCHS_KEPT:
+                del self._old[0]
+        else:
+            next_out = self._next_out_seq
+            self.started = True
+        if out_timestamp is None:
+            out_timestamp = self._out_ts_start if not self._old else self.last_out_timestamp + 1
+        self.layer = layer
+        self._epoch = _Epoch(layer, seq, next_out, out_timestamp - timestamp)
 
     def translate(self, seq: int, timestamp: int, keyframe: bool, padding_only: bool) -> Translation | DropReason:
-        """Decide for one source packet.
+        """Decide for one source packet of the current layer.
 
         Args:
             seq: unwrapped source sequence number.
@@ -90,83 +152,76 @@ class Forwarder:
             padding_only: the payload is empty (RTP padding only).
 
         Returns:
-            a Translation to send, or the DropReason.
+            a Translation to send, or the DropReason. Before the first :meth:`switch`,
+            a keyframe (any packet for audio) starts layer 0.
         """
         if self.paused:
             return DropReason.PAUSED
+        epoch = self._epoch
         if not self.started:
             if padding_only:
                 return DropReason.PADDING
             if self.needs_keyframe and not keyframe:
                 return DropReason.WAITING_FOR_KEYFRAME
-            self.started = True
-            self._seg_start.append(seq)
-            self._seg_offset.append(self._next_out_seq - seq)
-            self._ts_offset = self._out_ts_start - timestamp
-            self._highest_src = seq
-            return self._emit(seq, timestamp)
+            self.switch(0, seq, timestamp)
+            epoch = self._epoch
 
-        if seq > self._highest_src:
+        if seq > epoch.highest_src:
             if padding_only:
                 # Close the slot: everything after it shifts down by one.
-                self._highest_src = seq
-                self._push_segment(seq + 1, self._seg_offset[-1] - 1)
+                epoch.highest_src = seq
+                self._push_segment(epoch, seq + 1, epoch.seg_offset[-1] - 1)
                 return DropReason.PADDING
-            self._highest_src = seq
-            return self._emit(seq, timestamp)
+            epoch.highest_src = seq
+            out_ts = timestamp + epoch.ts_offset
+            self.last_out_timestamp = out_ts
+            return Translation((seq + epoch.seg_offset[-1]) & 0xFFFF, out_ts & 0xFFFFFFFF)
 
         # Late (reordered or retransmitted upstream) packet.
-        if self._highest_src - seq > self._max_late or seq < self._seg_start[0]:
+        if epoch.highest_src - seq > self._max_late or seq < epoch.seg_start[0]:
             return DropReason.TOO_OLD
-        if seq == self._highest_src or seq in self._closed:
+        if seq == epoch.highest_src or seq in epoch.closed:
             return DropReason.DUPLICATE
         if padding_only:
             return DropReason.PADDING
-        return self._emit(seq, timestamp)
+        return Translation((seq + epoch.offset_for(seq)) & 0xFFFF, (timestamp + epoch.ts_offset) & 0xFFFFFFFF)
 
     @property
     def timestamp_offset(self) -> int:
-        """Output timestamp minus source timestamp (apply modulo 2**32); 0 before start."""
-        return self._ts_offset
+        """Output timestamp minus source timestamp of the current layer (apply modulo
+        2**32); 0 before start."""
+        return self._epoch.ts_offset
 
-    def _emit(self, seq: int, timestamp: int) -> Translation:
-        return Translation((seq + self._offset_for(seq)) & 0xFFFF, (timestamp + self._ts_offset) & 0xFFFFFFFF)
+    def _push_segment(self, epoch: _Epoch, start: int, offset: int) -> None:
+        epoch.closed.add(start - 1)
+        epoch.seg_start.append(start)
+        epoch.seg_offset.append(offset)
+        if len(epoch.seg_start) > self._history:
+            dropped = epoch.seg_start[0]
+            del epoch.seg_start[0]
+            del epoch.seg_offset[0]
+            epoch.closed = {s for s in epoch.closed if s >= dropped}
 
-    def _push_segment(self, start: int, offset: int) -> None:
-        self._closed.add(start - 1)
-        self._seg_start.append(start)
-        self._seg_offset.append(offset)
-        if len(self._seg_start) > self._history:
-            dropped = self._seg_start[0]
-            del self._seg_start[0]
-            del self._seg_offset[0]
-            self._closed = {s for s in self._closed if s >= dropped}
-
-    def _offset_for(self, seq: int) -> int:
-        if seq >= self._seg_start[-1]:
-            return self._seg_offset[-1]
-        i = bisect_right(self._seg_start, seq) - 1
-        return self._seg_offset[max(i, 0)]
-
-    def source_sequence(self, out_seq: int) -> int | None:
+    def source_sequence(self, out_seq: int) -> tuple[int, int, int] | None:
         """Map a 16-bit output sequence number (from a subscriber's NACK) to the source.
 
         Returns:
-            the unwrapped source sequence number, or None if it is not one this
-            forwarder sent (closed slot, before the start, or too old).
+            ``(layer, unwrapped source seq, timestamp offset)``, or None if it is not a
+            packet this forwarder sent (closed slot, before the start, or too old).
         """
         if not self.started:
             return None
+        epoch = self._epoch
         # Unwrap the output number near the newest output.
-        newest_out = self._highest_src + self._seg_offset[-1]
+        newest_out = epoch.highest_src + epoch.seg_offset[-1]
         delta = (out_seq - newest_out) & 0xFFFF
         if delta >= 0x8000:
             delta -= 0x10000
         out = newest_out + delta
-        for i in range(len(self._seg_start) - 1, -1, -1):
-            src = out - self._seg_offset[i]
-            if src >= self._seg_start[i]:
-                if src > self._highest_src or src in self._closed:
-                    return None
-                return src
+        for e in (epoch, *reversed(self._old)):
+            src = e.source_of(out)
+            if src is not None:
+                return e.layer, src, e.ts_offset
+            if out >= e.seg_start[0] + e.seg_offset[0]:
+                return None  # in this epoch's range but not sent
         return None

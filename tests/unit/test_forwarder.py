@@ -54,9 +54,9 @@ def test_nack_mapping_back_to_source():
     fwd = Forwarder(needs_keyframe=False, initial_sequence=65534, initial_timestamp=0)
     run(fwd, [(100, 0, False, False), (101, 0, False, True), (102, 0, False, False), (103, 0, False, False)])
     # outputs: 100->65534, 102->65535, 103->0
-    assert fwd.source_sequence(65534) == 100
-    assert fwd.source_sequence(65535) == 102
-    assert fwd.source_sequence(0) == 103
+    assert fwd.source_sequence(65534) == (0, 100, 0)
+    assert fwd.source_sequence(65535) == (0, 102, 0)
+    assert fwd.source_sequence(0) == (0, 103, 0)
     assert fwd.source_sequence(1) is None  # not sent yet
     assert fwd.source_sequence(65000) is None  # before the start
 
@@ -69,3 +69,47 @@ def test_duplicates_too_old_and_paused():
     assert fwd.translate(99, 0, False, False) is DropReason.TOO_OLD
     fwd.paused = True
     assert fwd.translate(151, 0, False, False) is DropReason.PAUSED
+
+
+def test_layer_switch_continues_sequence_and_timestamp():
+    fwd = Forwarder(needs_keyframe=True, initial_sequence=65534, initial_timestamp=1000)
+    fwd.switch(0, 500, 90_000)
+    assert [fwd.translate(s, 90_000 + 3000 * (s - 500), s == 500, False).sequence_number for s in (500, 501, 502)] == [
+        65534,
+        65535,
+        0,
+    ]
+    assert fwd.last_out_timestamp == 1000 + 6000
+    # Layer 2 has its own sequence and timestamp space; switch at its keyframe 7000.
+    fwd.switch(2, 7000, 5_000_000, out_timestamp=fwd.last_out_timestamp + 3000)
+    t = fwd.translate(7000, 5_000_000, True, False)
+    assert (t.sequence_number, t.timestamp) == (1, 1000 + 9000)
+    t = fwd.translate(7001, 5_003_000, False, False)
+    assert (t.sequence_number, t.timestamp) == (2, 1000 + 12000)
+    assert fwd.layer == 2 and fwd.timestamp_offset == 1000 + 9000 - 5_000_000
+
+
+def test_nack_maps_to_the_epoch_and_layer_that_sent_it():
+    fwd = Forwarder(needs_keyframe=False, initial_sequence=10, initial_timestamp=0)
+    fwd.switch(0, 100, 0)
+    for s in (100, 101, 102):
+        fwd.translate(s, 0, False, False)  # out 10, 11, 12
+    fwd.switch(1, 40, 50, out_timestamp=100)
+    fwd.translate(40, 50, True, False)  # out 13
+    fwd.translate(41, 51, False, True)  # padding: slot closed
+    fwd.translate(42, 52, False, False)  # out 14
+    assert fwd.source_sequence(11) == (0, 101, 0)
+    assert fwd.source_sequence(12) == (0, 102, 0)
+    assert fwd.source_sequence(13) == (1, 40, 50)
+    assert fwd.source_sequence(14) == (1, 42, 50)
+    assert fwd.source_sequence(15) is None
+    assert fwd.source_sequence(9) is None
+
+
+def test_padding_on_the_new_layer_leaves_no_gap():
+    fwd = Forwarder(needs_keyframe=True, initial_sequence=0, initial_timestamp=0)
+    fwd.switch(0, 10, 0)
+    fwd.translate(10, 0, True, False)
+    fwd.switch(1, 300, 0, out_timestamp=10)
+    outs = [fwd.translate(s, 0, s == 300, s == 301) for s in (300, 301, 302)]
+    assert [o.sequence_number if not isinstance(o, DropReason) else o for o in outs] == [1, DropReason.PADDING, 2]

@@ -1,0 +1,164 @@
+"""A subscriber's downlink estimate from what its browser reports, and probing.
+
+Inputs (all from the subscriber's RTCP):
+
+* REMB (draft-alvestrand-rmcat-remb): Chrome's receive-side, delay-based estimate.
+  It is capped near 1.5x the rate it receives, so a REMB below what we send is a
+  congestion signal (Chrome backs off to ~0.85x the incoming rate on over-use), while a
+  REMB below the estimate but above what we send only says we send little.
+* Receiver-report loss (RFC 3550 §6.4.1 fraction lost): above 10 % the link carries
+  about what arrived, ``sent * (1 - loss)`` (the loss-based rule of GCC,
+  draft-ietf-rmcat-gcc-02 §6).
+* Probes: since REMB cannot rise much above what it receives, :class:`ProbeController`
+  pads the stream up to a goal for a while; no congestion during the probe raises the
+  estimate to the goal.
+
+After any congestion the estimate holds for ``hold_ms`` (REMB may not raise it), so a
+lagging REMB does not undo a loss-based drop. Pure: time is a parameter (ms).
+"""
+
+from __future__ import annotations
+
+__all__ = ["BandwidthEstimator", "ProbeController"]
+
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+
+
+class BandwidthEstimator:
+    """One subscriber's downlink estimate in bit/s.
+
+    Args:
+        initial_bps: the estimate before any feedback.
+        min_bps, max_bps: bounds of the estimate.
+        hold_ms: after congestion, how long REMB cannot raise the estimate.
+        start_grace_ms: REMB is not read as congestion this long after the first
+            feedback (Chrome's REMB starts low and ramps while it measures).
+    """
+
+    def __init__(
+        self,
+        initial_bps: int = 1_500_000,
+        min_bps: int = 30_000,
+        max_bps: int = 50_000_000,
+        hold_ms: float = 2000.0,
+        start_grace_ms: float = 3000.0,
+    ) -> None:
+        self.estimate = initial_bps
+        self.min_bps = min_bps
+        self.max_bps = max_bps
+        self.hold_ms = hold_ms
+        self.start_grace_ms = start_grace_ms
+        self.remb: int | None = None
+        self.congested_ms: float | None = None
+        self._first_ms: float | None = None
+
+    def _clamp(self, bps: float) -> int:
+        return int(min(self.max_bps, max(self.min_bps, bps)))
+
+    def _congestion(self, bps: float, now_ms: float) -> None:
+        self.estimate = self._clamp(min(self.estimate, bps))
+        self.congested_ms = now_ms
+
+    def in_hold(self, now_ms: float) -> bool:
+        """True while a recent congestion signal holds the estimate down."""
+        return self.congested_ms is not None and now_ms - self.congested_ms < self.hold_ms
+
+    def on_remb(self, bitrate: int, sent_bps: float, now_ms: float) -> None:
+        """A REMB of ``bitrate`` bit/s while we sent ``sent_bps`` bit/s to this subscriber
+        (over the last second, padding included)."""
+        if self._first_ms is None:
+            self._first_ms = now_ms
+        self.remb = bitrate
+        in_grace = now_ms - self._first_ms < self.start_grace_ms
+        if not in_grace and sent_bps > 100_000 and bitrate < 0.9 * sent_bps:
+            self._congestion(bitrate, now_ms)
+        elif bitrate > self.estimate and not self.in_hold(now_ms):
+            self.estimate = self._clamp(bitrate)
+
+    def on_loss(self, fraction_lost: float, sent_bps: float, now_ms: float) -> None:
+        """A receiver report's loss fraction (0..1) for a stream of this subscriber."""
+        if self._first_ms is None:
+            self._first_ms = now_ms
+        if fraction_lost > LOSS_HIGH and sent_bps > 0:
+            self._congestion(sent_bps * (1.0 - fraction_lost), now_ms)
+
+    def on_probe_success(self, goal_bps: float, now_ms: float) -> None:
+        """A probe up to ``goal_bps`` saw no congestion: the link carries it."""
+        if not self.in_hold(now_ms):
+            self.estimate = self._clamp(max(self.estimate, goal_bps))
+
+
+class ProbeController:
+    """Decides when to probe one subscriber's downlink, how hard, and the outcome.
+
+    A probe starts when the allocation wants more than the estimate (``desired_bps``),
+    no congestion was seen for ``quiet_ms``, and the back-off has passed. Its goal is
+    ``estimate * step`` (at most ``desired * 1.1``); for ``duration_ms`` the caller
+    pads its stream up to the goal (:meth:`padding_bps`). A probe without congestion
+    succeeds (the estimator takes the goal, ``step`` grows towards ``max_step``); one
+    with congestion fails (``step`` resets, the back-off doubles up to
+    ``max_backoff_ms``).
+    """
+
+    def __init__(
+        self,
+        duration_ms: float = 1000.0,
+        quiet_ms: float = 2000.0,
+        min_step: float = 1.25,
+        max_step: float = 2.0,
+        min_backoff_ms: float = 2000.0,
+        max_backoff_ms: float = 8000.0,
+    ) -> None:
+        self.duration_ms = duration_ms
+        self.quiet_ms = quiet_ms
+        self.min_step = min_step
+        self.max_step = max_step
+        self.min_backoff_ms = min_backoff_ms
+        self.max_backoff_ms = max_backoff_ms
+        self.step = min_step
+        self.goal_bps: float | None = None
+        self.probes = 0
+        self.successes = 0
+        self._started_ms = 0.0
+        self._next_ms = 0.0
+        self._backoff_ms = min_backoff_ms
+
+    @property
+    def probing(self) -> bool:
+        """A probe is running."""
+        return self.goal_bps is not None
+
+    def poll(self, now_ms: float, estimator: BandwidthEstimator, desired_bps: float) -> None:
+        """Start, finish or abort a probe at ``now_ms``."""
+        congested = estimator.congested_ms
+        if self.goal_bps is not None:
+            if congested is not None and congested >= self._started_ms:
+                self._fail(now_ms)
+            elif now_ms - self._started_ms >= self.duration_ms:
+                estimator.on_probe_success(self.goal_bps, now_ms)
+                self.successes += 1
+                self.goal_bps = None
+                self.step = min(self.max_step, self.step * 1.25)
+                self._backoff_ms = self.min_backoff_ms
+                self._next_ms = now_ms + 500.0
+            return
+        if desired_bps <= estimator.estimate or now_ms < self._next_ms:
+            return
+        if congested is not None and now_ms - congested < self.quiet_ms:
+            return
+        self.goal_bps = min(estimator.estimate * self.step, desired_bps * 1.1)
+        self._started_ms = now_ms
+        self.probes += 1
+
+    def _fail(self, now_ms: float) -> None:
+        self.goal_bps = None
+        self.step = self.min_step
+        self._next_ms = now_ms + self._backoff_ms
+        self._backoff_ms = min(self.max_backoff_ms, self._backoff_ms * 2)
+
+    def padding_bps(self, media_bps: float) -> float:
+        """Padding to send now (bit/s) on top of ``media_bps``; 0 when not probing."""
+        if self.goal_bps is None:
+            return 0.0
+        return max(0.0, self.goal_bps - media_bps)

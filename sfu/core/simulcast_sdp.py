@@ -1,0 +1,145 @@
+"""Simulcast in SDP: read a publisher's ``a=rid``/``a=simulcast`` offer, write the answer.
+
+aiortc parses neither ``a=rid`` (RFC 8851) nor ``a=simulcast`` (RFC 8853), nor does
+it answer the ``rtp-stream-id``/``repaired-rtp-stream-id`` header extensions
+(RFC 8852). Chrome sends only its first encoding unless the answer has them, so the
+SFU reads them from the offer text and adds them to aiortc's answer text.
+
+Pure text processing: no I/O, no aiortc.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .rtp import URI_RID, URI_RRID
+
+__all__ = ["MAX_LAYERS", "SimulcastOffer", "parse_simulcast_offers", "munge_answer"]
+
+MAX_LAYERS = 3
+_RID_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")  # RFC 8851 §10 rid-id, at most 16 chars
+
+
+@dataclass(slots=True)
+class SimulcastOffer:
+    """The simulcast part of one offered m-line that the client sends on.
+
+    ``rids``: the RIDs the SFU receives, in the offer's order (lowest layer first by
+    this project's convention, docs/PROTOCOL.md), at most :data:`MAX_LAYERS`;
+    ``rejected``: offered send RIDs that are not received (invalid, duplicate, past
+    the limit, or with no ``a=rid`` line); ``rid_extension_id``/``rrid_extension_id``:
+    the offer's header-extension ids for RID and repaired RID (None if not offered).
+    """
+
+    mid: str
+    rids: list[str]
+    rejected: list[str] = field(default_factory=list)
+    rid_extension_id: int | None = None
+    rrid_extension_id: int | None = None
+
+
+def _sections(sdp: str) -> tuple[list[str], list[list[str]]]:
+    """Split SDP text into the session lines and one list of lines per m-section."""
+    session: list[str] = []
+    media: list[list[str]] = []
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if not line:
+            continue
+        if line.startswith("m="):
+            media.append([line])
+        elif media:
+            media[-1].append(line)
+        else:
+            session.append(line)
+    return session, media
+
+
+def _attr(lines: list[str], name: str) -> list[str]:
+    prefix = f"a={name}:"
+    return [line[len(prefix) :].strip() for line in lines if line.startswith(prefix)]
+
+
+def parse_simulcast_offers(sdp: str) -> dict[str, SimulcastOffer]:
+    """The simulcast send streams of every video m-line of an offer, by mid.
+
+    An m-line counts when it has ``a=simulcast:send ...`` (RFC 8853 §5.1) with at least
+    one RID that also has an ``a=rid:<id> send`` line (RFC 8851 §4). Alternatives
+    (``a,b``) keep their first RID; the paused prefix ``~`` is ignored (the layer is
+    received when it arrives). Never raises: what it cannot read is left out.
+    """
+    out: dict[str, SimulcastOffer] = {}
+    _, sections = _sections(sdp)
+    for lines in sections:
+        if not lines[0].startswith("m=video"):
+            continue
+        mids = _attr(lines, "mid")
+        simulcast = _attr(lines, "simulcast")
+        if not mids or not simulcast:
+            continue
+        declared = set()
+        for value in _attr(lines, "rid"):
+            parts = value.split()
+            if len(parts) >= 2 and parts[1] == "send":
+                declared.add(parts[0])
+        tokens = simulcast[0].split()
+        send_list = next((tokens[i + 1] for i in range(len(tokens) - 1) if tokens[i] == "send"), None)
+        if send_list is None:
+            continue
+        rids: list[str] = []
+        rejected: list[str] = []
+        for stream in send_list.split(";"):
+            rid = stream.split(",")[0].lstrip("~")
+            if _RID_RE.match(rid) and rid in declared and rid not in rids and len(rids) < MAX_LAYERS:
+                rids.append(rid)
+            else:
+                rejected.append(rid)
+        if not rids:
+            continue
+        extensions: dict[str, int] = {}
+        for value in _attr(lines, "extmap"):
+            parts = value.split()
+            if len(parts) >= 2:
+                try:
+                    extensions[parts[1]] = int(parts[0].split("/")[0])
+                except ValueError:
+                    continue
+        if URI_RID not in extensions:
+            continue  # without the RID extension packets cannot be told apart
+        out[mids[0]] = SimulcastOffer(
+            mid=mids[0],
+            rids=rids,
+            rejected=rejected,
+            rid_extension_id=extensions.get(URI_RID),
+            rrid_extension_id=extensions.get(URI_RRID),
+        )
+    return out
+
+
+def munge_answer(answer_sdp: str, offers: dict[str, SimulcastOffer]) -> str:
+    """Add the receiving side of simulcast to an answer for every m-line in ``offers``.
+
+    For each such m-line whose answer direction is ``recvonly`` (RFC 8853 §5.3):
+    ``a=extmap`` lines for RID and repaired RID with the offer's ids (RFC 8852),
+    ``a=rid:<id> recv`` per received RID and ``a=simulcast:recv <id>;<id>...``.
+    Other m-lines are returned unchanged. Lines end with CRLF (RFC 8866 §5).
+    """
+    session, sections = _sections(answer_sdp)
+    out = list(session)
+    for lines in sections:
+        mids = _attr(lines, "mid")
+        offer = offers.get(mids[0]) if mids else None
+        if offer is None or "a=recvonly" not in lines:
+            out.extend(lines)
+            continue
+        kept = [line for line in lines if not line.startswith(("a=rid:", "a=simulcast:"))]
+        have = {v.split()[1] for v in _attr(kept, "extmap") if len(v.split()) >= 2}
+        extra = []
+        if URI_RID not in have and offer.rid_extension_id is not None:
+            extra.append(f"a=extmap:{offer.rid_extension_id} {URI_RID}")
+        if URI_RRID not in have and offer.rrid_extension_id is not None:
+            extra.append(f"a=extmap:{offer.rrid_extension_id} {URI_RRID}")
+        extra += [f"a=rid:{rid} recv" for rid in offer.rids]
+        extra.append("a=simulcast:recv " + ";".join(offer.rids))
+        out.extend(kept + extra)
+    return "\r\n".join(out) + "\r\n"

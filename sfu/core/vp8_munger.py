@@ -1,0 +1,95 @@
+"""Keep VP8 PictureID and TL0PICIDX continuous across simulcast layer switches.
+
+Each simulcast layer numbers its pictures on its own (RFC 7741 §4.2: PictureID 7 or
+15 bits, TL0PICIDX 8 bits). A subscriber sees one stream, so after a switch the
+numbers continue from the last ones it got: a jump would look like lost pictures to
+the receiver's frame-reference logic.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Vp8Munger"]
+
+
+class Vp8Munger:
+    """Rewrites the PictureID and TL0PICIDX of one DownTrack's VP8 packets.
+
+    Call :meth:`on_switch` when the forwarder switches layers; the next packet (the
+    keyframe that starts the new layer) then continues the numbering. Until the first
+    switch after the start the numbers pass unchanged.
+    """
+
+    __slots__ = ("_pid_offset", "_tl0_offset", "_last_pid", "_last_tl0", "_switch_pending")
+
+    def __init__(self) -> None:
+        self._pid_offset = 0
+        self._tl0_offset = 0
+        self._last_pid: int | None = None
+        self._last_tl0: int | None = None
+        self._switch_pending = False
+
+    def on_switch(self) -> None:
+        """The next packet is the first of a new source layer."""
+        self._switch_pending = True
+
+    def rewrite(self, payload: bytes) -> bytes | None:
+        """The rewritten descriptor bytes for ``payload`` (an RTP payload), or None when
+        nothing changes (no offsets, no extension fields, or a malformed descriptor).
+
+        The returned bytes replace ``payload[:len(returned)]``; the descriptor keeps
+        its size (7-bit PictureIDs stay 7-bit).
+        """
+        n = len(payload)
+        if n < 2 or not payload[0] & 0x80:
+            return None
+        x = payload[1]
+        i = 2
+        pid = pid_pos = None
+        pid_mod = 0
+        if x & 0x80:
+            if n <= i:
+                return None
+            pid_pos = i
+            if payload[i] & 0x80:
+                if n <= i + 1:
+                    return None
+                pid = ((payload[i] & 0x7F) << 8) | payload[i + 1]
+                pid_mod = 0x8000
+                i += 2
+            else:
+                pid = payload[i] & 0x7F
+                pid_mod = 0x80
+                i += 1
+        tl0 = tl0_pos = None
+        if x & 0x40:
+            if n <= i:
+                return None
+            tl0_pos = i
+            tl0 = payload[i]
+            i += 1
+        if self._switch_pending:
+            self._switch_pending = False
+            if pid is not None and self._last_pid is not None:
+                self._pid_offset = (self._last_pid + 1 - pid) % pid_mod
+            if tl0 is not None and self._last_tl0 is not None:
+                self._tl0_offset = (self._last_tl0 + 1 - tl0) & 0xFF
+        out = bytearray(payload[:i]) if (self._pid_offset or self._tl0_offset) else None
+        if pid is not None:
+            out_pid = (pid + self._pid_offset) % pid_mod
+            last = self._last_pid
+            if last is None or (out_pid - last) % pid_mod < pid_mod // 2:
+                self._last_pid = out_pid
+            if out is not None and pid_pos is not None:
+                if pid_mod == 0x8000:
+                    out[pid_pos] = 0x80 | (out_pid >> 8)
+                    out[pid_pos + 1] = out_pid & 0xFF
+                else:
+                    out[pid_pos] = out_pid
+        if tl0 is not None:
+            out_tl0 = (tl0 + self._tl0_offset) & 0xFF
+            last = self._last_tl0
+            if last is None or (out_tl0 - last) & 0xFF < 0x80:
+                self._last_tl0 = out_tl0
+            if out is not None and tl0_pos is not None:
+                out[tl0_pos] = out_tl0
+        return bytes(out) if out is not None else None

@@ -1,0 +1,147 @@
+"""Table tests of the allocator and the layer selector (virtual clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sfu.core.allocator import (
+    BANDWIDTH,
+    LAYER_LOST,
+    PAUSED,
+    PREFERENCE,
+    PRIORITY_OTHER,
+    PRIORITY_SCREEN,
+    PRIORITY_SPEAKER,
+    LayerSelector,
+    TrackDemand,
+    allocate,
+)
+
+Q, H, F = 150_000, 400_000, 800_000
+SIMULCAST = [Q, H, F]
+
+
+def demand(key, bitrates=SIMULCAST, **kw):
+    return TrackDemand(key=key, layer_bitrates=list(bitrates), **kw)
+
+
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        (2_000_000, 2),
+        (F * 1.15, 2),
+        (F * 1.14, 1),
+        (H * 1.15, 1),
+        (Q * 1.15, 0),
+        (Q, None),
+        (0, None),
+    ],
+)
+def test_one_track_gets_the_best_layer_that_fits(budget, expected):
+    a = allocate(budget, [demand("v")])["v"]
+    assert a.layer == expected
+    assert a.reason == BANDWIDTH
+    assert a.bitrate == (SIMULCAST[expected] if expected is not None else 0)
+
+
+def test_every_track_gets_its_lowest_layer_before_any_gets_more():
+    budget = 3 * Q * 1.15 + 10
+    out = allocate(budget, [demand("a"), demand("b"), demand("c")])
+    assert [out[k].layer for k in "abc"] == [0, 0, 0]
+
+
+def test_screen_share_then_speaker_then_others():
+    demands = [
+        demand("cam", priority=PRIORITY_OTHER),
+        demand("speaker", priority=PRIORITY_SPEAKER),
+        demand("screen", priority=PRIORITY_SCREEN),
+    ]
+    out = allocate(Q * 1.15 * 2 + 10, demands)
+    assert (out["screen"].layer, out["speaker"].layer, out["cam"].layer) == (0, 0, None)
+    # One step per pass, in priority order: screen and speaker reach the middle layer.
+    out = allocate(Q * 3 + (F - Q) * 1.15 + 10, demands)
+    assert (out["screen"].layer, out["speaker"].layer, out["cam"].layer) == (1, 1, 0)
+    # The next pass gives the others their step before the screen goes higher.
+    out = allocate(Q * 2 + F + (H - Q) * 1.15 + 10, demands)
+    assert (out["screen"].layer, out["speaker"].layer, out["cam"].layer) == (1, 1, 1)
+
+
+def test_margin_applies_only_above_the_current_layer():
+    assert allocate(F * 1.05, [demand("v", current=2)])["v"].layer == 2
+    assert allocate(F * 1.05, [demand("v", current=1)])["v"].layer == 1
+
+
+def test_preference_cap_paused_and_lost_layers():
+    out = allocate(10_000_000, [demand("v", max_layer=1)])["v"]
+    assert (out.layer, out.reason) == (1, PREFERENCE)
+    paused = allocate(10_000_000, [demand("v", paused=True)])["v"]
+    assert (paused.layer, paused.reason) == (None, PAUSED)
+    lost = allocate(10_000_000, [demand("v", bitrates=[Q, H, None], current=2)])["v"]
+    assert (lost.layer, lost.reason) == (1, LAYER_LOST)
+    skip = allocate(10_000_000, [demand("v", bitrates=[Q, None, F], current=0)])["v"]
+    assert skip.layer == 2
+    none = allocate(10_000_000, [demand("v", bitrates=[None, None, None])])["v"]
+    assert (none.layer, none.reason) == (None, LAYER_LOST)
+
+
+def test_single_encoding_track_is_one_layer():
+    assert allocate(1_000_000, [demand("v", bitrates=[700_000])])["v"].layer == 0
+    assert allocate(500_000, [demand("v", bitrates=[700_000])])["v"].layer is None
+
+
+def run(selector, steps, demands_fn=lambda: [demand("v")]):
+    """steps: [(t_ms, budget)] -> [(t_ms, layer, reason)] for every change."""
+    seen = []
+    for t, budget in steps:
+        for c in selector.select(t, budget, demands_fn()):
+            seen.append((t, c.layer, c.reason))
+    return seen
+
+
+def test_selector_steps_down_at_once_and_up_after_holding():
+    sel = LayerSelector(up_stable_ms=2000)
+    steps = [(0, 2_000_000), (250, 2_000_000), (500, 300_000), (750, 300_000)]
+    steps += [(1000 + 250 * i, 2_000_000) for i in range(12)]
+    assert run(sel, steps) == [(0, 2, BANDWIDTH), (500, 0, BANDWIDTH), (3000, 2, BANDWIDTH)]
+
+
+def test_selector_does_not_flap_on_an_oscillating_estimate():
+    sel = LayerSelector(up_stable_ms=2000)
+    steps = [(t, 2_000_000 if (t // 500) % 2 else 300_000) for t in range(0, 20_000, 250)]
+    changes = run(sel, steps)
+    assert changes == [(0, 0, BANDWIDTH)]
+
+
+def test_selector_pauses_when_even_the_lowest_layer_does_not_fit_and_resumes():
+    sel = LayerSelector(up_stable_ms=1000)
+    steps = [(0, 700_000), (100, 50_000), (200, 700_000), (700, 700_000), (1200, 700_000)]
+    assert run(sel, steps) == [(0, 1, BANDWIDTH), (100, None, BANDWIDTH), (1200, 1, BANDWIDTH)]
+
+
+def test_selector_preference_and_layer_loss_act_at_once():
+    sel = LayerSelector(up_stable_ms=2000)
+    state = {"cap": 0, "bitrates": SIMULCAST, "paused": False}
+
+    def demands():
+        return [demand("v", bitrates=state["bitrates"], max_layer=state["cap"], paused=state["paused"])]
+
+    assert run(sel, [(0, 5_000_000)], demands) == [(0, 0, PREFERENCE)]
+    state["cap"] = None
+    assert run(sel, [(100, 5_000_000)], demands) == []  # going up needs 2 s of stable allocation
+    assert run(sel, [(2100, 5_000_000)], demands) == [(2100, 2, BANDWIDTH)]
+    state["bitrates"] = [Q, H, None]
+    assert run(sel, [(2200, 5_000_000)], demands) == [(2200, 1, LAYER_LOST)]
+    state["paused"] = True
+    assert run(sel, [(2300, 5_000_000)], demands) == [(2300, None, PAUSED)]
+    state["paused"] = False
+    assert run(sel, [(2400, 5_000_000)], demands) == [(2400, 1, BANDWIDTH)]
+    state["cap"] = 0
+    assert run(sel, [(2500, 5_000_000)], demands) == [(2500, 0, PREFERENCE)]
+
+
+def test_selector_forgets_tracks_that_are_gone():
+    sel = LayerSelector()
+    run(sel, [(0, 5_000_000)])
+    assert sel.layers == {"v": 2}
+    assert sel.select(100, 5_000_000, []) == []
+    assert sel.layers == {}
