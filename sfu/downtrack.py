@@ -6,6 +6,12 @@ the subscriber's own header extensions: its MID, a fresh abs-send-time, the audi
 level) in front of the cached payload, and sends it. Subscriber feedback is handled
 here: NACK (RFC 4585 §6.2.1) answered from the UpTrack's cache, by RTX where
 negotiated (RFC 4588); PLI/FIR passed upstream; receiver reports kept for loss and RTT.
+
+Simulcast: the DownTrack forwards one layer of its UpTrack at a time. When the
+subscriber's allocation picks another layer (:meth:`DownTrack.set_target`), it asks
+for that layer's keyframe, keeps forwarding the current layer until the keyframe
+arrives and switches there; sequence numbers, timestamps and VP8 PictureID/TL0PICIDX
+continue without a gap. Probing pads the stream with redundant RTX retransmissions.
 """
 
 from __future__ import annotations
@@ -26,13 +32,20 @@ from .core.rtp import (
     write_packet,
     write_rtx_packet,
 )
+from .core.vp8_munger import Vp8Munger
 from .metrics import COUNTERS
 from .rtc.adapter import MediaInfo
 
 if TYPE_CHECKING:
     from .uptrack import SourcePacket, UpTrack
 
-__all__ = ["DownTrack", "ntp_now"]
+__all__ = ["DownTrack", "ntp_now", "LayerListener"]
+
+LayerListener = Callable[["DownTrack", "int | None", "int | None", str], None]
+"""Called with (DownTrack, previous layer, new layer, reason) when the layer forwarded
+changes; a layer is an index, None when paused (or, as previous, before the start)."""
+
+PADDING_PACKETS = 16  # how far back redundant padding retransmissions reach
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
@@ -55,6 +68,11 @@ class DownTrack:
         connected: tells whether the subscriber's transport can send yet; nothing is
             forwarded before (so a video DownTrack never starts on a keyframe that
             cannot be delivered).
+        on_layer_change: told of every change of the layer forwarded (the first one,
+            switches, pause and resume), with the reason given to :meth:`set_target`.
+
+    A single-encoding track starts on its only layer; a simulcast DownTrack forwards
+    nothing until :meth:`set_target` picks a layer.
 
     Raises:
         ValueError: the m-line did not negotiate the UpTrack's codec.
@@ -68,6 +86,7 @@ class DownTrack:
         send_rtp: Callable[[bytes], bool],
         send_rtcp: Callable[[bytes], bool],
         connected: Callable[[], bool] = lambda: True,
+        on_layer_change: LayerListener | None = None,
     ) -> None:
         codec = next(
             (c for c in media.codecs if c.mime_type.lower() == uptrack.codec.mime_type.lower()), None
@@ -102,9 +121,27 @@ class DownTrack:
         self._rtx_sequence = random.randrange(0x10000)
         self.packets_sent = 0
         self.octets_sent = 0
+        self.bytes_sent = 0  # all RTP bytes sent, padding included
         self.rtt_ms: float | None = None
         self.fraction_lost = 0.0
         self.closed = False
+        self.clock_rate = uptrack.codec.clock_rate
+        self.target_layer: int | None = None
+        self.paused = False
+        self.reason = "bandwidth"
+        self.layer_switches = 0
+        self._reported_layer: int | None = None
+        self._on_layer_change = on_layer_change
+        self._munger = Vp8Munger() if uptrack.codec.mime_type.lower() == "video/vp8" and uptrack.simulcast else None
+        self._epoch_munging: dict[int, tuple[int, int]] = {}
+        self._registered: list[int] = []
+        self._last_arrival_ms = 0.0
+        self._last_layer: int | None = None  # the layer of the newest epoch
+        self._last_ts_offset = 0
+        self._munging_pending = False
+        self._padding_credit = 0.0
+        if not uptrack.simulcast:
+            self.set_target(0, "bandwidth", 0.0, request=False)
 
     def _extension_template(self) -> tuple[bytes, bytes] | None:
         """Precomputed bytes around the one per-packet value (abs-send-time or audio
@@ -146,6 +183,95 @@ class DownTrack:
                 elements.append((self._audio_level[1], level))
         return build_extensions(elements)
 
+    @property
+    def layer(self) -> int | None:
+        """The layer being forwarded (None before the first packet or while paused)."""
+        return self.forwarder.layer
+
+    def _register(self, layers: list[int]) -> None:
+        """Receive exactly ``layers``' packets from the UpTrack."""
+        for index in self._registered:
+            if index not in layers:
+                lst = self.uptrack.layers[index].downtracks
+                if self in lst:
+                    lst.remove(self)
+        for index in layers:
+            lst = self.uptrack.layers[index].downtracks
+            if self not in lst:
+                lst.append(self)
+        self._registered = layers
+
+    def set_target(self, layer: int | None, reason: str, now_ms: float, request: bool = True) -> None:
+        """Forward ``layer`` from its next keyframe on (None: pause now).
+
+        Until the keyframe arrives the current layer goes on; a keyframe request is
+        sent to the publisher for the target layer (``request``). Pausing takes effect
+        at once and is reported at once.
+        """
+        if self.closed:
+            return
+        self.reason = reason
+        if layer == self.target_layer and (layer is not None or self.paused):
+            return
+        self.target_layer = layer
+        self.paused = layer is None
+        current = self.forwarder.layer
+        if layer is None:
+            self._register([])
+            self.forwarder.layer = None  # resuming needs a keyframe
+            self._changed(None)
+            return
+        self._register([layer] if current is None or current == layer else [current, layer])
+        if request and layer != current:
+            self.uptrack.request_keyframe(now_ms, layer)
+
+    def _changed(self, layer: int | None) -> None:
+        previous = self._reported_layer
+        self._reported_layer = layer
+        self.layer_switches += 1
+        if self._on_layer_change is not None:
+            self._on_layer_change(self, previous, layer, self.reason)
+
+    def _switch(self, source: SourcePacket) -> None:
+        """Start forwarding ``source``'s layer at this packet (a keyframe)."""
+        fwd = self.forwarder
+        if not fwd.started:
+            fwd.switch(source.layer, source.sequence, source.timestamp)
+        else:
+            fwd.switch(source.layer, source.sequence, source.timestamp, self._switch_timestamp(source))
+        self._last_layer = source.layer
+        self._last_ts_offset = fwd.timestamp_offset
+        if self._munger is not None:
+            self._munger.on_switch()
+            self._munging_pending = True
+        self._register([source.layer])
+        self._changed(source.layer)
+
+    def _switch_timestamp(self, source: SourcePacket) -> int:
+        """The output timestamp for the first packet of a new layer (unwrapped).
+
+        From both layers' sender reports when there are (the NTP wall clock maps the new
+        layer's timestamp onto the old one's, RFC 3550 §6.4.1), checked against the
+        arrival time since the last packet forwarded; from the arrival time alone
+        otherwise. Always after the last output timestamp.
+        """
+        fwd = self.forwarder
+        last_out = fwd.last_out_timestamp
+        elapsed = max(1, round((source.arrival_ms - self._last_arrival_ms) * self.clock_rate / 1000.0))
+        layers = self.uptrack.layers
+        old_sr = layers[self._last_layer].last_sender_report if self._last_layer is not None else None
+        new_sr = layers[source.layer].last_sender_report
+        if old_sr is not None and new_sr is not None:
+            clock = self.clock_rate
+            rtp_delta = ((source.packet.timestamp - new_sr.rtp_timestamp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            wall = new_sr.ntp_timestamp / 2**32 + rtp_delta / clock
+            old_ts = old_sr.rtp_timestamp + round((wall - old_sr.ntp_timestamp / 2**32) * clock)
+            out32 = (old_ts + self._last_ts_offset) & 0xFFFFFFFF
+            delta = ((out32 - last_out + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            if 0 < delta and abs(delta - elapsed) < clock // 5:
+                return last_out + delta
+        return last_out + elapsed
+
     def forward(self, source: SourcePacket, now_ms: float) -> DropReason | None:
         """Forward one source packet (hot path). Returns the DropReason if dropped."""
         if not self._ready:
@@ -153,15 +279,32 @@ class DownTrack:
                 COUNTERS.dropped[DropReason.NOT_CONNECTED.value] += 1
                 return DropReason.NOT_CONNECTED
             self._ready = True
+        fwd = self.forwarder
+        if source.layer != fwd.layer:
+            if source.layer != self.target_layer:
+                return None  # a layer being left: its last packets are not ours
+            if fwd.needs_keyframe and not source.keyframe:
+                if fwd.layer is None:
+                    COUNTERS.dropped[DropReason.WAITING_FOR_KEYFRAME.value] += 1
+                    self.uptrack.request_keyframe(now_ms, source.layer)
+                    return DropReason.WAITING_FOR_KEYFRAME
+                return None  # keep forwarding the current layer until the keyframe
+            self._switch(source)
         packet = source.packet
-        result = self.forwarder.translate(
+        result = fwd.translate(
             source.sequence, source.timestamp, source.keyframe, packet.payload_end == packet.payload_offset
         )
         if result.__class__ is not Translation:
             COUNTERS.dropped[result.value] += 1
-            if result is DropReason.WAITING_FOR_KEYFRAME:
-                self.uptrack.request_keyframe(now_ms)
             return result
+        self._last_arrival_ms = source.arrival_ms
+        head = None
+        munger = self._munger
+        if munger is not None and packet.payload_end > packet.payload_offset:
+            head = munger.rewrite(packet.data[packet.payload_offset : packet.payload_offset + 8])
+            if self._munging_pending:
+                self._munging_pending = False
+                self._remember_munging(fwd.epoch)
         data = write_packet(
             packet,
             self.ssrc,
@@ -170,10 +313,12 @@ class DownTrack:
             result.timestamp,
             packet.marker,
             self._extensions(source, now_ms),
+            head,
         )
         if self._send_rtp(data):
             self.packets_sent += 1
             self.octets_sent += packet.payload_end - packet.payload_offset
+            self.bytes_sent += len(data)
             counters = self._counters
             if counters is not None:
                 counters.packets_sent += 1
@@ -181,6 +326,34 @@ class DownTrack:
         else:
             COUNTERS.dropped["send_failed"] += 1
         return None
+
+    def _remember_munging(self, epoch: int) -> None:
+        """Keep the VP8 offsets of an epoch, for retransmissions from it later."""
+        munger = self._munger
+        if munger is None:
+            return
+        self._epoch_munging[epoch] = munger.offsets
+        if len(self._epoch_munging) > Forwarder.EPOCHS_KEPT + 1:
+            del self._epoch_munging[min(self._epoch_munging)]
+
+    def _retransmission(self, out_seq: int, now_ms: float, layer: int, src: int, ts_offset: int, epoch: int) -> bytes | None:
+        source = self.uptrack.layers[layer].cache.get(src)
+        if source is None:
+            return None
+        packet = source.packet
+        timestamp = (source.timestamp + ts_offset) & 0xFFFFFFFF
+        ext = self._extensions(source, now_ms)
+        head = None
+        if self._munger is not None and packet.payload_end > packet.payload_offset:
+            offsets = self._epoch_munging.get(epoch)
+            if offsets is not None and offsets != (0, 0):
+                head = Vp8Munger.rewrite_with(packet.data[packet.payload_offset : packet.payload_offset + 8], offsets)
+        if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
+            self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
+            return write_rtx_packet(
+                packet, self.rtx_ssrc, self.rtx_payload_type, self._rtx_sequence, timestamp, out_seq, ext, head
+            )
+        return write_packet(packet, self.ssrc, self.payload_type, out_seq, timestamp, packet.marker, ext, head)
 
     def on_nack(self, lost: list[int], now_ms: float) -> int:
         """Retransmit what the subscriber NACKed (16-bit output sequence numbers).
@@ -190,24 +363,45 @@ class DownTrack:
         """
         sent = 0
         for out_seq in lost:
-            src = self.forwarder.source_sequence(out_seq)
-            if src is None:
+            ref = self.forwarder.source_sequence(out_seq)
+            if ref is None:
                 continue
-            source = self.uptrack.cache.get(src)
-            if source is None:
-                continue
-            timestamp = (source.timestamp + self.forwarder.timestamp_offset) & 0xFFFFFFFF
-            ext = self._extensions(source, now_ms)
-            if self.rtx_ssrc is not None and self.rtx_payload_type is not None:
-                self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
-                data = write_rtx_packet(
-                    source.packet, self.rtx_ssrc, self.rtx_payload_type, self._rtx_sequence, timestamp, out_seq, ext
-                )
-            else:
-                data = write_packet(source.packet, self.ssrc, self.payload_type, out_seq, timestamp, source.packet.marker, ext)
-            if self._send_rtp(data):
+            data = self._retransmission(out_seq, now_ms, ref.layer, ref.sequence, ref.timestamp_offset, ref.epoch)
+            if data is not None and self._send_rtp(data):
+                self.bytes_sent += len(data)
                 sent += 1
         COUNTERS.retransmissions_sent += sent
+        return sent
+
+    def send_padding(self, budget_bytes: float, now_ms: float) -> int:
+        """Send about ``budget_bytes`` of padding (bandwidth probing): redundant RTX
+        retransmissions of the newest packets sent (RFC 4588 §4; the subscriber drops
+        them as duplicates, its bandwidth estimator counts them). Unused budget carries
+        over to the next call while under one packet.
+
+        Returns:
+            bytes sent. Nothing without RTX, before the first packet, or while paused.
+        """
+        if self.rtx_ssrc is None or self.forwarder.layer is None or self.closed:
+            self._padding_credit = 0.0
+            return 0
+        self._padding_credit = min(self._padding_credit + budget_bytes, 20_000.0)
+        fwd = self.forwarder
+        sent = 0
+        for src, out_seq in fwd.recent(PADDING_PACKETS):
+            if self._padding_credit <= 0:
+                break
+            ref = fwd.source_sequence(out_seq)
+            if ref is None:
+                continue
+            data = self._retransmission(out_seq, now_ms, ref.layer, src, ref.timestamp_offset, ref.epoch)
+            if data is None:
+                continue
+            if self._send_rtp(data):
+                sent += len(data)
+                self._padding_credit -= len(data)
+        self.bytes_sent += sent
+        COUNTERS.padding_bytes_sent += sent
         return sent
 
     def stats_snapshot(self) -> dict[str, object]:
@@ -219,15 +413,38 @@ class DownTrack:
             "kind": self.kind,
             "ssrc": self.ssrc,
             "started": self.forwarder.started,
+            "layer": self.forwarder.layer,
+            "targetLayer": self.target_layer,
+            "rid": self.rid,
+            "reason": self.reason,
+            "layerSwitches": self.layer_switches,
             "packetsSent": self.packets_sent,
             "octetsSent": self.octets_sent,
             "rttMs": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "fractionLost": self.fraction_lost,
         }
 
+    @property
+    def layer_label(self) -> str:
+        """``0``/``1``/``2`` (simulcast layer), ``single``, ``paused`` or ``starting``."""
+        if self.paused:
+            return "paused"
+        layer = self.forwarder.layer
+        if layer is None:
+            return "starting"
+        return str(layer) if self.uptrack.simulcast else "single"
+
+    @property
+    def rid(self) -> str | None:
+        """The RID of the layer forwarded (None for a single encoding or paused)."""
+        layer = self.forwarder.layer
+        return self.uptrack.layers[layer].rid if layer is not None else None
+
     def on_keyframe_request(self, now_ms: float) -> None:
-        """The subscriber sent PLI or FIR: ask the publisher (coalesced upstream)."""
-        self.uptrack.request_keyframe(now_ms)
+        """The subscriber sent PLI or FIR: ask the publisher for a keyframe of the layer
+        forwarded (coalesced upstream)."""
+        layer = self.forwarder.layer
+        self.uptrack.request_keyframe(now_ms, layer if layer is not None else (self.target_layer or 0))
 
     def on_report_block(self, block: ReportBlock) -> None:
         """A reception report from the subscriber about this DownTrack: loss and RTT."""
@@ -236,14 +453,14 @@ class DownTrack:
         if rtt is not None:
             self.rtt_ms = rtt
 
-    def on_source_sender_report(self, report: SenderReport) -> None:
+    def on_source_sender_report(self, report: SenderReport, layer: int = 0) -> None:
         """Send the subscriber an SR derived from the publisher's (RFC 3550 §6.4.1).
 
         The NTP time is the publisher's and the RTP timestamp is shifted by this
         DownTrack's timestamp offset, so the subscriber keeps the publisher's
         audio/video synchronization.
         """
-        if not self.forwarder.started or self.closed:
+        if self.forwarder.layer != layer or self.closed:
             return
         sr = SenderReport(
             ssrc=self.ssrc,
@@ -257,5 +474,6 @@ class DownTrack:
     def close(self) -> None:
         """Stop forwarding (unsubscribed, unpublished, or a participant left)."""
         self.closed = True
+        self._register([])
         if self in self.uptrack.downtracks:
             self.uptrack.downtracks.remove(self)

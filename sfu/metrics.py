@@ -90,6 +90,10 @@ class MediaCounters:
         self.dc_messages_sent = 0
         self.dc_bytes_sent = 0
         self.dc_dropped: Counter[str] = Counter()
+        # Simulcast: (direction, reason) -> layer changes; probing padding.
+        self.layer_switches: Counter[tuple[str, str]] = Counter()
+        self.padding_bytes_sent = 0
+        self.probes: Counter[str] = Counter()
         # Seconds from a packet reaching Python to its last subscriber's sendto.
         self.forwarding_latency = BucketHistogram(
             (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
@@ -108,10 +112,17 @@ class MediaCollector(Collector):
 
     Args:
         gauges: returns (rooms, participants, published tracks by kind, DownTracks).
+        layers: returns the video DownTracks by layer label (``0``/``1``/``2`` for
+            simulcast layers, ``single``, ``paused``, ``starting``).
     """
 
-    def __init__(self, gauges: Callable[[], tuple[int, int, dict[str, int], int]]) -> None:
+    def __init__(
+        self,
+        gauges: Callable[[], tuple[int, int, dict[str, int], int]],
+        layers: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self._gauges = gauges
+        self._layers = layers
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         c = COUNTERS
@@ -184,3 +195,24 @@ class MediaCollector(Collector):
             published.add_metric([kind], tracks.get(kind, 0))
         yield published
         yield GaugeMetricFamily("sfu_downtracks", "tracks being forwarded to subscribers", value=downtracks)
+        by_layer = GaugeMetricFamily(
+            "sfu_video_downtracks_by_layer",
+            "video DownTracks by the layer forwarded (simulcast index, single, paused, starting)",
+            labels=["layer"],
+        )
+        for layer, n in sorted(self._layers().items()):
+            by_layer.add_metric([layer], n)
+        yield by_layer
+        switches = CounterMetricFamily(
+            "sfu_layer_switches", "layer changes of video DownTracks, by direction and reason", labels=["direction", "reason"]
+        )
+        for (direction, reason), n in sorted(c.layer_switches.items()):
+            switches.add_metric([direction, reason], n)
+        yield switches
+        yield CounterMetricFamily(
+            "sfu_padding_sent_bytes", "bytes of probing padding sent to subscribers", value=c.padding_bytes_sent
+        )
+        probes = CounterMetricFamily("sfu_bandwidth_probes", "subscriber downlink probes, by result", labels=["result"])
+        for result, n in sorted(c.probes.items()):
+            probes.add_metric([result], n)
+        yield probes

@@ -2,9 +2,15 @@
 
 The participant owns what it publishes (UpTracks) and what it receives (DownTracks),
 routes its incoming RTP by SSRC, or by the MID header extension for SSRCs the SDP did
-not declare (RFC 8843 §9.2), handles its RTCP, and sends its publisher-side RTCP:
-receiver reports and REMB every second (Chrome stays at its lowest rate without them),
-NACKs and PLIs as they come due.
+not declare (RFC 8843 §9.2) and the RID/repaired-RID extensions for simulcast layers
+(RFC 8852), remembering the binding since Chrome stops sending them. It handles its
+RTCP and sends its publisher-side RTCP: receiver reports per layer SSRC and REMB every
+second (Chrome stays at its lowest rate without them), NACKs and PLIs as they come due.
+
+As a subscriber it estimates its downlink (:class:`~sfu.core.bandwidth.BandwidthEstimator`
+from its REMB and receiver-report loss, raised by probes) and, every
+``ALLOCATE_INTERVAL_MS``, lets the :class:`~sfu.core.allocator.LayerSelector` pick a
+layer for each of its video DownTracks.
 
 Negotiation follows docs/PROTOCOL.md: the client always offers; offers are applied
 one at a time per participant.
@@ -19,6 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .core.allocator import (
+    PRIORITY_OTHER,
+    PRIORITY_SCREEN,
+    PRIORITY_SPEAKER,
+    LayerSelector,
+    TrackDemand,
+)
+from .core.bandwidth import BandwidthEstimator, ProbeController
 from .core.rtcp import (
     Bye,
     Fir,
@@ -34,11 +48,12 @@ from .core.rtcp import (
     parse_rtcp,
 )
 from .core.rtp import URI_MID, parse_rtp
+from .core.simulcast_sdp import SimulcastOffer, parse_simulcast_offers
 from .datachannel import DataChannels
 from .downtrack import DownTrack
 from .metrics import COUNTERS
 from .rtc.adapter import MediaInfo, OfferMedia, SfuPeerConnection, parse_offer
-from .uptrack import UpTrack
+from .uptrack import Layer, UpTrack
 
 if TYPE_CHECKING:
     from .room import Room
@@ -50,6 +65,8 @@ logger = logging.getLogger(__name__)
 SOURCES = ("camera", "microphone", "screen", "screen_audio", "custom")
 TICK_MS = 20.0
 REPORT_INTERVAL_MS = 1000.0
+ALLOCATE_INTERVAL_MS = 250.0
+SEND_RATE_WINDOW_MS = 1000.0
 
 
 class OfferError(Exception):
@@ -59,6 +76,15 @@ class OfferError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+@dataclass(slots=True)
+class TrackSettings:
+    """A subscriber's preferences for one subscribed track (``track_settings``):
+    ``max_height`` in pixels (None: no cap) and ``paused``."""
+
+    max_height: int | None = None
+    paused: bool = False
 
 
 @dataclass(slots=True)
@@ -111,11 +137,23 @@ class Participant:
         self._on_failed = on_failed
         self._bindings: dict[str, _Binding] = {}
         self._uptracks_by_mid: dict[str, UpTrack] = {}
-        self._routes: dict[int, tuple[UpTrack, bool]] = {}  # SSRC -> (UpTrack, is RTX)
+        self._routes: dict[int, tuple[UpTrack, Layer, bool]] = {}  # SSRC -> (UpTrack, layer, is RTX)
         self._downtracks_by_ssrc: dict[int, DownTrack] = {}
         self._mid_extension_id: int | None = None
+        self._rid_extension_id: int | None = None
+        self._rrid_extension_id: int | None = None
+        self._simulcast: dict[str, SimulcastOffer] = {}
         self._negotiation = asyncio.Lock()
         self._last_report_ms = 0.0
+        # Subscriber side: downlink estimate, probing, layer selection.
+        self.bwe = BandwidthEstimator()
+        self.probe = ProbeController()
+        self.selector = LayerSelector()
+        self.track_settings: dict[str, TrackSettings] = {}  # by track id
+        self.sent_bps = 0.0
+        self._sent_samples: list[tuple[float, int]] = []
+        self._last_allocate_ms = -ALLOCATE_INTERVAL_MS
+        self._probe_was_running = False
         self.closed = False
 
     # -- description ------------------------------------------------------------------
@@ -131,6 +169,9 @@ class Participant:
             "name": self.name,
             "connectionState": self.connection.connection_state,
             "bandwidthEstimate": self.bandwidth_estimate,
+            "downlinkEstimate": self.bwe.estimate,
+            "sentBitrate": round(self.sent_bps),
+            "probing": self.probe.probing,
             "published": [up.stats_snapshot() for up in self.uptracks.values()],
             "subscribed": [dt.stats_snapshot() for dt in self.downtracks.values()],
             "dataChannels": self.data.labels,
@@ -167,9 +208,15 @@ class Participant:
                     self._bindings[mid] = _Binding(
                         publish=True, source=pub.get("source", ""), muted=bool(pub.get("muted", False))
                     )
+            simulcast = {
+                mid: o
+                for mid, o in parse_simulcast_offers(sdp).items()
+                if (b := self._bindings.get(mid)) is None or b.publish
+            }
+            self._simulcast = simulcast
             subscriptions = self._prepare(offer)
             try:
-                answer = await self.connection.answer(sdp)
+                answer = await self.connection.answer(sdp, simulcast)
             except ValueError as exc:
                 raise OfferError("bad_sdp", str(exc)) from exc
             published = self._apply(offer, subscriptions)
@@ -236,6 +283,12 @@ class Participant:
     def _add_uptrack(self, m: OfferMedia, info: MediaInfo) -> UpTrack:
         binding = self._bindings.get(m.mid)
         source = binding.source if binding and binding.source else ("camera" if m.kind == "video" else "microphone")
+        simulcast = self._simulcast.get(m.mid) if m.kind == "video" else None
+        if simulcast is not None:
+            self._rid_extension_id = simulcast.rid_extension_id
+            self._rrid_extension_id = simulcast.rrid_extension_id
+            if simulcast.rejected:
+                logger.info("participant %s: mid %s simulcast rids %s not received", self.id, m.mid, simulcast.rejected)
         up = UpTrack(
             track_id=new_id("TR"),
             publisher_id=self.id,
@@ -245,17 +298,19 @@ class Participant:
             codec=info.codecs[0],
             extensions=info.extensions,
             send_pli=self._send_pli,
+            rids=simulcast.rids if simulcast is not None else None,
         )
         up.muted = bool(binding.muted) if binding else False
         if URI_MID in info.extensions:
             self._mid_extension_id = info.extensions[URI_MID]
-        if m.ssrcs:
-            up.bind_ssrc(m.ssrcs[0])
-            self._routes[m.ssrcs[0]] = (up, False)
-        for rtx, media_ssrc in m.rtx_ssrcs.items():
-            if media_ssrc == up.ssrc:
-                up.rtx_ssrc = rtx
-                self._routes[rtx] = (up, True)
+        if m.ssrcs and simulcast is None:
+            layer = up.layers[0]
+            layer.bind_ssrc(m.ssrcs[0])
+            self._routes[m.ssrcs[0]] = (up, layer, False)
+            for rtx, media_ssrc in m.rtx_ssrcs.items():
+                if media_ssrc == layer.ssrc:
+                    layer.rtx_ssrc = rtx
+                    self._routes[rtx] = (up, layer, True)
         self.uptracks[up.id] = up
         self._uptracks_by_mid[m.mid] = up
         return up
@@ -263,7 +318,13 @@ class Participant:
     def _add_downtrack(self, up: UpTrack, info: MediaInfo) -> None:
         try:
             dt = DownTrack(
-                up, self.id, info, self.connection.send_rtp, self.connection.send_rtcp, lambda: self.connection.connected
+                up,
+                self.id,
+                info,
+                self.connection.send_rtp,
+                self.connection.send_rtcp,
+                lambda: self.connection.connected,
+                self._on_layer_change,
             )
         except ValueError:
             logger.warning("participant %s: m-line %s cannot carry %s", self.id, info.mid, up.codec.mime_type)
@@ -273,13 +334,18 @@ class Participant:
         if dt.rtx_ssrc is not None:
             self._downtracks_by_ssrc[dt.rtx_ssrc] = dt
         up.downtracks.append(dt)
-        up.request_keyframe(time.monotonic() * 1000.0)
+        now_ms = time.monotonic() * 1000.0
+        if up.simulcast:
+            self.allocate(now_ms)
+        else:
+            up.request_keyframe(now_ms)
 
     def _remove_downtrack(self, mid: str) -> None:
         dt = self.downtracks.pop(mid, None)
         if dt is None:
             return
         dt.close()
+        self.selector.forget(mid)
         self._downtracks_by_ssrc.pop(dt.ssrc, None)
         if dt.rtx_ssrc is not None:
             self._downtracks_by_ssrc.pop(dt.rtx_ssrc, None)
@@ -308,8 +374,8 @@ class Participant:
         if up is None:
             return None
         self._uptracks_by_mid.pop(up.mid, None)
-        for ssrc, (route, _) in list(self._routes.items()):
-            if route is up:
+        for ssrc, route in list(self._routes.items()):
+            if route[0] is up:
                 del self._routes[ssrc]
         up.close()
         self.room.on_track_unpublished(self, up)
@@ -330,19 +396,22 @@ class Participant:
             if route is None:
                 COUNTERS.dropped["unknown_ssrc"] += 1
                 return
-        up, is_rtx = route
+        up, layer, is_rtx = route
         if is_rtx:
-            up.on_rtx(packet, arrival_ms)
+            up.on_rtx(packet, arrival_ms, layer)
         else:
-            up.on_rtp(packet, arrival_ms)
+            up.on_rtp(packet, arrival_ms, layer)
 
-    def _route_new_ssrc(self, packet: Any) -> tuple[UpTrack, bool] | None:
-        """Bind an SSRC the SDP did not declare, by MID extension or payload type."""
+    def _route_new_ssrc(self, packet: Any) -> tuple[UpTrack, Layer, bool] | None:
+        """Bind an SSRC the SDP did not declare: by MID extension (RFC 8843 §9.2) and,
+        for simulcast, RID or repaired RID (RFC 8852); else by payload type."""
         up: UpTrack | None = None
         if self._mid_extension_id is not None:
             mid = packet.extensions.get(self._mid_extension_id)
             if mid is not None:
                 up = self._uptracks_by_mid.get(mid.decode(errors="replace"))
+        if up is not None and up.simulcast:
+            return self._route_layer(up, packet)
         if up is None:
             # A single published track of a payload type can be found without MID.
             candidates = [
@@ -353,15 +422,39 @@ class Participant:
             if len(candidates) != 1:
                 return None
             up = candidates[0]
+            if up.simulcast:
+                return self._route_layer(up, packet)
+        layer = up.layers[0]
         is_rtx = packet.payload_type == up.codec.rtx_payload_type and packet.payload_type != up.codec.payload_type
+        return self._bind(up, layer, is_rtx, packet.ssrc)
+
+    def _route_layer(self, up: UpTrack, packet: Any) -> tuple[UpTrack, Layer, bool] | None:
+        """Find the simulcast layer of a new SSRC from its RID or repaired-RID extension."""
+        for ext_id, is_rtx in ((self._rid_extension_id, False), (self._rrid_extension_id, True)):
+            if ext_id is None:
+                continue
+            rid = packet.extensions.get(ext_id)
+            if rid is None:
+                continue
+            layer = up.layers_by_rid.get(rid.decode(errors="replace"))
+            if layer is None:
+                return None  # a RID the answer did not accept
+            if not is_rtx and packet.payload_type == up.codec.rtx_payload_type:
+                is_rtx = True
+            return self._bind(up, layer, is_rtx, packet.ssrc)
+        return None
+
+    def _bind(self, up: UpTrack, layer: Layer, is_rtx: bool, ssrc: int) -> tuple[UpTrack, Layer, bool]:
+        """Remember that ``ssrc`` carries ``layer`` of ``up`` (media or RTX)."""
+        old = layer.rtx_ssrc if is_rtx else layer.ssrc
+        if old is not None and old != ssrc:
+            self._routes.pop(old, None)
         if is_rtx:
-            up.rtx_ssrc = packet.ssrc
+            layer.rtx_ssrc = ssrc
         else:
-            if up.ssrc is not None and up.ssrc in self._routes:
-                del self._routes[up.ssrc]
-            up.bind_ssrc(packet.ssrc)
-        route = (up, is_rtx)
-        self._routes[packet.ssrc] = route
+            layer.bind_ssrc(ssrc)
+        route = (up, layer, is_rtx)
+        self._routes[ssrc] = route
         return route
 
     def on_rtcp(self, data: bytes, arrival_ms: float) -> None:
@@ -375,12 +468,14 @@ class Participant:
             if isinstance(p, (SenderReport, ReceiverReport)):
                 if isinstance(p, SenderReport):
                     route = self._routes.get(p.ssrc)
-                    if route is not None and not route[1]:
-                        route[0].on_sender_report(p, arrival_ms)
+                    if route is not None and not route[2]:
+                        route[0].on_sender_report(p, arrival_ms, route[1])
                 for block in p.reports:
                     dt = self._downtracks_by_ssrc.get(block.ssrc)
                     if dt is not None and block.ssrc == dt.ssrc:
                         dt.on_report_block(block)
+                        if dt.kind == "video":
+                            self.bwe.on_loss(dt.fraction_lost, self.sent_bps, arrival_ms)
             elif isinstance(p, Nack):
                 COUNTERS.nacks_received += 1
                 dt = self._downtracks_by_ssrc.get(p.media_ssrc)
@@ -399,6 +494,7 @@ class Participant:
                         dt.on_keyframe_request(arrival_ms)
             elif isinstance(p, Remb):
                 self.bandwidth_estimate = p.bitrate
+                self.bwe.on_remb(p.bitrate, self.sent_bps, arrival_ms)
                 COUNTERS.subscriber_bitrate.observe(p.bitrate)
             elif isinstance(p, Bye):
                 pass  # leaving is signaled over the WebSocket
@@ -414,16 +510,18 @@ class Participant:
     def tick(self, now_ms: float) -> None:
         """Periodic publisher-side RTCP at ``now_ms`` (monotonic ms); the room registry
         calls it every ``TICK_MS``: due NACKs and PLI retries, and every
-        ``REPORT_INTERVAL_MS`` an RR + REMB."""
+        ``REPORT_INTERVAL_MS`` an RR + REMB. As a subscriber: probing padding, and
+        every ``ALLOCATE_INTERVAL_MS`` the layer allocation."""
+        if self.downtracks:
+            self._subscriber_tick(now_ms)
         if not self.uptracks:
             return
         rtt = self._publisher_rtt_ms()
         for up in list(self.uptracks.values()):
-            lost = up.poll(now_ms, rtt)
-            if lost and up.ssrc is not None:
+            for media_ssrc, lost in up.poll(now_ms, rtt):
                 COUNTERS.nacks_sent += 1
                 self.connection.send_rtcp(
-                    build_rr(ReceiverReport(self.rtcp_ssrc)) + build_nack(Nack(self.rtcp_ssrc, up.ssrc, lost))
+                    build_rr(ReceiverReport(self.rtcp_ssrc)) + build_nack(Nack(self.rtcp_ssrc, media_ssrc, lost))
                 )
         if now_ms - self._last_report_ms >= REPORT_INTERVAL_MS:
             self._last_report_ms = now_ms
@@ -435,12 +533,132 @@ class Participant:
 
     def send_receiver_reports(self, now_ms: float) -> None:
         """RR for every published SSRC plus REMB for the video ones (draft-alvestrand-rmcat-remb)."""
-        blocks = [b for b in (up.report_block(now_ms) for up in self.uptracks.values()) if b is not None]
-        packet = build_rr(ReceiverReport(self.rtcp_ssrc, blocks))
-        video = [up.ssrc for up in self.uptracks.values() if up.is_video and up.ssrc is not None]
+        blocks = [b for up in self.uptracks.values() for b in up.report_blocks(now_ms)]
+        packet = b"".join(build_rr(ReceiverReport(self.rtcp_ssrc, blocks[i : i + 31])) for i in range(0, max(len(blocks), 1), 31))
+        video = [ssrc for up in self.uptracks.values() if up.is_video for ssrc in up.media_ssrcs()]
         if video:
             packet += build_remb(Remb(self.rtcp_ssrc, self.publisher_bitrate, video))
         self.connection.send_rtcp(packet)
+
+    # -- subscriber side: bandwidth and layers ------------------------------------------
+
+    def _measure_sent(self, now_ms: float) -> None:
+        """Update ``sent_bps``: all RTP bit/s sent to this subscriber over the last second."""
+        total = sum(dt.bytes_sent for dt in self.downtracks.values())
+        samples = self._sent_samples
+        samples.append((now_ms, total))
+        while len(samples) > 2 and now_ms - samples[1][0] >= SEND_RATE_WINDOW_MS:
+            del samples[0]
+        t0, b0 = samples[0]
+        if now_ms > t0:
+            self.sent_bps = max(0.0, (total - b0) * 8000.0 / (now_ms - t0))
+
+    def _subscriber_tick(self, now_ms: float) -> None:
+        self._measure_sent(now_ms)
+        padding = self.probe.padding_bps(self.sent_bps)
+        if padding > 0:
+            carrier = max(
+                (dt for dt in self.downtracks.values() if dt.kind == "video" and dt.rtx_ssrc is not None and dt.layer is not None),
+                key=lambda dt: dt.bytes_sent,
+                default=None,
+            )
+            if carrier is not None:
+                carrier.send_padding(padding * TICK_MS / 8000.0, now_ms)
+        if now_ms - self._last_allocate_ms >= ALLOCATE_INTERVAL_MS:
+            self.allocate(now_ms)
+
+    def _demand(self, dt: DownTrack, now_ms: float) -> TrackDemand:
+        up = dt.uptrack
+        settings = self.track_settings.get(up.id)
+        max_layer = None
+        if settings is not None and settings.max_height is not None:
+            known = [(layer.index, layer.height) for layer in up.layers if layer.height is not None]
+            if known:
+                fitting = [i for i, h in known if h <= settings.max_height]
+                max_layer = fitting[-1] if fitting else 0
+        if up.source == "screen":
+            priority = PRIORITY_SCREEN
+        elif self.room.active_speaker == up.publisher_id:
+            priority = PRIORITY_SPEAKER
+        else:
+            priority = PRIORITY_OTHER
+        return TrackDemand(
+            key=dt.mid,
+            layer_bitrates=up.layer_bitrates(now_ms),
+            max_layer=max_layer,
+            paused=settings.paused if settings is not None else False,
+            priority=priority,
+        )
+
+    def allocate(self, now_ms: float) -> None:
+        """Share the downlink estimate across this subscriber's video DownTracks and
+        apply the layer changes (see :class:`~sfu.core.allocator.LayerSelector`)."""
+        self._last_allocate_ms = now_ms
+        video = [dt for dt in self.downtracks.values() if dt.kind == "video"]
+        if not video:
+            return
+        audio_bps = sum(40_000 for dt in self.downtracks.values() if dt.kind == "audio")
+        demands = [self._demand(dt, now_ms) for dt in video]
+        budget = max(0.0, self.bwe.estimate - audio_bps)
+        for change in self.selector.select(now_ms, budget, demands):
+            dt = self.downtracks.get(change.key)  # type: ignore[arg-type]
+            if dt is not None:
+                dt.set_target(change.layer, change.reason, now_ms)
+        # Probe when the allocation is short of what the tracks could use.
+        desired = audio_bps
+        for d in demands:
+            if d.paused:
+                continue
+            active = [b for i, b in enumerate(d.layer_bitrates) if b is not None and (d.max_layer is None or i <= d.max_layer)]
+            if active:
+                desired += active[-1] * 1.15
+        was = self.probe.probing
+        before = self.probe.successes
+        self.probe.poll(now_ms, self.bwe, desired)
+        if was and not self.probe.probing:
+            COUNTERS.probes["success" if self.probe.successes > before else "failure"] += 1
+
+    def set_track_settings(self, track_id: str, max_height: int | None = ..., paused: bool | None = None) -> None:  # type: ignore[assignment]
+        """Apply a subscriber's ``track_settings`` for ``track_id`` (docs/PROTOCOL.md).
+
+        ``max_height`` in pixels (None removes the cap; ``...`` leaves it);
+        ``paused`` None leaves it.
+
+        Raises:
+            KeyError: this participant does not subscribe to ``track_id``.
+        """
+        if not any(dt.uptrack.id == track_id for dt in self.downtracks.values()):
+            raise KeyError(track_id)
+        settings = self.track_settings.setdefault(track_id, TrackSettings())
+        if max_height is not ...:
+            settings.max_height = max_height
+        if paused is not None:
+            settings.paused = paused
+        self.allocate(time.monotonic() * 1000.0)
+
+    def _on_layer_change(self, dt: DownTrack, previous: int | None, layer: int | None, reason: str) -> None:
+        """Tell the subscriber (``layer_changed``) and count it by direction and reason."""
+        if layer is None:
+            direction = "pause"
+        elif previous is None:
+            direction = "start" if dt.layer_switches <= 1 else "resume"
+        else:
+            direction = "up" if layer > previous else "down"
+        COUNTERS.layer_switches[(direction, reason)] += 1
+        info = dt.uptrack.layers[layer] if layer is not None else None
+        self.send_event(
+            {
+                "type": "layer_changed",
+                "trackId": dt.uptrack.id,
+                "mid": dt.mid,
+                "rid": info.rid if info is not None else None,
+                "layer": layer,
+                "width": info.width if info is not None else None,
+                "height": info.height if info is not None else None,
+                "paused": layer is None,
+                "reason": reason,
+            }
+        )
 
     # -- teardown ---------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ class Room:
         self.name = name
         self.max_participants = max_participants
         self.participants: dict[str, Participant] = {}
+        self.active_speaker: str | None = None  # participant id (allocation priority)
 
     def broadcast(self, event: dict[str, Any], exclude: Participant | None = None) -> None:
         """Send ``event`` to every participant but ``exclude``."""
@@ -207,6 +208,17 @@ class RoomRegistry:
                 for up in p.uptracks.values():
                     tracks[up.kind] += 1
         return len(self.rooms), participants, tracks, downtracks
+
+    def downtrack_layers(self) -> dict[str, int]:
+        """Video DownTracks by layer label, for metrics (see MediaCollector)."""
+        out = {"0": 0, "1": 0, "2": 0, "single": 0, "paused": 0, "starting": 0}
+        for room in self.rooms.values():
+            for p in room.participants.values():
+                for dt in p.downtracks.values():
+                    if dt.kind == "video":
+                        label = dt.layer_label
+                        out[label] = out.get(label, 0) + 1
+        return out
 
     async def close(self) -> None:
         """Remove every participant of every room."""

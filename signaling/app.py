@@ -77,7 +77,7 @@ def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) ->
     metrics = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         metrics.register(collector)
-    metrics.register(MediaCollector(registry.gauges))
+    metrics.register(MediaCollector(registry.gauges, registry.downtrack_layers))
     app[METRICS_KEY] = metrics
     app[SIGNALING_METRICS_KEY] = SignalingMetrics(metrics)
     app.on_startup.append(_start_lag_watch)

@@ -14,7 +14,8 @@ __all__ = ["ProtocolError", "parse_message", "error_message", "CLIENT_TYPES", "M
 MAX_SDP_BYTES = 256 * 1024
 MAX_NAME_CHARS = 64
 SOURCES = ("camera", "microphone", "screen", "screen_audio", "custom")
-CLIENT_TYPES = ("join", "offer", "candidate", "mute", "unpublish", "leave", "ping")
+CLIENT_TYPES = ("join", "offer", "candidate", "mute", "unpublish", "track_settings", "leave", "ping")
+MAX_HEIGHT_PIXELS = 16384
 
 
 class ProtocolError(Exception):
@@ -111,4 +112,14 @@ def parse_message(text: str) -> dict[str, Any]:
             raise ProtocolError("bad_message", "'muted' must be a boolean", kind)
     elif kind == "unpublish":
         _require_str(msg, "trackId", kind, 64)
+    elif kind == "track_settings":
+        _require_str(msg, "trackId", kind, 64)
+        if "maxHeight" in msg:
+            height = msg["maxHeight"]
+            if height is not None and (
+                isinstance(height, bool) or not isinstance(height, int) or not 1 <= height <= MAX_HEIGHT_PIXELS
+            ):
+                raise ProtocolError("bad_message", f"'maxHeight' must be null or an integer 1-{MAX_HEIGHT_PIXELS}", kind)
+        if "paused" in msg and not isinstance(msg["paused"], bool):
+            raise ProtocolError("bad_message", "'paused' must be a boolean", kind)
     return msg

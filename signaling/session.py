@@ -187,6 +187,20 @@ class Session:
         if participant.unpublish(msg["trackId"]) is None:
             raise ProtocolError("unknown_track", f"you publish no track {msg['trackId']}", "unpublish")
 
+    async def _on_track_settings(self, msg: dict[str, Any]) -> None:
+        participant = self._joined("track_settings")
+        kwargs: dict[str, Any] = {}
+        if "maxHeight" in msg:
+            kwargs["max_height"] = msg["maxHeight"]
+        if "paused" in msg:
+            kwargs["paused"] = msg["paused"]
+        try:
+            participant.set_track_settings(msg["trackId"], **kwargs)
+        except KeyError as exc:
+            raise ProtocolError(
+                "unknown_track", f"you do not subscribe to track {msg['trackId']}", "track_settings"
+            ) from exc
+
     async def _on_leave(self, msg: dict[str, Any]) -> None:
         self._joined("leave")
         await self._leave()

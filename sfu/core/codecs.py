@@ -13,6 +13,7 @@ __all__ = [
     "Vp8Descriptor",
     "parse_vp8_descriptor",
     "vp8_is_keyframe",
+    "vp8_keyframe_size",
     "h264_is_keyframe",
     "is_keyframe",
     "rtx_original_sequence",
@@ -113,6 +114,24 @@ def vp8_is_keyframe(payload: bytes) -> bool:
     if not d.start_of_partition or d.partition_index != 0 or len(payload) <= d.size:
         return False
     return (payload[d.size] & 0x01) == 0
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) in pixels of the VP8 key frame this packet starts, else None.
+
+    The key frame header (RFC 6386 §9.1) follows the 3-byte frame tag: start code
+    ``9d 01 2a``, then 14-bit little-endian width and height (scaling bits dropped).
+    """
+    try:
+        d = parse_vp8_descriptor(payload)
+    except ValueError:
+        return None
+    i = d.size
+    if len(payload) < i + 10 or payload[i] & 0x01 or payload[i + 3 : i + 6] != b"\x9d\x01\x2a":
+        return None
+    width = (payload[i + 6] | (payload[i + 7] << 8)) & 0x3FFF
+    height = (payload[i + 8] | (payload[i + 9] << 8)) & 0x3FFF
+    return width, height
 
 
 _H264_IDR = 5

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import enum
 from bisect import bisect_right
+from typing import NamedTuple
 
-__all__ = ["DropReason", "Translation", "Forwarder"]
+__all__ = ["DropReason", "Translation", "SourceRef", "Forwarder"]
 
 
 class DropReason(enum.Enum):
@@ -42,14 +43,25 @@ class Translation:
         return f"Translation(seq={self.sequence_number}, ts={self.timestamp})"
 
 
+class SourceRef(NamedTuple):
+    """Where an output packet came from: source layer, unwrapped source sequence
+    number, the timestamp offset then in force, and the epoch number (one per switch)."""
+
+    layer: int
+    sequence: int
+    timestamp_offset: int
+    epoch: int
+
+
 class _Epoch:
     """The numbering of one stretch of one source layer: offset segments (from source
     seq ``seg_start[i]`` on, ``out = src + seg_offset[i]``), closed padding slots, the
     newest source seq and the timestamp offset."""
 
-    __slots__ = ("layer", "seg_start", "seg_offset", "closed", "highest_src", "ts_offset")
+    __slots__ = ("index", "layer", "seg_start", "seg_offset", "closed", "highest_src", "ts_offset")
 
-    def __init__(self, layer: int, seq: int, out_seq: int, ts_offset: int) -> None:
+    def __init__(self, index: int, layer: int, seq: int, out_seq: int, ts_offset: int) -> None:
+        self.index = index
         self.layer = layer
         self.seg_start = [seq]
         self.seg_offset = [out_seq - seq]
@@ -113,7 +125,7 @@ class Forwarder:
         self.paused = False
         self.layer: int | None = None
         self.last_out_timestamp = self._out_ts_start  # unwrapped, of the newest packet
-        self._epoch = _Epoch(0, 0, self._next_out_seq, 0)
+        self._epoch = _Epoch(0, 0, 0, self._next_out_seq, 0)
         self._old: list[_Epoch] = []
 
     def switch(self, layer: int, seq: int, timestamp: int, out_timestamp: int | None = None) -> None:
@@ -140,7 +152,7 @@ class Forwarder:
         if out_timestamp is None:
             out_timestamp = self._out_ts_start if not self._old else self.last_out_timestamp + 1
         self.layer = layer
-        self._epoch = _Epoch(layer, seq, next_out, out_timestamp - timestamp)
+        self._epoch = _Epoch(epoch.index + 1, layer, seq, next_out, out_timestamp - timestamp)
 
     def translate(self, seq: int, timestamp: int, keyframe: bool, padding_only: bool) -> Translation | DropReason:
         """Decide for one source packet of the current layer.
@@ -187,6 +199,24 @@ class Forwarder:
         return Translation((seq + epoch.offset_for(seq)) & 0xFFFF, (timestamp + epoch.ts_offset) & 0xFFFFFFFF)
 
     @property
+    def epoch(self) -> int:
+        """The current epoch's number (it grows by one per :meth:`switch`)."""
+        return self._epoch.index
+
+    def recent(self, count: int) -> list[tuple[int, int]]:
+        """Up to ``count`` of the newest packets sent in the current epoch, newest
+        first, as ``(unwrapped source seq, 16-bit output seq)`` (for padding with
+        redundant retransmissions)."""
+        epoch = self._epoch
+        out: list[tuple[int, int]] = []
+        seq = epoch.highest_src
+        while len(out) < count and seq >= epoch.seg_start[0] and self.started:
+            if seq not in epoch.closed:
+                out.append((seq, (seq + epoch.offset_for(seq)) & 0xFFFF))
+            seq -= 1
+        return out
+
+    @property
     def timestamp_offset(self) -> int:
         """Output timestamp minus source timestamp of the current layer (apply modulo
         2**32); 0 before start."""
@@ -202,12 +232,12 @@ class Forwarder:
             del epoch.seg_offset[0]
             epoch.closed = {s for s in epoch.closed if s >= dropped}
 
-    def source_sequence(self, out_seq: int) -> tuple[int, int, int] | None:
+    def source_sequence(self, out_seq: int) -> SourceRef | None:
         """Map a 16-bit output sequence number (from a subscriber's NACK) to the source.
 
         Returns:
-            ``(layer, unwrapped source seq, timestamp offset)``, or None if it is not a
-            packet this forwarder sent (closed slot, before the start, or too old).
+            the :class:`SourceRef`, or None if it is not a packet this forwarder sent
+            (closed slot, before the start, or too old).
         """
         if not self.started:
             return None
@@ -221,7 +251,7 @@ class Forwarder:
         for e in (epoch, *reversed(self._old)):
             src = e.source_of(out)
             if src is not None:
-                return e.layer, src, e.ts_offset
+                return SourceRef(e.layer, src, e.ts_offset, e.index)
             if out >= e.seg_start[0] + e.seg_offset[0]:
                 return None  # in this epoch's range but not sent
         return None

@@ -252,6 +252,7 @@ def write_packet(
     timestamp: int,
     marker: bool,
     extensions: bytes,
+    head: bytes | None = None,
 ) -> bytes:
     """Serialize ``packet`` with a new header and the original payload (and padding).
 
@@ -262,6 +263,8 @@ def write_packet(
         timestamp: 32-bit output timestamp (truncated here).
         marker: the M bit to write.
         extensions: a block from :func:`build_extensions` (b"" for none).
+        head: replaces the first ``len(head)`` payload bytes (a rewritten payload
+            descriptor), or None.
 
     Returns:
         the new packet bytes (RFC 3550 §5.1 layout). The padding is kept when the P
@@ -276,8 +279,9 @@ def write_packet(
         timestamp & 0xFFFFFFFF,
         ssrc,
     )
-    body = packet.data[packet.payload_offset :] if packet.padding else packet.data[packet.payload_offset : packet.payload_end]
-    return b"".join((header, packet.csrc, extensions, body))
+    start = packet.payload_offset if head is None else packet.payload_offset + len(head)
+    body = packet.data[start:] if packet.padding else packet.data[start : packet.payload_end]
+    return b"".join((header, packet.csrc, extensions, head or b"", body))
 
 
 def write_rtx_packet(
@@ -288,11 +292,13 @@ def write_rtx_packet(
     timestamp: int,
     original_sequence_number: int,
     extensions: bytes,
+    head: bytes | None = None,
 ) -> bytes:
     """Serialize ``packet`` as an RTX retransmission (RFC 4588 §4).
 
     The payload is the 16-bit original sequence number (OSN, the sequence number the
-    subscriber knows the packet by) followed by the original payload, padding dropped.
+    subscriber knows the packet by) followed by the original payload, padding dropped;
+    ``head`` replaces the payload's first bytes as in :func:`write_packet`.
     """
     b0 = 0x80 | (0x10 if extensions else 0) | (len(packet.csrc) >> 2)
     header = _HEADER.pack(
@@ -303,9 +309,8 @@ def write_rtx_packet(
         ssrc,
     )
     osn = (original_sequence_number & 0xFFFF).to_bytes(2, "big")
-    return b"".join(
-        (header, packet.csrc, extensions, osn, packet.data[packet.payload_offset : packet.payload_end])
-    )
+    start = packet.payload_offset if head is None else packet.payload_offset + len(head)
+    return b"".join((header, packet.csrc, extensions, osn, head or b"", packet.data[start : packet.payload_end]))
 
 
 def abs_send_time(now_s: float) -> bytes:

@@ -32,64 +32,97 @@ class Vp8Munger:
         """The next packet is the first of a new source layer."""
         self._switch_pending = True
 
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """The (PictureID, TL0PICIDX) offsets in force now."""
+        return self._pid_offset, self._tl0_offset
+
     def rewrite(self, payload: bytes) -> bytes | None:
-        """The rewritten descriptor bytes for ``payload`` (an RTP payload), or None when
-        nothing changes (no offsets, no extension fields, or a malformed descriptor).
+        """The rewritten descriptor bytes for ``payload`` (the start of an RTP payload;
+        8 bytes are enough), or None when nothing changes (no offsets, no extension
+        fields, or a malformed descriptor).
 
         The returned bytes replace ``payload[:len(returned)]``; the descriptor keeps
         its size (7-bit PictureIDs stay 7-bit).
         """
-        n = len(payload)
-        if n < 2 or not payload[0] & 0x80:
+        fields = _fields(payload)
+        if fields is None:
             return None
-        x = payload[1]
-        i = 2
-        pid = pid_pos = None
-        pid_mod = 0
-        if x & 0x80:
-            if n <= i:
-                return None
-            pid_pos = i
-            if payload[i] & 0x80:
-                if n <= i + 1:
-                    return None
-                pid = ((payload[i] & 0x7F) << 8) | payload[i + 1]
-                pid_mod = 0x8000
-                i += 2
-            else:
-                pid = payload[i] & 0x7F
-                pid_mod = 0x80
-                i += 1
-        tl0 = tl0_pos = None
-        if x & 0x40:
-            if n <= i:
-                return None
-            tl0_pos = i
-            tl0 = payload[i]
-            i += 1
+        size, pid, pid_mod, tl0 = fields
         if self._switch_pending:
             self._switch_pending = False
             if pid is not None and self._last_pid is not None:
                 self._pid_offset = (self._last_pid + 1 - pid) % pid_mod
             if tl0 is not None and self._last_tl0 is not None:
                 self._tl0_offset = (self._last_tl0 + 1 - tl0) & 0xFF
-        out = bytearray(payload[:i]) if (self._pid_offset or self._tl0_offset) else None
         if pid is not None:
             out_pid = (pid + self._pid_offset) % pid_mod
             last = self._last_pid
             if last is None or (out_pid - last) % pid_mod < pid_mod // 2:
                 self._last_pid = out_pid
-            if out is not None and pid_pos is not None:
-                if pid_mod == 0x8000:
-                    out[pid_pos] = 0x80 | (out_pid >> 8)
-                    out[pid_pos + 1] = out_pid & 0xFF
-                else:
-                    out[pid_pos] = out_pid
         if tl0 is not None:
             out_tl0 = (tl0 + self._tl0_offset) & 0xFF
             last = self._last_tl0
             if last is None or (out_tl0 - last) & 0xFF < 0x80:
                 self._last_tl0 = out_tl0
-            if out is not None and tl0_pos is not None:
-                out[tl0_pos] = out_tl0
-        return bytes(out) if out is not None else None
+        if not (self._pid_offset or self._tl0_offset):
+            return None
+        return _write(payload, size, pid, pid_mod, tl0, self._pid_offset, self._tl0_offset)
+
+    @staticmethod
+    def rewrite_with(payload: bytes, offsets: tuple[int, int]) -> bytes | None:
+        """Like :meth:`rewrite` with given (PictureID, TL0PICIDX) offsets and no state
+        change (a retransmission from an earlier epoch)."""
+        fields = _fields(payload)
+        if fields is None or offsets == (0, 0):
+            return None
+        size, pid, pid_mod, tl0 = fields
+        return _write(payload, size, pid, pid_mod, tl0, offsets[0], offsets[1])
+
+
+def _fields(payload: bytes) -> tuple[int, int | None, int, int | None] | None:
+    """(bytes up to TL0PICIDX, PictureID, its modulus, TL0PICIDX) or None."""
+    n = len(payload)
+    if n < 2 or not payload[0] & 0x80:
+        return None
+    x = payload[1]
+    i = 2
+    pid = None
+    pid_mod = 0
+    if x & 0x80:
+        if n <= i:
+            return None
+        if payload[i] & 0x80:
+            if n <= i + 1:
+                return None
+            pid = ((payload[i] & 0x7F) << 8) | payload[i + 1]
+            pid_mod = 0x8000
+            i += 2
+        else:
+            pid = payload[i] & 0x7F
+            pid_mod = 0x80
+            i += 1
+    tl0 = None
+    if x & 0x40:
+        if n <= i:
+            return None
+        tl0 = payload[i]
+        i += 1
+    return i, pid, pid_mod, tl0
+
+
+def _write(payload: bytes, size: int, pid: int | None, pid_mod: int, tl0: int | None, pid_offset: int, tl0_offset: int) -> bytes:
+    out = bytearray(payload[:size])
+    i = 2
+    if pid is not None:
+        value = (pid + pid_offset) % pid_mod
+        if pid_mod == 0x8000:
+            out[2] = 0x80 | (value >> 8)
+            out[3] = value & 0xFF
+            i = 4
+        else:
+            out[2] = value
+            i = 3
+    if tl0 is not None:
+        out[i] = (tl0 + tl0_offset) & 0xFF
+    return bytes(out)

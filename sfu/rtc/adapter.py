@@ -50,6 +50,8 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from ..core.simulcast_sdp import SimulcastOffer, munge_answer
+
 __all__ = [
     "AIORTC_VERSION",
     "check_aiortc_version",
@@ -442,8 +444,12 @@ class SfuPeerConnection:
         transceiver._bundled = True
         return transceiver
 
-    async def answer(self, offer_sdp: str) -> str:
+    async def answer(self, offer_sdp: str, simulcast: dict[str, SimulcastOffer] | None = None) -> str:
         """Apply a client offer and return the server's answer SDP (candidates included).
+
+        ``simulcast`` (by mid, from :func:`~sfu.core.simulcast_sdp.parse_simulcast_offers`)
+        adds the receiving side of simulcast to those m-lines of the answer; aiortc
+        knows nothing of it, so it is applied to the text on every answer.
 
         Raises:
             ValueError: aiortc could not apply the offer (no common codec, bad SDP, ...).
@@ -459,7 +465,8 @@ class SfuPeerConnection:
                 raise ValueError(f"offer could not be applied: {exc}") from exc
             raise
         self._refresh_media()
-        return self.pc.localDescription.sdp
+        sdp = self.pc.localDescription.sdp
+        return munge_answer(sdp, simulcast) if simulcast else sdp
 
     def _refresh_media(self) -> None:
         for t in self.pc.getTransceivers():

@@ -54,3 +54,17 @@ def test_packets_without_extension_fields_or_truncated_are_left_alone():
     assert m.rewrite(b"\x10\x00\x9d") is None
     assert m.rewrite(b"\x90") is None
     assert m.rewrite(b"\x90\x80") is None
+
+
+def test_retransmissions_use_the_offsets_of_their_epoch():
+    m = Vp8Munger()
+    apply(m, vp8(10, 1))
+    m.on_switch()
+    apply(m, vp8(500, 50))
+    offsets = m.offsets
+    m.on_switch()
+    apply(m, vp8(900, 90))
+    head = Vp8Munger.rewrite_with(vp8(501, 51), offsets)
+    d = parse_vp8_descriptor(head + vp8(501, 51)[len(head) :])
+    assert (d.picture_id, d.tl0_pic_idx) == (12, 3)
+    assert Vp8Munger.rewrite_with(vp8(1, 1), (0, 0)) is None
