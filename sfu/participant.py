@@ -220,7 +220,11 @@ class Participant:
             except ValueError as exc:
                 raise OfferError("bad_sdp", str(exc)) from exc
             published = self._apply(offer, subscriptions)
-            return answer, self._answer_tracks(), published
+            tracks_out = self._answer_tracks()
+            for mid in self.connection.rejected_mids:
+                self._bindings.pop(mid, None)
+                tracks_out[mid] = {"rejected": "no codec the server can forward"}
+            return answer, tracks_out, published
 
     def _prepare(self, offer: list[OfferMedia]) -> dict[str, UpTrack]:
         """Bind subscribed m-lines to sendonly transceivers before applying the offer."""

@@ -50,7 +50,10 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer
+
+_STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
 __all__ = [
     "AIORTC_VERSION",
@@ -372,6 +375,7 @@ class SfuPeerConnection:
         self._route_pair: Any = None
         self._nominated: dict[int, Any] = {}
         self.media: dict[str, MediaInfo] = {}
+        self.rejected_mids: list[str] = []  # of the last offer: no codec the SFU can forward
 
     # -- negotiation -----------------------------------------------------------------
 
@@ -451,11 +455,19 @@ class SfuPeerConnection:
         adds the receiving side of simulcast to those m-lines of the answer; aiortc
         knows nothing of it, so it is applied to the text on every answer.
 
+        Audio/video m-lines with no codec aiortc knows are answered rejected (port 0)
+        and listed in :attr:`rejected_mids`; the rest of the offer goes on.
+
         Raises:
-            ValueError: aiortc could not apply the offer (no common codec, bad SDP, ...).
+            ValueError: aiortc could not apply the offer (bad SDP, ...).
         """
+        supported = {
+            kind: {c.mimeType.lower() for c in RTCRtpSender.getCapabilities(kind).codecs} for kind in ("audio", "video")
+        }
+        self.rejected_mids = unsupported_mids(offer_sdp, supported)
+        applied = hide_unsupported(offer_sdp, self.rejected_mids, _STAND_IN) if self.rejected_mids else offer_sdp
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=applied, type="offer"))
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
@@ -466,7 +478,9 @@ class SfuPeerConnection:
             raise
         self._refresh_media()
         sdp = self.pc.localDescription.sdp
-        return munge_answer(sdp, simulcast) if simulcast else sdp
+        if simulcast:
+            sdp = munge_answer(sdp, simulcast)
+        return reject_in_answer(sdp, offer_sdp, self.rejected_mids)
 
     def _refresh_media(self) -> None:
         for t in self.pc.getTransceivers():

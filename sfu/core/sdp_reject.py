@@ -1,0 +1,114 @@
+"""Answer an offer's audio/video m-lines that have no codec the SFU can forward as
+rejected, instead of failing the whole offer.
+
+aiortc refuses an offer outright when one m-line has no codec in common with it. The
+SFU hides such m-lines from aiortc (it sees them ``inactive`` with a codec it knows)
+and then writes them into the answer as rejected: port 0 and ``a=inactive``
+(RFC 3264 §6), and out of the BUNDLE group (RFC 8843 §7.3.3). Pure text processing.
+"""
+
+from __future__ import annotations
+
+__all__ = ["unsupported_mids", "hide_unsupported", "reject_in_answer"]
+
+
+def _split(sdp: str) -> tuple[list[str], list[list[str]]]:
+    session: list[str] = []
+    media: list[list[str]] = []
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if not line:
+            continue
+        if line.startswith("m="):
+            media.append([line])
+        elif media:
+            media[-1].append(line)
+        else:
+            session.append(line)
+    return session, media
+
+
+def _join(session: list[str], media: list[list[str]]) -> str:
+    return "\r\n".join(session + [line for section in media for line in section]) + "\r\n"
+
+
+def _mid(section: list[str]) -> str | None:
+    return next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
+
+
+def _mimes(section: list[str]) -> list[str]:
+    """``kind/name`` of every rtpmap in an m-section (lower case)."""
+    kind = section[0][2:].split(" ", 1)[0]
+    out = []
+    for line in section:
+        if line.startswith("a=rtpmap:"):
+            parts = line.split(" ", 1)
+            if len(parts) == 2:
+                out.append(f"{kind}/{parts[1].split('/')[0]}".lower())
+    return out
+
+
+def unsupported_mids(offer_sdp: str, supported: dict[str, set[str]]) -> list[str]:
+    """Mids of audio/video m-lines (not already rejected with port 0) whose codecs
+    include none of ``supported[kind]`` (lower-case mime types like ``video/vp8``;
+    RTX, RED, FEC and comfort noise do not count)."""
+    aux = ("/rtx", "/red", "/ulpfec", "/flexfec-03", "/cn", "/telephone-event")
+    out = []
+    _, media = _split(offer_sdp)
+    for section in media:
+        parts = section[0][2:].split()
+        if len(parts) < 2 or parts[0] not in ("audio", "video") or parts[1] == "0":
+            continue
+        mimes = [m for m in _mimes(section) if not m.endswith(aux)]
+        if not any(m in supported.get(parts[0], set()) for m in mimes):
+            mid = _mid(section)
+            if mid is not None:
+                out.append(mid)
+    return out
+
+
+def hide_unsupported(offer_sdp: str, mids: list[str], stand_in: dict[str, str]) -> str:
+    """The offer as aiortc should see it: each m-line in ``mids`` carries only the
+    stand-in codec of its kind (``stand_in["video"] = "VP8/90000"``) and is
+    ``inactive``."""
+    session, media = _split(offer_sdp)
+    for i, section in enumerate(media):
+        if _mid(section) not in mids:
+            continue
+        kind, port, proto = section[0][2:].split()[:3]
+        kept = [
+            line
+            for line in section[1:]
+            if not line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:", "a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive", "a=ssrc", "a=rid:", "a=simulcast:"))
+        ]
+        media[i] = [f"m={kind} {port} {proto} 96", *kept, f"a=rtpmap:96 {stand_in[kind]}", "a=inactive"]
+    return _join(session, media)
+
+
+def reject_in_answer(answer_sdp: str, offer_sdp: str, mids: list[str]) -> str:
+    """Write the m-lines ``mids`` of an answer as rejected (port 0, the offer's first
+    format, ``a=mid``, ``a=inactive``) and take them out of ``a=group:BUNDLE``."""
+    if not mids:
+        return answer_sdp
+    _, offered = _split(offer_sdp)
+    offered_by_mid = {_mid(s): s for s in offered}
+    session, media = _split(answer_sdp)
+    for i, section in enumerate(media):
+        mid = _mid(section)
+        if mid not in mids:
+            continue
+        offer = offered_by_mid.get(mid, section)
+        kind, _, proto, *fmts = offer[0][2:].split()
+        fmt = fmts[0] if fmts else "0"
+        rtpmap = next((line for line in offer if line.startswith(f"a=rtpmap:{fmt} ")), None)
+        media[i] = [f"m={kind} 0 {proto} {fmt}", "c=IN IP4 0.0.0.0", f"a=mid:{mid}", "a=inactive"]
+        if rtpmap is not None:
+            media[i].append(rtpmap)
+    kept_session = []
+    for line in session:
+        if line.startswith("a=group:BUNDLE"):
+            tokens = [t for t in line.split()[1:] if t not in mids]
+            if not tokens:
+                continue  # an empty group is not valid SDP
+            line = " ".join(["a=group:BUNDLE", *tokens])
+        kept_session.append(line)
+    return _join(kept_session, media)
