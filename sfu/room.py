@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 from .core.envelope import Outgoing
+from .core.speaker import ActiveSpeakerDetector
 from .datachannel import ChannelKey, fan_out
 from .participant import TICK_MS, Participant
 from .uptrack import UpTrack
@@ -23,6 +24,7 @@ __all__ = ["Room", "RoomRegistry", "RoomFull", "InvalidRoomName", "ROOM_NAME"]
 
 logger = logging.getLogger(__name__)
 
+SPEAKER_INTERVAL_MS = 300.0
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -47,6 +49,24 @@ class Room:
         self.max_participants = max_participants
         self.participants: dict[str, Participant] = {}
         self.active_speaker: str | None = None  # participant id (allocation priority)
+        self._speakers = ActiveSpeakerDetector()
+        self._last_speaker_ms = 0.0
+
+    def tick(self, now_ms: float) -> None:
+        """Every ``SPEAKER_INTERVAL_MS``: update the active speaker from the audio levels
+        of the interval and tell everyone when it changes (``active_speaker``)."""
+        if now_ms - self._last_speaker_ms < SPEAKER_INTERVAL_MS:
+            return
+        self._last_speaker_ms = now_ms
+        levels: dict[str, float | None] = {}
+        for p in self.participants.values():
+            means = [m for m in (up.take_audio_level() for up in p.uptracks.values() if not up.is_video) if m is not None]
+            if p.uptracks and any(not up.is_video for up in p.uptracks.values()):
+                levels[p.id] = min(means) if means else None
+        speaker = self._speakers.update(now_ms, levels)
+        if speaker is not None:
+            self.active_speaker = speaker
+            self.broadcast({"type": "active_speaker", "participantId": speaker})
 
     def broadcast(self, event: dict[str, Any], exclude: Participant | None = None) -> None:
         """Send ``event`` to every participant but ``exclude``."""
@@ -150,11 +170,12 @@ class RoomRegistry:
             now_ms = time.monotonic() * 1000.0
             for room in list(self.rooms.values()):
                 for participant in list(room.participants.values()):
-                    if participant.uptracks and not participant.closed:
+                    if (participant.uptracks or participant.downtracks) and not participant.closed:
                         try:
                             participant.tick(now_ms)
                         except Exception:  # one participant's fault must not stop the others
-                            logger.exception("participant %s: periodic RTCP failed", participant.id)
+                            logger.exception("participant %s: periodic work failed", participant.id)
+                room.tick(now_ms)
 
     def join(
         self,

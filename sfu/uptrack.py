@@ -20,7 +20,7 @@ from .core.nack import NackGenerator
 from .core.packet_cache import PacketCache
 from .core.receive_stats import ReceiveStats
 from .core.rtcp import ReportBlock, SenderReport
-from .core.rtp import RtpPacket
+from .core.rtp import URI_AUDIO_LEVEL, RtpPacket
 from .core.seqnum import Unwrapper
 from .metrics import COUNTERS, LATENCY_SAMPLE_EVERY
 from .rtc.adapter import CodecInfo
@@ -173,6 +173,9 @@ class UpTrack:
         self._vp8 = codec.mime_type.lower() == "video/vp8"
         self._counters = COUNTERS.kinds[kind] if COUNTERS.per_packet else None
         self._send_pli = send_pli
+        self._level_id = extensions.get(URI_AUDIO_LEVEL) if kind == "audio" else None
+        self._level_sum = 0
+        self._level_count = 0
 
     # Single-encoding conveniences (layer 0).
     @property
@@ -235,6 +238,11 @@ class UpTrack:
         if stats is not None:
             stats.on_packet(seq, packet.timestamp, now_ms)
         keyframe = False
+        if self._level_id is not None:
+            level = packet.extensions.get(self._level_id)
+            if level:
+                self._level_sum += level[0] & 0x7F
+                self._level_count += 1
         if packet.payload_end > packet.payload_offset:
             layer.bytes_received += len(packet.data)
             layer.last_media_ms = now_ms
@@ -297,6 +305,15 @@ class UpTrack:
         target = self.layers[layer]
         if self.is_video and target.ssrc is not None and target.keyframes.request(now_ms):
             self._send_pli(target.ssrc)
+
+    def take_audio_level(self) -> float | None:
+        """Mean RFC 6464 audio level (0 loudest .. 127 silence) of the packets since the
+        last call, or None when none carried one; resets the mean."""
+        if not self._level_count:
+            return None
+        mean = self._level_sum / self._level_count
+        self._level_sum = self._level_count = 0
+        return mean
 
     def layer_bitrates(self, now_ms: float) -> list[int | None]:
         """What each layer needs (bit/s), lowest first, None for a simulcast layer the
