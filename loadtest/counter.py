@@ -95,6 +95,8 @@ class RtpCounter:
 
     Attributes:
         rtcp_packets, rtcp_bytes: compound RTCP datagrams received and their size.
+        rtx_packets, rtx_bytes: RTX packets (retransmissions, probing padding), not
+            counted in any stream.
         malformed: datagrams that did not parse as RTP.
     """
 
@@ -105,6 +107,8 @@ class RtpCounter:
         self._mid_ext_ids: set[int] = set()
         self.rtcp_packets = 0
         self.rtcp_bytes = 0
+        self.rtx_packets = 0
+        self.rtx_bytes = 0
         self.malformed = 0
 
     def update_from_sdp(self, sdp: str) -> None:
@@ -138,6 +142,11 @@ class RtpCounter:
             return
         state = self._streams.get(packet.ssrc)
         if state is None:
+            if self._pt_mime.get(packet.payload_type, "").lower().endswith("/rtx"):
+                # Retransmissions and probing padding (RFC 4588) are not a stream.
+                self.rtx_packets += 1
+                self.rtx_bytes += len(data)
+                return
             state = self._streams[packet.ssrc] = _StreamState(packet.ssrc, arrival_time)
             state.stats.mid = self._ssrc_mid.get(packet.ssrc)
         stats = state.stats

@@ -66,6 +66,7 @@ SOURCES = ("camera", "microphone", "screen", "screen_audio", "custom")
 TICK_MS = 20.0
 REPORT_INTERVAL_MS = 1000.0
 ALLOCATE_INTERVAL_MS = 250.0
+AUDIO_BITRATE = 40_000  # bit/s set aside per audio DownTrack
 SEND_RATE_WINDOW_MS = 1000.0
 
 
@@ -595,21 +596,32 @@ class Participant:
         )
 
     def allocate(self, now_ms: float) -> None:
-        """Share the downlink estimate across this subscriber's video DownTracks and
-        apply the layer changes (see :class:`~sfu.core.allocator.LayerSelector`)."""
+        """Share the downlink estimate across this subscriber's simulcast video
+        DownTracks and apply the layer changes (see
+        :class:`~sfu.core.allocator.LayerSelector`); probe when they could use more.
+
+        Audio and single-encoding video are always forwarded (as mediasoup does with
+        simple consumers): their bit/s come off the budget first.
+        """
         self._last_allocate_ms = now_ms
-        video = [dt for dt in self.downtracks.values() if dt.kind == "video"]
-        if not video:
+        simulcast = []
+        fixed_bps = 0.0
+        for dt in self.downtracks.values():
+            if dt.uptrack.simulcast:
+                simulcast.append(dt)
+            elif dt.kind == "audio":
+                fixed_bps += AUDIO_BITRATE
+            else:
+                fixed_bps += dt.uptrack.layer_bitrates(now_ms)[0] or 0
+        if not simulcast:
             return
-        audio_bps = sum(40_000 for dt in self.downtracks.values() if dt.kind == "audio")
-        demands = [self._demand(dt, now_ms) for dt in video]
-        budget = max(0.0, self.bwe.estimate - audio_bps)
+        demands = [self._demand(dt, now_ms) for dt in simulcast]
+        budget = max(0.0, self.bwe.estimate - fixed_bps)
         for change in self.selector.select(now_ms, budget, demands):
             dt = self.downtracks.get(change.key)  # type: ignore[arg-type]
             if dt is not None:
                 dt.set_target(change.layer, change.reason, now_ms)
-        # Probe when the allocation is short of what the tracks could use.
-        desired = audio_bps
+        desired = fixed_bps
         for d in demands:
             if d.paused:
                 continue
