@@ -499,7 +499,7 @@ class Participant:
                         dt.on_keyframe_request(arrival_ms)
             elif isinstance(p, Remb):
                 self.bandwidth_estimate = p.bitrate
-                self.bwe.on_remb(p.bitrate, self.sent_bps, arrival_ms)
+                self.bwe.on_remb(p.bitrate, arrival_ms)
                 COUNTERS.subscriber_bitrate.observe(p.bitrate)
             elif isinstance(p, Bye):
                 pass  # leaving is signaled over the WebSocket
@@ -653,7 +653,10 @@ class Participant:
         self.allocate(time.monotonic() * 1000.0)
 
     def _on_layer_change(self, dt: DownTrack, previous: int | None, layer: int | None, reason: str) -> None:
-        """Tell the subscriber (``layer_changed``) and count it by direction and reason."""
+        """Tell the subscriber (``layer_changed``) and count it by direction and reason
+        (video only)."""
+        if dt.kind != "video":
+            return
         if layer is None:
             direction = "pause"
         elif previous is None:

@@ -3,9 +3,10 @@
 Inputs (all from the subscriber's RTCP):
 
 * REMB (draft-alvestrand-rmcat-remb): Chrome's receive-side, delay-based estimate.
-  It is capped near 1.5x the rate it receives, so a REMB below what we send is a
-  congestion signal (Chrome backs off to ~0.85x the incoming rate on over-use), while a
-  REMB below the estimate but above what we send only says we send little.
+  Outside over-use it only grows (by ~8 %/s, and never past ~1.5x the rate it
+  receives) or holds; on over-use it drops to ~0.85x the incoming rate. So a REMB that
+  falls is a congestion signal, a REMB above the estimate raises it, and a REMB below
+  the estimate that does not fall only says we send little.
 * Receiver-report loss (RFC 3550 §6.4.1 fraction lost): above 10 % the link carries
   about what arrived, ``sent * (1 - loss)`` (the loss-based rule of GCC,
   draft-ietf-rmcat-gcc-02 §6).
@@ -23,6 +24,7 @@ __all__ = ["BandwidthEstimator", "ProbeController"]
 
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
+REMB_DROP = 0.95  # a REMB below 95 % of the previous one is a drop
 
 
 class BandwidthEstimator:
@@ -51,6 +53,7 @@ class BandwidthEstimator:
         self.start_grace_ms = start_grace_ms
         self.remb: int | None = None
         self.congested_ms: float | None = None
+        self.loss_ms: float | None = None  # last report of loss above LOSS_LOW
         self._first_ms: float | None = None
 
     def _clamp(self, bps: float) -> int:
@@ -64,14 +67,13 @@ class BandwidthEstimator:
         """True while a recent congestion signal holds the estimate down."""
         return self.congested_ms is not None and now_ms - self.congested_ms < self.hold_ms
 
-    def on_remb(self, bitrate: int, sent_bps: float, now_ms: float) -> None:
-        """A REMB of ``bitrate`` bit/s while we sent ``sent_bps`` bit/s to this subscriber
-        (over the last second, padding included)."""
+    def on_remb(self, bitrate: int, now_ms: float) -> None:
+        """A REMB of ``bitrate`` bit/s from the subscriber."""
         if self._first_ms is None:
             self._first_ms = now_ms
-        self.remb = bitrate
+        previous, self.remb = self.remb, bitrate
         in_grace = now_ms - self._first_ms < self.start_grace_ms
-        if not in_grace and sent_bps > 100_000 and bitrate < 0.9 * sent_bps:
+        if not in_grace and previous is not None and bitrate < REMB_DROP * previous:
             self._congestion(bitrate, now_ms)
         elif bitrate > self.estimate and not self.in_hold(now_ms):
             self.estimate = self._clamp(bitrate)
@@ -80,6 +82,8 @@ class BandwidthEstimator:
         """A receiver report's loss fraction (0..1) for a stream of this subscriber."""
         if self._first_ms is None:
             self._first_ms = now_ms
+        if fraction_lost > LOSS_LOW:
+            self.loss_ms = now_ms
         if fraction_lost > LOSS_HIGH and sent_bps > 0:
             self._congestion(sent_bps * (1.0 - fraction_lost), now_ms)
 
@@ -96,19 +100,20 @@ class ProbeController:
     no congestion was seen for ``quiet_ms``, and the back-off has passed. Its goal is
     ``estimate * step`` (at most ``desired * 1.1``); for ``duration_ms`` the caller
     pads its stream up to the goal (:meth:`padding_bps`). A probe without congestion
-    succeeds (the estimator takes the goal, ``step`` grows towards ``max_step``); one
-    with congestion fails (``step`` resets, the back-off doubles up to
-    ``max_backoff_ms``).
+    or loss above 2 % succeeds (the estimator takes the goal, ``step`` grows towards
+    ``max_step``); otherwise it fails (``step`` resets, the back-off doubles up to
+    ``max_backoff_ms``). The first step is small (15 %) so that a probe into a link
+    that is still full mostly queues (the subscriber's REMB falls) rather than drops.
     """
 
     def __init__(
         self,
         duration_ms: float = 1000.0,
         quiet_ms: float = 2000.0,
-        min_step: float = 1.25,
+        min_step: float = 1.15,
         max_step: float = 2.0,
         min_backoff_ms: float = 2000.0,
-        max_backoff_ms: float = 8000.0,
+        max_backoff_ms: float = 4000.0,
     ) -> None:
         self.duration_ms = duration_ms
         self.quiet_ms = quiet_ms
@@ -133,7 +138,8 @@ class ProbeController:
         """Start, finish or abort a probe at ``now_ms``."""
         congested = estimator.congested_ms
         if self.goal_bps is not None:
-            if congested is not None and congested >= self._started_ms:
+            lossy = estimator.loss_ms is not None and estimator.loss_ms >= self._started_ms
+            if lossy or (congested is not None and congested >= self._started_ms):
                 self._fail(now_ms)
             elif now_ms - self._started_ms >= self.duration_ms:
                 estimator.on_probe_success(self.goal_bps, now_ms)
