@@ -23,8 +23,8 @@ import time
 
 from sfu.core.rtp import URI_ABS_SEND_TIME, URI_MID
 from sfu.participant import ALLOCATE_INTERVAL_MS, TICK_MS, Participant
-from sfu.rtc.adapter import CodecInfo, MediaInfo
 from sfu.room import Room
+from sfu.rtc.adapter import CodecInfo, MediaInfo
 from sfu.uptrack import UpTrack
 
 LAYER_BITRATES = (140_000, 350_000, 740_000)
