@@ -353,10 +353,26 @@ function watchTileSize(tile, video, client, participantId) {
   };
   tile.reportSize = report;
   if (options.maxHeight !== undefined) return; // a fixed cap: nothing to watch
-  new ResizeObserver(() => {
+  const schedule = () => {
     clearTimeout(timer);
     timer = setTimeout(report, TILE_SIZE_DEBOUNCE_MS);
-  }).observe(video);
+  };
+  const observer = new ResizeObserver(schedule);
+  // The device-pixel box also changes with devicePixelRatio (zoom, moving the window
+  // to another screen), not only with the CSS size; the media query catches a ratio
+  // change where the box is not observed again.
+  try {
+    observer.observe(video, { box: 'device-pixel-content-box' });
+  } catch {
+    observer.observe(video);
+  }
+  const watchRatio = () => {
+    matchMedia(`(resolution: ${devicePixelRatio}dppx)`).addEventListener('change', () => {
+      schedule();
+      watchRatio();
+    }, { once: true });
+  };
+  watchRatio();
 }
 
 /**

@@ -304,6 +304,8 @@ export class SfuClient extends EventTarget {
    *   e.g. simulcast layers with rids `q`, `h`, `f`; by default a single encoding.
    * @param {MediaStream} [options.stream] Stream to associate the track with (msid).
    * @returns {Promise<string>} The server track id, once the server has answered.
+   *   Rejects when the server does not take the track; `error.code` is `rejected`
+   *   when it refused the m-line (e.g. no codec it can forward; the message says why).
    */
   publishTrack(track, { source = DEFAULT_SOURCE[track.kind], sendEncodings, stream } = {}) {
     return new Promise((resolve, reject) => {
@@ -578,7 +580,7 @@ export class SfuClient extends EventTarget {
    * @param {object[]} batch
    */
   async _negotiate(batch) {
-    /** New mid bindings of this offer: {transceiver, binding, intent}. */
+    /** New mid bindings of this offer: {transceiver, binding, intent, mid}. */
     const bindings = [];
     let changed = false;
     for (const intent of batch) changed = this._apply(intent, bindings) || changed;
@@ -587,7 +589,11 @@ export class SfuClient extends EventTarget {
     try {
       await this.pc.setLocalDescription();
       const tracks = {};
-      for (const { transceiver, binding } of bindings) tracks[transceiver.mid] = binding;
+      for (const entry of bindings) {
+        // Kept: a transceiver whose m-line the answer rejects loses its mid.
+        entry.mid = entry.transceiver.mid;
+        tracks[entry.mid] = entry.binding;
+      }
       const answer = await new Promise((resolve, reject) => {
         this._pendingOffer = { resolve, reject };
         this._send({ type: 'offer', sdp: this.pc.localDescription.sdp, tracks });
@@ -664,15 +670,18 @@ export class SfuClient extends EventTarget {
 
   /** Bind the answer's `tracks` map to our publish and subscribe requests. */
   _applyAnswer(answerTracks, bindings) {
-    for (const { transceiver, intent } of bindings) {
-      const entry = answerTracks[transceiver.mid];
+    for (const { transceiver, intent, mid } of bindings) {
+      const entry = answerTracks[mid];
       if (intent.type === 'publish') {
         if (entry?.direction === 'publish') {
           this.localTracks.set(entry.trackId, { track: intent.track, source: intent.source, transceiver });
           intent.resolve(entry.trackId);
         } else {
           this._release(transceiver);
-          intent.reject(new Error(`server did not accept the ${intent.source} track`));
+          // A rejected m-line (e.g. no codec the server can forward) says why.
+          const why = entry?.rejected ? `: ${entry.rejected}` : '';
+          intent.reject(Object.assign(new Error(`server did not accept the ${intent.source} track${why}`),
+            { code: entry?.rejected ? 'rejected' : 'not_accepted' }));
         }
       } else if (entry?.direction === 'subscribe' && entry.trackId === intent.trackId) {
         this._bindRemoteTrack(intent.trackId, entry.participantId ?? intent.participantId, transceiver);
@@ -684,8 +693,12 @@ export class SfuClient extends EventTarget {
     }
   }
 
-  /** Set a transceiver inactive (taking effect with the next offer) so it can be reused. */
+  /**
+   * Set a transceiver inactive (taking effect with the next offer) so it can be
+   * reused. One whose m-line the server rejected is stopped already: it stays so.
+   */
   _release(transceiver) {
+    if (isStopped(transceiver)) return;
     transceiver.direction = 'inactive';
     if (transceiver.sender.track) transceiver.sender.replaceTrack(null);
   }
@@ -807,6 +820,11 @@ export class SfuClient extends EventTarget {
     this._offerSent = true;
     for (const candidate of this._candidateBacklog.splice(0)) this._send({ type: 'candidate', candidate });
   }
+}
+
+/** Whether a transceiver is stopped (its m-line rejected, or stopped locally). */
+function isStopped(transceiver) {
+  return transceiver.currentDirection === 'stopped' || transceiver.direction === 'stopped';
 }
 
 /** @throws {Error} if `label` is not a string, or is reserved for the server. */

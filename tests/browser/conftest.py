@@ -28,6 +28,11 @@ from playwright.async_api import Browser, Page, async_playwright
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
+# Browser tests share helpers with the integration tests (`tests.integration.shaping`):
+# make the repository importable however pytest was started.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
 # Flags a headless WebRTC participant needs on this machine (TESTING.md).
 CHROMIUM_FLAGS = [
     "--headless=new",

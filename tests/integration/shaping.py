@@ -9,7 +9,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 
-__all__ = ["shaped_port", "candidate_port"]
+__all__ = ["shaped_port", "set_rate", "candidate_port"]
 
 
 def _tc(*args: str) -> None:
@@ -32,6 +32,14 @@ def shaped_port(port: int, rate_kbit: int, queue_packets: int = 10) -> Iterator[
         yield
     finally:
         subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+
+
+def set_rate(rate_kbit: int) -> None:
+    """Change the rate of the link that :func:`shaped_port` set up (it must be in
+    effect) to ``rate_kbit`` kbit/s, keeping its port filter and FIFO: models a link
+    that degrades or recovers while a test runs."""
+    _tc("class", "change", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
+        "rate", f"{rate_kbit}kbit", "ceil", f"{rate_kbit}kbit")
 
 
 def candidate_port(sdp: str) -> int:
