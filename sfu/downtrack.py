@@ -221,6 +221,11 @@ class DownTrack:
             self.forwarder.layer = None  # resuming needs a keyframe
             self._changed(None)
             return
+        if current is not None and layer < current and reason == "bandwidth":
+            # The link is short: stop the current layer now so the target's keyframe
+            # is not stuck behind it (the subscriber sees the switch at the keyframe).
+            self.forwarder.layer = None
+            current = None
         self._register([layer] if current is None or current == layer else [current, layer])
         if request and layer != current:
             self.uptrack.request_keyframe(now_ms, layer)
@@ -358,14 +363,21 @@ class DownTrack:
     def on_nack(self, lost: list[int], now_ms: float) -> int:
         """Retransmit what the subscriber NACKed (16-bit output sequence numbers).
 
+        Video packets from before the last switch or resume are not resent (the
+        keyframe that started the current epoch supersedes them), nor anything while
+        the DownTrack waits for a keyframe.
+
         Returns:
             how many packets were retransmitted (the rest were no longer cached).
         """
         sent = 0
+        fwd = self.forwarder
+        if fwd.layer is None and fwd.needs_keyframe:
+            return 0  # paused or waiting for a keyframe: it supersedes what was lost
         for out_seq in lost:
-            ref = self.forwarder.source_sequence(out_seq)
-            if ref is None:
-                continue
+            ref = fwd.source_sequence(out_seq)
+            if ref is None or (fwd.needs_keyframe and ref.epoch != fwd.epoch):
+                continue  # video from before a switch: the new layer's keyframe supersedes it
             data = self._retransmission(out_seq, now_ms, ref.layer, ref.sequence, ref.timestamp_offset, ref.epoch)
             if data is not None and self._send_rtp(data):
                 self.bytes_sent += len(data)

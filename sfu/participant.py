@@ -68,6 +68,8 @@ REPORT_INTERVAL_MS = 1000.0
 ALLOCATE_INTERVAL_MS = 250.0
 AUDIO_BITRATE = 40_000  # bit/s set aside per audio DownTrack
 SEND_RATE_WINDOW_MS = 1000.0
+PEAK_WINDOW_MS = 1500.0  # covers one receiver-report interval of Chrome
+SETTLE_MS = 3000.0  # no probe this long after a layer change
 
 
 class OfferError(Exception):
@@ -152,7 +154,9 @@ class Participant:
         self.selector = LayerSelector()
         self.track_settings: dict[str, TrackSettings] = {}  # by track id
         self.sent_bps = 0.0
+        self.peak_sent_bps = 0.0  # the highest sent_bps of the last PEAK_WINDOW_MS
         self._sent_samples: list[tuple[float, int]] = []
+        self._rate_history: list[tuple[float, float]] = []
         self._last_allocate_ms = -ALLOCATE_INTERVAL_MS
         self._probe_was_running = False
         self.closed = False
@@ -480,7 +484,7 @@ class Participant:
                     if dt is not None and block.ssrc == dt.ssrc:
                         dt.on_report_block(block)
                         if dt.kind == "video":
-                            self.bwe.on_loss(dt.fraction_lost, self.sent_bps, arrival_ms)
+                            self.bwe.on_loss(dt.fraction_lost, self.peak_sent_bps, arrival_ms)
             elif isinstance(p, Nack):
                 COUNTERS.nacks_received += 1
                 dt = self._downtracks_by_ssrc.get(p.media_ssrc)
@@ -499,7 +503,7 @@ class Participant:
                         dt.on_keyframe_request(arrival_ms)
             elif isinstance(p, Remb):
                 self.bandwidth_estimate = p.bitrate
-                self.bwe.on_remb(p.bitrate, arrival_ms)
+                self.bwe.on_remb(p.bitrate, self.sent_bps, arrival_ms)
                 COUNTERS.subscriber_bitrate.observe(p.bitrate)
             elif isinstance(p, Bye):
                 pass  # leaving is signaled over the WebSocket
@@ -557,20 +561,29 @@ class Participant:
         t0, b0 = samples[0]
         if now_ms > t0:
             self.sent_bps = max(0.0, (total - b0) * 8000.0 / (now_ms - t0))
+        history = self._rate_history
+        history.append((now_ms, self.sent_bps))
+        while now_ms - history[0][0] > PEAK_WINDOW_MS:
+            del history[0]
+        self.peak_sent_bps = max(rate for _, rate in history)
 
     def _subscriber_tick(self, now_ms: float) -> None:
         self._measure_sent(now_ms)
         padding = self.probe.padding_bps(self.sent_bps)
         if padding > 0:
-            carrier = max(
-                (dt for dt in self.downtracks.values() if dt.kind == "video" and dt.rtx_ssrc is not None and dt.layer is not None),
-                key=lambda dt: dt.bytes_sent,
-                default=None,
-            )
+            carrier = self._padding_carrier()
             if carrier is not None:
                 carrier.send_padding(padding * TICK_MS / 8000.0, now_ms)
         if now_ms - self._last_allocate_ms >= ALLOCATE_INTERVAL_MS:
             self.allocate(now_ms)
+
+    def _padding_carrier(self) -> DownTrack | None:
+        """The video DownTrack that carries probing padding: forwarding, with RTX."""
+        return max(
+            (dt for dt in self.downtracks.values() if dt.kind == "video" and dt.rtx_ssrc is not None and dt.layer is not None),
+            key=lambda dt: dt.bytes_sent,
+            default=None,
+        )
 
     def _demand(self, dt: DownTrack, now_ms: float) -> TrackDemand:
         up = dt.uptrack
@@ -630,7 +643,10 @@ class Participant:
                 desired += active[-1] * 1.15
         was = self.probe.probing
         before = self.probe.successes
-        self.probe.poll(now_ms, self.bwe, desired)
+        if self._padding_carrier() is None:
+            self.probe.defer(now_ms)  # nothing to pad: no probe can prove anything
+        else:
+            self.probe.poll(now_ms, self.bwe, desired, self.sent_bps)
         if was and not self.probe.probing:
             COUNTERS.probes["success" if self.probe.successes > before else "failure"] += 1
 
@@ -657,6 +673,7 @@ class Participant:
         (video only)."""
         if dt.kind != "video":
             return
+        self.probe.defer(time.monotonic() * 1000.0 + SETTLE_MS)
         if layer is None:
             direction = "pause"
         elif previous is None:

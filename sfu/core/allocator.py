@@ -198,6 +198,8 @@ class LayerSelector:
             if a.layer == cur and started:
                 self._up_since.pop(d.key, None)
                 continue
+            if not started and a.layer is None and a.reason == LAYER_LOST:
+                continue  # the publisher's layers have not arrived yet: keep waiting
             immediate = a.reason in (LAYER_LOST, PREFERENCE) or self._reasons.get(d.key) == PAUSED
             if going_up and started and not immediate:
                 since = self._up_since.setdefault(d.key, now_ms)

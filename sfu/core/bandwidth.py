@@ -4,12 +4,16 @@ Inputs (all from the subscriber's RTCP):
 
 * REMB (draft-alvestrand-rmcat-remb): Chrome's receive-side, delay-based estimate.
   Outside over-use it only grows (by ~8 %/s, and never past ~1.5x the rate it
-  receives) or holds; on over-use it drops to ~0.85x the incoming rate. So a REMB that
-  falls is a congestion signal, a REMB above the estimate raises it, and a REMB below
-  the estimate that does not fall only says we send little.
+  receives) or holds; on over-use it drops to ~0.85x the incoming rate it measured.
+  So a REMB that falls is a congestion signal (it holds the estimate and fails a
+  probe), a REMB above the estimate raises it, and a REMB below the estimate that does
+  not fall only says we send little. A falling REMB lowers the estimate only when it
+  is far below what we send (``< 0.7x``): right after an up-switch Chrome's measured
+  rate lags, and a keyframe burst alone can trip its over-use detector.
 * Receiver-report loss (RFC 3550 §6.4.1 fraction lost): above 10 % the link carries
   about what arrived, ``sent * (1 - loss)`` (the loss-based rule of GCC,
-  draft-ietf-rmcat-gcc-02 §6).
+  draft-ietf-rmcat-gcc-02 §6), where ``sent`` is the highest rate of the last
+  report interval (the loss may describe a rate we already left).
 * Probes: since REMB cannot rise much above what it receives, :class:`ProbeController`
   pads the stream up to a goal for a while; no congestion during the probe raises the
   estimate to the goal.
@@ -25,6 +29,7 @@ __all__ = ["BandwidthEstimator", "ProbeController"]
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 REMB_DROP = 0.95  # a REMB below 95 % of the previous one is a drop
+REMB_FAR_BELOW = 0.7  # ... and lowers the estimate when below 70 % of what we send
 
 
 class BandwidthEstimator:
@@ -67,19 +72,22 @@ class BandwidthEstimator:
         """True while a recent congestion signal holds the estimate down."""
         return self.congested_ms is not None and now_ms - self.congested_ms < self.hold_ms
 
-    def on_remb(self, bitrate: int, now_ms: float) -> None:
-        """A REMB of ``bitrate`` bit/s from the subscriber."""
+    def on_remb(self, bitrate: int, sent_bps: float, now_ms: float) -> None:
+        """A REMB of ``bitrate`` bit/s from the subscriber, while we send it ``sent_bps``."""
         if self._first_ms is None:
             self._first_ms = now_ms
         previous, self.remb = self.remb, bitrate
         in_grace = now_ms - self._first_ms < self.start_grace_ms
         if not in_grace and previous is not None and bitrate < REMB_DROP * previous:
-            self._congestion(bitrate, now_ms)
+            self.congested_ms = now_ms
+            if bitrate < REMB_FAR_BELOW * sent_bps:
+                self._congestion(bitrate, now_ms)
         elif bitrate > self.estimate and not self.in_hold(now_ms):
             self.estimate = self._clamp(bitrate)
 
     def on_loss(self, fraction_lost: float, sent_bps: float, now_ms: float) -> None:
-        """A receiver report's loss fraction (0..1) for a stream of this subscriber."""
+        """A receiver report's loss fraction (0..1) for a stream of this subscriber;
+        ``sent_bps``: the highest rate we sent it over the report's interval."""
         if self._first_ms is None:
             self._first_ms = now_ms
         if fraction_lost > LOSS_LOW:
@@ -134,19 +142,22 @@ class ProbeController:
         """A probe is running."""
         return self.goal_bps is not None
 
-    def poll(self, now_ms: float, estimator: BandwidthEstimator, desired_bps: float) -> None:
-        """Start, finish or abort a probe at ``now_ms``."""
+    def poll(self, now_ms: float, estimator: BandwidthEstimator, desired_bps: float, sent_bps: float = float("inf")) -> None:
+        """Start, finish or abort a probe at ``now_ms``; ``sent_bps`` is what we send
+        now, padding included (a probe that did not reach 80 % of its goal proves
+        nothing: it ends without success or back-off)."""
         congested = estimator.congested_ms
         if self.goal_bps is not None:
             lossy = estimator.loss_ms is not None and estimator.loss_ms >= self._started_ms
             if lossy or (congested is not None and congested >= self._started_ms):
                 self._fail(now_ms)
             elif now_ms - self._started_ms >= self.duration_ms:
-                estimator.on_probe_success(self.goal_bps, now_ms)
-                self.successes += 1
+                if sent_bps >= 0.8 * self.goal_bps:
+                    estimator.on_probe_success(self.goal_bps, now_ms)
+                    self.successes += 1
+                    self.step = min(self.max_step, self.step * 1.25)
+                    self._backoff_ms = self.min_backoff_ms
                 self.goal_bps = None
-                self.step = min(self.max_step, self.step * 1.25)
-                self._backoff_ms = self.min_backoff_ms
                 self._next_ms = now_ms + 500.0
             return
         if desired_bps <= estimator.estimate or now_ms < self._next_ms:
@@ -156,6 +167,12 @@ class ProbeController:
         self.goal_bps = min(estimator.estimate * self.step, desired_bps * 1.1)
         self._started_ms = now_ms
         self.probes += 1
+
+    def defer(self, until_ms: float) -> None:
+        """No probe before ``until_ms`` (a layer change must settle first); a running
+        probe ends without a result."""
+        self.goal_bps = None
+        self._next_ms = max(self._next_ms, until_ms)
 
     def _fail(self, now_ms: float) -> None:
         self.goal_bps = None

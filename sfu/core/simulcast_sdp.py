@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .rtp import URI_RID, URI_RRID
 
-__all__ = ["MAX_LAYERS", "SimulcastOffer", "parse_simulcast_offers", "munge_answer"]
+__all__ = ["MAX_LAYERS", "SimulcastOffer", "parse_simulcast_offers", "rid_extension_ids", "munge_answer"]
 
 MAX_LAYERS = 3
 _RID_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")  # RFC 8851 §10 rid-id, at most 16 chars
@@ -96,14 +96,7 @@ def parse_simulcast_offers(sdp: str) -> dict[str, SimulcastOffer]:
                 rejected.append(rid)
         if not rids:
             continue
-        extensions: dict[str, int] = {}
-        for value in _attr(lines, "extmap"):
-            parts = value.split()
-            if len(parts) >= 2:
-                try:
-                    extensions[parts[1]] = int(parts[0].split("/")[0])
-                except ValueError:
-                    continue
+        extensions = _extension_ids(lines)
         if URI_RID not in extensions:
             continue  # without the RID extension packets cannot be told apart
         out[mids[0]] = SimulcastOffer(
@@ -116,30 +109,70 @@ def parse_simulcast_offers(sdp: str) -> dict[str, SimulcastOffer]:
     return out
 
 
-def munge_answer(answer_sdp: str, offers: dict[str, SimulcastOffer]) -> str:
-    """Add the receiving side of simulcast to an answer for every m-line in ``offers``.
+def _extension_ids(lines: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in _attr(lines, "extmap"):
+        parts = value.split()
+        if len(parts) >= 2:
+            try:
+                out[parts[1]] = int(parts[0].split("/")[0])
+            except ValueError:
+                continue
+    return out
 
-    For each such m-line whose answer direction is ``recvonly`` (RFC 8853 §5.3):
-    ``a=extmap`` lines for RID and repaired RID with the offer's ids (RFC 8852),
-    ``a=rid:<id> recv`` per received RID and ``a=simulcast:recv <id>;<id>...``.
-    Other m-lines are returned unchanged. Lines end with CRLF (RFC 8866 §5).
+
+def rid_extension_ids(offer_sdp: str) -> dict[str, tuple[int | None, int | None]]:
+    """The RID and repaired-RID extension ids each video m-line of an offer carries,
+    by mid (m-lines with neither are left out)."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    _, sections = _sections(offer_sdp)
+    for lines in sections:
+        mids = _attr(lines, "mid")
+        if not lines[0].startswith("m=video") or not mids:
+            continue
+        ids = _extension_ids(lines)
+        if URI_RID in ids or URI_RRID in ids:
+            out[mids[0]] = (ids.get(URI_RID), ids.get(URI_RRID))
+    return out
+
+
+def munge_answer(
+    answer_sdp: str,
+    offers: dict[str, SimulcastOffer],
+    extension_ids: dict[str, tuple[int | None, int | None]] | None = None,
+) -> str:
+    """Add simulcast to an answer.
+
+    Every video m-line in ``extension_ids`` (see :func:`rid_extension_ids`) that is not
+    rejected gets ``a=extmap`` lines for RID and repaired RID with the offer's ids
+    (RFC 8852): with BUNDLE, Chrome leaves extensions an answer did not accept out of
+    its later m-lines, so a client that first only receives could never publish
+    simulcast. Each m-line in ``offers`` whose answer direction is ``recvonly`` also
+    gets ``a=rid:<id> recv`` per received RID and ``a=simulcast:recv <id>;<id>...``
+    (RFC 8853 §5.3). Lines end with CRLF (RFC 8866 §5).
     """
+    extension_ids = dict(extension_ids or {})
+    for mid, offer in offers.items():
+        extension_ids.setdefault(mid, (offer.rid_extension_id, offer.rrid_extension_id))
     session, sections = _sections(answer_sdp)
     out = list(session)
     for lines in sections:
         mids = _attr(lines, "mid")
-        offer = offers.get(mids[0]) if mids else None
-        if offer is None or "a=recvonly" not in lines:
+        mid = mids[0] if mids else None
+        if mid not in extension_ids or lines[0].split()[1:2] == ["0"]:
             out.extend(lines)
             continue
         kept = [line for line in lines if not line.startswith(("a=rid:", "a=simulcast:"))]
-        have = {v.split()[1] for v in _attr(kept, "extmap") if len(v.split()) >= 2}
+        have = _extension_ids(kept)
+        rid_id, rrid_id = extension_ids[mid]
         extra = []
-        if URI_RID not in have and offer.rid_extension_id is not None:
-            extra.append(f"a=extmap:{offer.rid_extension_id} {URI_RID}")
-        if URI_RRID not in have and offer.rrid_extension_id is not None:
-            extra.append(f"a=extmap:{offer.rrid_extension_id} {URI_RRID}")
-        extra += [f"a=rid:{rid} recv" for rid in offer.rids]
-        extra.append("a=simulcast:recv " + ";".join(offer.rids))
+        if URI_RID not in have and rid_id is not None:
+            extra.append(f"a=extmap:{rid_id} {URI_RID}")
+        if URI_RRID not in have and rrid_id is not None:
+            extra.append(f"a=extmap:{rrid_id} {URI_RRID}")
+        offer = offers.get(mid)
+        if offer is not None and "a=recvonly" in lines:
+            extra += [f"a=rid:{rid} recv" for rid in offer.rids]
+            extra.append("a=simulcast:recv " + ";".join(offer.rids))
         out.extend(kept + extra)
     return "\r\n".join(out) + "\r\n"

@@ -51,7 +51,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
 from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
-from ..core.simulcast_sdp import SimulcastOffer, munge_answer
+from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
 
 _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
@@ -452,8 +452,9 @@ class SfuPeerConnection:
         """Apply a client offer and return the server's answer SDP (candidates included).
 
         ``simulcast`` (by mid, from :func:`~sfu.core.simulcast_sdp.parse_simulcast_offers`)
-        adds the receiving side of simulcast to those m-lines of the answer; aiortc
-        knows nothing of it, so it is applied to the text on every answer.
+        adds the receiving side of simulcast to those m-lines of the answer, and every
+        video m-line accepts the RID extensions the offer carries; aiortc knows nothing
+        of them, so they are written into the text of every answer.
 
         Audio/video m-lines with no codec aiortc knows are answered rejected (port 0)
         and listed in :attr:`rejected_mids`; the rest of the offer goes on.
@@ -477,9 +478,7 @@ class SfuPeerConnection:
                 raise ValueError(f"offer could not be applied: {exc}") from exc
             raise
         self._refresh_media()
-        sdp = self.pc.localDescription.sdp
-        if simulcast:
-            sdp = munge_answer(sdp, simulcast)
+        sdp = munge_answer(self.pc.localDescription.sdp, simulcast or {}, rid_extension_ids(offer_sdp))
         return reject_in_answer(sdp, offer_sdp, self.rejected_mids)
 
     def _refresh_media(self) -> None:

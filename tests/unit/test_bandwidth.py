@@ -7,32 +7,33 @@ from sfu.core.bandwidth import BandwidthEstimator, ProbeController
 
 def test_remb_raises_the_estimate_and_only_a_falling_remb_is_congestion():
     bwe = BandwidthEstimator(initial_bps=1_000_000, start_grace_ms=0)
-    bwe.on_remb(2_000_000, now_ms=0)
+    bwe.on_remb(2_000_000, sent_bps=800_000, now_ms=0)
     assert bwe.estimate == 2_000_000
     # Below the estimate but not falling (we send little): no congestion.
-    bwe.on_remb(300_000, now_ms=100)
-    bwe.on_remb(310_000, now_ms=400)
-    assert bwe.congested_ms == 100  # the fall from 2 M to 300 k was one
     bwe = BandwidthEstimator(initial_bps=1_000_000, start_grace_ms=0)
-    bwe.on_remb(300_000, now_ms=0)
-    bwe.on_remb(320_000, now_ms=300)
+    bwe.on_remb(300_000, sent_bps=200_000, now_ms=0)
+    bwe.on_remb(320_000, sent_bps=200_000, now_ms=300)
     assert bwe.estimate == 1_000_000 and bwe.congested_ms is None
-    # A fall of more than 5 %: congestion, the estimate follows it down.
-    bwe.on_remb(250_000, now_ms=600)
-    assert bwe.estimate == 250_000 and bwe.congested_ms == 600
+    # Falling by more than 5 % but near what we send (e.g. a keyframe burst after an
+    # up-switch): congestion (hold, probes fail) without lowering the estimate.
+    bwe.on_remb(290_000, sent_bps=350_000, now_ms=600)
+    assert bwe.estimate == 1_000_000 and bwe.congested_ms == 600
+    # Falling far below what we send: the estimate follows it down.
+    bwe.on_remb(250_000, sent_bps=900_000, now_ms=900)
+    assert bwe.estimate == 250_000 and bwe.congested_ms == 900
     # A higher REMB right after cannot undo it; after the hold it can.
-    bwe.on_remb(2_000_000, now_ms=1000)
+    bwe.on_remb(2_000_000, sent_bps=300_000, now_ms=1000)
     assert bwe.estimate == 250_000
-    bwe.on_remb(2_000_000, now_ms=2700)
+    bwe.on_remb(2_000_000, sent_bps=300_000, now_ms=3000)
     assert bwe.estimate == 2_000_000
 
 
 def test_remb_is_not_congestion_during_the_start_grace():
     bwe = BandwidthEstimator(initial_bps=1_500_000, start_grace_ms=3000)
-    bwe.on_remb(900_000, now_ms=0)
-    bwe.on_remb(400_000, now_ms=2000)
-    assert bwe.estimate == 1_500_000
-    bwe.on_remb(300_000, now_ms=3500)
+    bwe.on_remb(900_000, sent_bps=900_000, now_ms=0)
+    bwe.on_remb(400_000, sent_bps=900_000, now_ms=2000)
+    assert bwe.estimate == 1_500_000 and bwe.congested_ms is None
+    bwe.on_remb(300_000, sent_bps=900_000, now_ms=3500)
     assert bwe.estimate == 300_000
 
 
@@ -54,7 +55,7 @@ def test_probe_succeeds_grows_and_backs_off_after_failure():
     assert round(probe.padding_bps(media_bps=150_000)) == 195_000
     probe.poll(999, bwe, 1_000_000)
     assert probe.probing
-    probe.poll(1000, bwe, 1_000_000)
+    probe.poll(1000, bwe, 1_000_000, sent_bps=340_000)
     assert not probe.probing and bwe.estimate == 345_000
     probe.poll(1200, bwe, 1_000_000)
     assert not probe.probing  # 500 ms between probes
@@ -69,11 +70,11 @@ def test_probe_succeeds_grows_and_backs_off_after_failure():
         assert not probe.probing  # 2 s back-off
     probe.poll(3900, bwe, 1_000_000)
     assert probe.probing
-    # A falling REMB during the probe: failure, and the estimate follows the REMB.
-    bwe.on_remb(340_000, now_ms=4000)
-    bwe.on_remb(300_000, now_ms=4050)
+    # A falling REMB during the probe: failure; the estimate stays (REMB near what we send).
+    bwe.on_remb(340_000, sent_bps=400_000, now_ms=4000)
+    bwe.on_remb(300_000, sent_bps=400_000, now_ms=4050)
     probe.poll(4100, bwe, 1_000_000)
-    assert not probe.probing and bwe.estimate == 300_000
+    assert not probe.probing and bwe.estimate == 345_000
     probe.poll(4100 + 3999, bwe, 1_000_000)  # the back-off doubled to 4 s (and 2 s of quiet)
     assert not probe.probing
     probe.poll(4100 + 4000, bwe, 1_000_000)
@@ -93,3 +94,16 @@ def test_no_probe_when_the_estimate_already_covers_the_demand():
     assert not probe.probing and probe.padding_bps(0) == 0.0
     probe.poll(10, bwe, desired_bps=2_100_000)
     assert round(probe.goal_bps) == round(2_000_000 * 1.15)
+
+
+def test_a_probe_that_could_not_send_its_padding_proves_nothing():
+    bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
+    probe = ProbeController(duration_ms=1000)
+    probe.poll(0, bwe, desired_bps=1_000_000)
+    probe.poll(1000, bwe, 1_000_000, sent_bps=100_000)
+    assert not probe.probing and bwe.estimate == 300_000 and probe.successes == 0
+    probe.defer(5000)
+    probe.poll(4000, bwe, 1_000_000)
+    assert not probe.probing
+    probe.poll(5000, bwe, 1_000_000)
+    assert probe.probing

@@ -101,13 +101,13 @@ def test_switch_happens_at_the_target_keyframe_with_continuous_numbering():
     pub.tick(keyframe_on=2)
     for _ in range(3):
         pub.tick()
-    dt.set_target(0, "bandwidth", pub.now)
+    dt.set_target(0, "preference", pub.now)
     assert plis[-1] == SSRCS[0]
     for _ in range(2):
         pub.tick()  # layer 0 has no keyframe yet: layer 2 goes on
     assert dt.layer == 2
     pub.tick(keyframe_on=0)
-    assert dt.layer == 0 and changes[-1] == (2, 0, "bandwidth")
+    assert dt.layer == 0 and changes[-1] == (2, 0, "preference")
     for _ in range(3):
         pub.tick()
     out = outputs(sent)
@@ -122,25 +122,39 @@ def test_switch_happens_at_the_target_keyframe_with_continuous_numbering():
     assert [len(layer.downtracks) for layer in up.layers] == [1, 0, 0]
 
 
-def test_nack_after_a_switch_is_answered_from_the_old_layer_with_its_numbers():
+def test_bandwidth_down_switch_stops_the_current_layer_at_once():
+    up, dt, sent, _, _, changes = make()
+    pub = Publisher(up)
+    dt.set_target(2, "bandwidth", pub.now)
+    pub.tick(keyframe_on=2)
+    dt.set_target(0, "bandwidth", pub.now)
+    pub.tick()  # neither layer 2 (left) nor layer 0 (no keyframe yet) is sent
+    assert len(outputs(sent)) == 1
+    pub.tick(keyframe_on=0)
+    out = outputs(sent)
+    assert len(out) == 2 and (out[1][0] - out[0][0]) & 0xFFFF == 1
+    assert changes[-1] == (2, 0, "bandwidth")
+
+
+def test_nack_after_a_switch_resends_only_the_new_layer_with_its_numbers():
     up, dt, sent, _, _, _ = make()
     pub = Publisher(up)
     dt.set_target(1, "bandwidth", pub.now)
     pub.tick(keyframe_on=1)
     pub.tick()
-    dt.set_target(0, "bandwidth", pub.now)
+    dt.set_target(0, "preference", pub.now)
     pub.tick(keyframe_on=0)
     pub.tick()
+    pub.tick()
     out = outputs(sent)
-    old_seq, old_ts, old_pid = out[1]  # second packet, from layer 1
-    new_seq, new_ts, new_pid = out[3]
+    old_seq = out[1][0]  # from layer 1, before the switch: the keyframe supersedes it
+    new = out[3]  # second packet of layer 0 (VP8 numbers rewritten after the switch)
     sent.clear()
-    assert dt.on_nack([old_seq, new_seq], pub.now) == 2
-    rtx = [parse_rtp(d) for d in sent]
-    assert all(p.ssrc == 0xCCCC and p.payload_type == 121 for p in rtx)
-    for p, (seq, ts, pid) in zip(rtx, [(old_seq, old_ts, old_pid), (new_seq, new_ts, new_pid)]):
-        assert int.from_bytes(p.payload[:2], "big") == seq and p.timestamp == ts
-        assert parse_vp8_descriptor(p.payload[2:]).picture_id == pid
+    assert dt.on_nack([old_seq, new[0]], pub.now) == 1
+    (rtx,) = [parse_rtp(d) for d in sent]
+    assert rtx.ssrc == 0xCCCC and rtx.payload_type == 121
+    assert int.from_bytes(rtx.payload[:2], "big") == new[0] and rtx.timestamp == new[1]
+    assert parse_vp8_descriptor(rtx.payload[2:]).picture_id == new[2]
 
 
 def test_pause_is_immediate_and_resume_waits_for_a_keyframe():

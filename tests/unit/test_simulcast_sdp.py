@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sfu.core.rtp import URI_RID, URI_RRID
-from sfu.core.simulcast_sdp import munge_answer, parse_simulcast_offers
+from sfu.core.simulcast_sdp import munge_answer, parse_simulcast_offers, rid_extension_ids
 
 OFFER = "\r\n".join(
     [
@@ -83,6 +83,21 @@ def test_munge_adds_extensions_rids_and_simulcast_recv_to_the_receiving_m_line()
     assert again == out
 
 
-def test_munge_leaves_an_inactive_m_line_alone():
+def test_munge_gives_an_inactive_m_line_no_simulcast():
     inactive = ANSWER.replace("a=mid:1\r\na=recvonly", "a=mid:1\r\na=inactive")
-    assert munge_answer(inactive, parse_simulcast_offers(OFFER)) == inactive
+    out = munge_answer(inactive, parse_simulcast_offers(OFFER))
+    assert "a=rid" not in out and "a=simulcast" not in out
+
+
+def test_every_video_m_line_accepts_the_offered_rid_extensions():
+    offer = OFFER + "\r\n".join(
+        ["m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:2", "a=recvonly", f"a=extmap:10 {URI_RID}", f"a=extmap:11 {URI_RRID}", ""]
+    )
+    answer = ANSWER + "\r\n".join(["m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:2", "a=sendonly", ""])
+    out = munge_answer(answer, parse_simulcast_offers(offer), rid_extension_ids(offer))
+    receiving = out.split("m=video")[2]
+    assert f"a=extmap:10 {URI_RID}" in receiving and f"a=extmap:11 {URI_RRID}" in receiving
+    assert "a=rid" not in receiving and "a=simulcast" not in receiving
+    rejected = answer.replace("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2", "m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2")
+    assert "m=video 0" in rejected
+    assert munge_answer(rejected, {}, rid_extension_ids(offer)).split("m=video")[2] == rejected.split("m=video")[2]
