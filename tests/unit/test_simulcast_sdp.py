@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from sfu.core.rtp import URI_RID, URI_RRID
-from sfu.core.simulcast_sdp import munge_answer, parse_simulcast_offers, rid_extension_ids
+from sfu.core.simulcast_sdp import (
+    munge_answer,
+    parse_simulcast_offers,
+    rid_extension_ids,
+)
 
 OFFER = "\r\n".join(
     [
