@@ -122,6 +122,7 @@ class DownTrack:
         self.packets_sent = 0
         self.octets_sent = 0
         self.bytes_sent = 0  # all RTP bytes sent, padding included
+        self.padding_bytes_sent = 0
         self.rtt_ms: float | None = None
         self.fraction_lost = 0.0
         self.closed = False
@@ -413,6 +414,7 @@ class DownTrack:
                 sent += len(data)
                 self._padding_credit -= len(data)
         self.bytes_sent += sent
+        self.padding_bytes_sent += sent
         COUNTERS.padding_bytes_sent += sent
         return sent
 

@@ -29,6 +29,7 @@ from .core.allocator import (
     PRIORITY_OTHER,
     PRIORITY_SCREEN,
     PRIORITY_SPEAKER,
+    UP_MARGIN,
     LayerSelector,
     TrackDemand,
 )
@@ -67,9 +68,10 @@ TICK_MS = 20.0
 REPORT_INTERVAL_MS = 1000.0
 ALLOCATE_INTERVAL_MS = 250.0
 AUDIO_BITRATE = 40_000  # bit/s set aside per audio DownTrack
+
 SEND_RATE_WINDOW_MS = 1000.0
 PEAK_WINDOW_MS = 1500.0  # covers one receiver-report interval of Chrome
-SETTLE_MS = 3000.0  # no probe this long after a layer change
+SETTLE_MS = 1500.0  # no probe this long after a layer change
 
 
 class OfferError(Exception):
@@ -155,7 +157,8 @@ class Participant:
         self.track_settings: dict[str, TrackSettings] = {}  # by track id
         self.sent_bps = 0.0
         self.peak_sent_bps = 0.0  # the highest sent_bps of the last PEAK_WINDOW_MS
-        self._sent_samples: list[tuple[float, int]] = []
+        self.media_bps = 0.0  # sent_bps without probing padding
+        self._sent_samples: list[tuple[float, int, int]] = []
         self._rate_history: list[tuple[float, float]] = []
         self._last_allocate_ms = -ALLOCATE_INTERVAL_MS
         self._probe_was_running = False
@@ -553,14 +556,18 @@ class Participant:
 
     def _measure_sent(self, now_ms: float) -> None:
         """Update ``sent_bps``: all RTP bit/s sent to this subscriber over the last second."""
-        total = sum(dt.bytes_sent for dt in self.downtracks.values())
+        total = padding = 0
+        for dt in self.downtracks.values():
+            total += dt.bytes_sent
+            padding += dt.padding_bytes_sent
         samples = self._sent_samples
-        samples.append((now_ms, total))
+        samples.append((now_ms, total, padding))
         while len(samples) > 2 and now_ms - samples[1][0] >= SEND_RATE_WINDOW_MS:
             del samples[0]
-        t0, b0 = samples[0]
+        t0, b0, p0 = samples[0]
         if now_ms > t0:
             self.sent_bps = max(0.0, (total - b0) * 8000.0 / (now_ms - t0))
+            self.media_bps = max(0.0, (total - padding - b0 + p0) * 8000.0 / (now_ms - t0))
         history = self._rate_history
         history.append((now_ms, self.sent_bps))
         while now_ms - history[0][0] > PEAK_WINDOW_MS:
@@ -569,7 +576,7 @@ class Participant:
 
     def _subscriber_tick(self, now_ms: float) -> None:
         self._measure_sent(now_ms)
-        padding = self.probe.padding_bps(self.sent_bps)
+        padding = self.probe.padding_bps(self.media_bps)
         if padding > 0:
             carrier = self._padding_carrier()
             if carrier is not None:
@@ -629,26 +636,35 @@ class Participant:
         if not simulcast:
             return
         demands = [self._demand(dt, now_ms) for dt in simulcast]
+        self._probe(now_ms, simulcast, demands, fixed_bps)
         budget = max(0.0, self.bwe.estimate - fixed_bps)
         for change in self.selector.select(now_ms, budget, demands):
             dt = self.downtracks.get(change.key)  # type: ignore[arg-type]
             if dt is not None:
                 dt.set_target(change.layer, change.reason, now_ms)
-        desired = fixed_bps
-        for d in demands:
-            if d.paused:
-                continue
-            active = [b for i, b in enumerate(d.layer_bitrates) if b is not None and (d.max_layer is None or i <= d.max_layer)]
-            if active:
-                desired += active[-1] * 1.15
-        was = self.probe.probing
-        before = self.probe.successes
-        if self._padding_carrier() is None:
-            self.probe.defer(now_ms)  # nothing to pad: no probe can prove anything
+
+    def _probe(self, now_ms: float, simulcast: list[DownTrack], demands: list[TrackDemand], fixed_bps: float) -> None:
+        """Run the probe controller before the allocation uses the estimate: probe
+        when the tracks could use more than the estimate; when everything is paused
+        for bandwidth (nothing can carry padding), try the lowest layer again now and
+        then (:meth:`~sfu.core.bandwidth.ProbeController.poll_paused`)."""
+        probe = self.probe
+        successes, failures = probe.successes, probe.failures
+        if self._padding_carrier() is not None:
+            desired = fixed_bps
+            for d in demands:
+                active = [b for i, b in enumerate(d.layer_bitrates) if b is not None and (d.max_layer is None or i <= d.max_layer)]
+                if active and not d.paused:
+                    desired += active[-1] * UP_MARGIN
+            probe.on_forwarding()
+            probe.poll(now_ms, self.bwe, desired, self.sent_bps)
         else:
-            self.probe.poll(now_ms, self.bwe, desired, self.sent_bps)
-        if was and not self.probe.probing:
-            COUNTERS.probes["success" if self.probe.successes > before else "failure"] += 1
+            probe.defer(now_ms)  # nothing to pad: no probe can prove anything
+            lowest = [min(b for b in d.layer_bitrates if b is not None) for d in demands if not d.paused and any(d.layer_bitrates)]
+            if lowest and any(dt.paused and dt.reason == "bandwidth" for dt in simulcast):
+                probe.poll_paused(now_ms, self.bwe, fixed_bps + min(lowest) * UP_MARGIN)
+        COUNTERS.probes["success"] += probe.successes - successes
+        COUNTERS.probes["failure"] += probe.failures - failures
 
     def set_track_settings(self, track_id: str, max_height: int | None = ..., paused: bool | None = None) -> None:  # type: ignore[assignment]
         """Apply a subscriber's ``track_settings`` for ``track_id`` (docs/PROTOCOL.md).

@@ -19,6 +19,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "UP_MARGIN",
     "BANDWIDTH",
     "PREFERENCE",
     "PAUSED",

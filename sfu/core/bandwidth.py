@@ -10,10 +10,10 @@ Inputs (all from the subscriber's RTCP):
   not fall only says we send little. A falling REMB lowers the estimate only when it
   is far below what we send (``< 0.7x``): right after an up-switch Chrome's measured
   rate lags, and a keyframe burst alone can trip its over-use detector.
-* Receiver-report loss (RFC 3550 §6.4.1 fraction lost): above 10 % the link carries
-  about what arrived, ``sent * (1 - loss)`` (the loss-based rule of GCC,
-  draft-ietf-rmcat-gcc-02 §6), where ``sent`` is the highest rate of the last
-  report interval (the loss may describe a rate we already left).
+* Receiver-report loss (RFC 3550 §6.4.1 fraction lost): above 10 % the estimate
+  falls to ``rate * (1 - loss / 2)`` (the loss-based rule of GCC,
+  draft-ietf-rmcat-gcc-02 §6), applied to what we sent in the report's interval; see
+  :meth:`BandwidthEstimator.on_loss`.
 * Probes: since REMB cannot rise much above what it receives, :class:`ProbeController`
   pads the stream up to a goal for a while; no congestion during the probe raises the
   estimate to the goal.
@@ -59,6 +59,7 @@ class BandwidthEstimator:
         self.remb: int | None = None
         self.congested_ms: float | None = None
         self.loss_ms: float | None = None  # last report of loss above LOSS_LOW
+        self._loss_reaction_ms: float | None = None
         self._first_ms: float | None = None
 
     def _clamp(self, bps: float) -> int:
@@ -78,22 +79,40 @@ class BandwidthEstimator:
             self._first_ms = now_ms
         previous, self.remb = self.remb, bitrate
         in_grace = now_ms - self._first_ms < self.start_grace_ms
-        if not in_grace and previous is not None and bitrate < REMB_DROP * previous:
+        falling = previous is not None and bitrate < REMB_DROP * previous
+        far_below = bitrate < REMB_FAR_BELOW * sent_bps
+        if not in_grace and (falling or (previous is None and far_below)):
+            # Chrome sends REMB when its estimate falls, so the first one may be a fall.
             self.congested_ms = now_ms
-            if bitrate < REMB_FAR_BELOW * sent_bps:
+            if far_below:
                 self._congestion(bitrate, now_ms)
         elif bitrate > self.estimate and not self.in_hold(now_ms):
             self.estimate = self._clamp(bitrate)
 
     def on_loss(self, fraction_lost: float, sent_bps: float, now_ms: float) -> None:
         """A receiver report's loss fraction (0..1) for a stream of this subscriber;
-        ``sent_bps``: the highest rate we sent it over the report's interval."""
+        ``sent_bps``: the highest rate we sent it over the report's interval.
+
+        Above 10 % loss the estimate becomes ``ref * (1 - loss / 2)`` (GCC's
+        loss-based rule), where ``ref`` is what we sent when that is at least half the
+        estimate (so the estimate falls below the rate that lost), else the estimate
+        (loss while sending little, e.g. a keyframe burst through a short queue, says
+        little about the rate). At most one loss reaction per ``hold_ms``: the reports
+        right after a reaction still describe the rate before it.
+        """
         if self._first_ms is None:
             self._first_ms = now_ms
         if fraction_lost > LOSS_LOW:
             self.loss_ms = now_ms
-        if fraction_lost > LOSS_HIGH and sent_bps > 0:
-            self._congestion(sent_bps * (1.0 - fraction_lost), now_ms)
+        if fraction_lost <= LOSS_HIGH or (self._loss_reaction_ms is not None and now_ms - self._loss_reaction_ms < self.hold_ms):
+            return
+        ref = min(self.estimate, sent_bps) if sent_bps >= 0.5 * self.estimate else self.estimate
+        self._loss_reaction_ms = now_ms
+        self._congestion(ref * (1.0 - 0.5 * fraction_lost), now_ms)
+
+    def reacted_to_loss_since(self, t_ms: float) -> bool:
+        """A loss report lowered the estimate at or after ``t_ms``."""
+        return self._loss_reaction_ms is not None and self._loss_reaction_ms >= t_ms
 
     def on_probe_success(self, goal_bps: float, now_ms: float) -> None:
         """A probe up to ``goal_bps`` saw no congestion: the link carries it."""
@@ -133,9 +152,14 @@ class ProbeController:
         self.goal_bps: float | None = None
         self.probes = 0
         self.successes = 0
+        self.failures = 0
         self._started_ms = 0.0
+        self._pre_estimate = 0
         self._next_ms = 0.0
         self._backoff_ms = min_backoff_ms
+        self.trial_ms = 3000.0
+        self._next_trial_ms: float | None = None
+        self._trial_backoff_ms = self.trial_ms
 
     @property
     def probing(self) -> bool:
@@ -151,6 +175,10 @@ class ProbeController:
             lossy = estimator.loss_ms is not None and estimator.loss_ms >= self._started_ms
             if lossy or (congested is not None and congested >= self._started_ms):
                 self._fail(now_ms)
+                if not estimator.reacted_to_loss_since(self._started_ms):
+                    # The goal was too much, not the rate before it: Chrome's REMB after
+                    # over-use (0.85x its measured rate) undershoots at low rates.
+                    estimator.estimate = max(estimator.estimate, self._pre_estimate)
             elif now_ms - self._started_ms >= self.duration_ms:
                 if sent_bps >= 0.8 * self.goal_bps:
                     estimator.on_probe_success(self.goal_bps, now_ms)
@@ -166,7 +194,29 @@ class ProbeController:
             return
         self.goal_bps = min(estimator.estimate * self.step, desired_bps * 1.1)
         self._started_ms = now_ms
+        self._pre_estimate = estimator.estimate
         self.probes += 1
+
+    def poll_paused(self, now_ms: float, estimator: BandwidthEstimator, needed_bps: float) -> bool:
+        """Everything is paused for bandwidth, so nothing can carry a probe: every
+        ``trial_ms`` (doubling up to 30 s while it keeps failing) without congestion,
+        raise the estimate to ``needed_bps`` (the lowest layer and what is always
+        forwarded) so the lowest layer is tried again. Returns True when it did."""
+        if self._next_trial_ms is None:
+            self._next_trial_ms = now_ms + self._trial_backoff_ms
+            return False
+        congested = estimator.congested_ms
+        if now_ms < self._next_trial_ms or (congested is not None and now_ms - congested < self.trial_ms):
+            return False
+        estimator.estimate = max(estimator.estimate, int(needed_bps))
+        self._trial_backoff_ms = min(30_000.0, self._trial_backoff_ms * 2)
+        self._next_trial_ms = None
+        return True
+
+    def on_forwarding(self) -> None:
+        """Video flows again: the next pause starts with the shortest trial interval."""
+        self._next_trial_ms = None
+        self._trial_backoff_ms = self.trial_ms
 
     def defer(self, until_ms: float) -> None:
         """No probe before ``until_ms`` (a layer change must settle first); a running
@@ -175,6 +225,7 @@ class ProbeController:
         self._next_ms = max(self._next_ms, until_ms)
 
     def _fail(self, now_ms: float) -> None:
+        self.failures += 1
         self.goal_bps = None
         self.step = self.min_step
         self._next_ms = now_ms + self._backoff_ms

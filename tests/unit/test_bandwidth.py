@@ -37,14 +37,23 @@ def test_remb_is_not_congestion_during_the_start_grace():
     assert bwe.estimate == 300_000
 
 
-def test_heavy_loss_sets_the_estimate_to_what_arrived():
-    bwe = BandwidthEstimator(initial_bps=2_000_000)
+def test_heavy_loss_lowers_the_estimate_below_the_rate_that_lost_once_per_hold():
+    bwe = BandwidthEstimator(initial_bps=2_000_000, hold_ms=2000)
     bwe.on_loss(0.05, sent_bps=1_000_000, now_ms=0)
     assert bwe.estimate == 2_000_000 and bwe.loss_ms == 0 and bwe.congested_ms is None
     bwe.on_loss(0.6, sent_bps=1_000_000, now_ms=100)
-    assert bwe.estimate == 400_000 and bwe.congested_ms == 100
-    bwe.on_loss(0.9, sent_bps=100_000, now_ms=200)
-    assert bwe.estimate == bwe.min_bps
+    assert bwe.estimate == 700_000 and bwe.congested_ms == 100
+    # The next reports still describe the old rate: no second reaction within the hold.
+    bwe.on_loss(0.9, sent_bps=1_000_000, now_ms=400)
+    assert bwe.estimate == 700_000
+    # Loss while sending little (a keyframe burst): a modest cut of the estimate.
+    bwe.on_loss(0.2, sent_bps=100_000, now_ms=2200)
+    assert bwe.estimate == 630_000
+    bwe.on_loss(0.9, sent_bps=30_000, now_ms=4300)
+    bwe.on_loss(0.9, sent_bps=30_000, now_ms=6400)
+    bwe.on_loss(0.9, sent_bps=30_000, now_ms=8500)
+    bwe.on_loss(0.9, sent_bps=30_000, now_ms=10600)
+    assert bwe.estimate == max(bwe.min_bps, int(630_000 * 0.55**4))
 
 
 def test_probe_succeeds_grows_and_backs_off_after_failure():
@@ -107,3 +116,29 @@ def test_a_probe_that_could_not_send_its_padding_proves_nothing():
     assert not probe.probing
     probe.poll(5000, bwe, 1_000_000)
     assert probe.probing
+
+
+def test_a_failed_probe_keeps_the_estimate_from_before_it_unless_loss_cut_it():
+    bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
+    probe = ProbeController(duration_ms=1000)
+    probe.poll(0, bwe, desired_bps=1_000_000)
+    bwe.on_remb(400_000, sent_bps=350_000, now_ms=100)
+    bwe.on_remb(200_000, sent_bps=345_000, now_ms=400)  # falls far below what we send
+    assert bwe.estimate == 200_000
+    probe.poll(500, bwe, 1_000_000)
+    assert not probe.probing and bwe.estimate == 300_000
+    probe.poll(10_000, bwe, 1_000_000)
+    assert probe.probing
+    bwe.on_loss(0.3, sent_bps=345_000, now_ms=10_200)
+    probe.poll(10_300, bwe, 1_000_000)
+    assert not probe.probing and bwe.estimate == int(300_000 * 0.85)
+
+
+def test_paused_for_bandwidth_the_lowest_layer_is_tried_again_with_back_off():
+    bwe = BandwidthEstimator(initial_bps=100_000, start_grace_ms=0)
+    probe = ProbeController()
+    tried = [t for t in range(0, 60_000, 250) if probe.poll_paused(t, bwe, needed_bps=200_000) and not bwe.__setattr__("estimate", 100_000)]
+    assert tried[:3] == [3000, 9250, 21500]  # 3 s, then 6 s, then 12 s after each trial
+    probe.on_forwarding()
+    assert not probe.poll_paused(100_000, bwe, 200_000)
+    assert probe.poll_paused(103_000, bwe, 200_000) and bwe.estimate == 200_000
