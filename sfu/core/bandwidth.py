@@ -28,6 +28,7 @@ __all__ = ["BandwidthEstimator", "ProbeController"]
 
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
+LOSS_HEAVY = 0.25
 REMB_DROP = 0.95  # a REMB below 95 % of the previous one is a drop
 REMB_FAR_BELOW = 0.7  # ... and lowers the estimate when below 70 % of what we send
 
@@ -48,7 +49,7 @@ class BandwidthEstimator:
         initial_bps: int = 1_500_000,
         min_bps: int = 30_000,
         max_bps: int = 50_000_000,
-        hold_ms: float = 2000.0,
+        hold_ms: float = 1500.0,
         start_grace_ms: float = 3000.0,
     ) -> None:
         self.estimate = initial_bps
@@ -94,7 +95,9 @@ class BandwidthEstimator:
         ``sent_bps``: the highest rate we sent it over the report's interval.
 
         Above 10 % loss the estimate becomes ``ref * (1 - loss / 2)`` (GCC's
-        loss-based rule), where ``ref`` is what we sent when that is at least half the
+        loss-based rule; from 25 % loss ``ref * (1 - loss)``, what arrived, since this
+        reacts once per hold window rather than per report), where ``ref`` is what we
+        sent when that is at least half the
         estimate (so the estimate falls below the rate that lost), else the estimate
         (loss while sending little, e.g. a keyframe burst through a short queue, says
         little about the rate). At most one loss reaction per ``hold_ms``: the reports
@@ -107,8 +110,9 @@ class BandwidthEstimator:
         if fraction_lost <= LOSS_HIGH or (self._loss_reaction_ms is not None and now_ms - self._loss_reaction_ms < self.hold_ms):
             return
         ref = min(self.estimate, sent_bps) if sent_bps >= 0.5 * self.estimate else self.estimate
+        factor = 1.0 - fraction_lost if fraction_lost >= LOSS_HEAVY else 1.0 - 0.5 * fraction_lost
         self._loss_reaction_ms = now_ms
-        self._congestion(ref * (1.0 - 0.5 * fraction_lost), now_ms)
+        self._congestion(ref * factor, now_ms)
 
     def reacted_to_loss_since(self, t_ms: float) -> bool:
         """A loss report lowered the estimate at or after ``t_ms``."""

@@ -37,23 +37,25 @@ def test_remb_is_not_congestion_during_the_start_grace():
     assert bwe.estimate == 300_000
 
 
-def test_heavy_loss_lowers_the_estimate_below_the_rate_that_lost_once_per_hold():
-    bwe = BandwidthEstimator(initial_bps=2_000_000, hold_ms=2000)
+def test_loss_lowers_the_estimate_below_the_rate_that_lost_once_per_hold():
+    bwe = BandwidthEstimator(initial_bps=2_000_000, hold_ms=1500)
     bwe.on_loss(0.05, sent_bps=1_000_000, now_ms=0)
     assert bwe.estimate == 2_000_000 and bwe.loss_ms == 0 and bwe.congested_ms is None
-    bwe.on_loss(0.6, sent_bps=1_000_000, now_ms=100)
-    assert bwe.estimate == 700_000 and bwe.congested_ms == 100
+    # Moderate loss: GCC's rule on the rate that lost.
+    bwe.on_loss(0.2, sent_bps=1_000_000, now_ms=100)
+    assert bwe.estimate == 900_000 and bwe.congested_ms == 100
     # The next reports still describe the old rate: no second reaction within the hold.
     bwe.on_loss(0.9, sent_bps=1_000_000, now_ms=400)
-    assert bwe.estimate == 700_000
+    assert bwe.estimate == 900_000
+    # Heavy loss: what arrived.
+    bwe.on_loss(0.6, sent_bps=800_000, now_ms=1700)
+    assert bwe.estimate == 320_000
     # Loss while sending little (a keyframe burst): a modest cut of the estimate.
-    bwe.on_loss(0.2, sent_bps=100_000, now_ms=2200)
-    assert bwe.estimate == 630_000
-    bwe.on_loss(0.9, sent_bps=30_000, now_ms=4300)
-    bwe.on_loss(0.9, sent_bps=30_000, now_ms=6400)
-    bwe.on_loss(0.9, sent_bps=30_000, now_ms=8500)
-    bwe.on_loss(0.9, sent_bps=30_000, now_ms=10600)
-    assert bwe.estimate == max(bwe.min_bps, int(630_000 * 0.55**4))
+    bwe.on_loss(0.2, sent_bps=100_000, now_ms=3300)
+    assert bwe.estimate == 288_000
+    for t in (4900, 6500, 8100):
+        bwe.on_loss(0.9, sent_bps=10_000, now_ms=t)
+    assert bwe.estimate == bwe.min_bps
 
 
 def test_probe_succeeds_grows_and_backs_off_after_failure():
@@ -131,7 +133,7 @@ def test_a_failed_probe_keeps_the_estimate_from_before_it_unless_loss_cut_it():
     assert probe.probing
     bwe.on_loss(0.3, sent_bps=345_000, now_ms=10_200)
     probe.poll(10_300, bwe, 1_000_000)
-    assert not probe.probing and bwe.estimate == int(300_000 * 0.85)
+    assert not probe.probing and bwe.estimate == int(300_000 * 0.7)  # heavy loss: what arrived
 
 
 def test_paused_for_bandwidth_the_lowest_layer_is_tried_again_with_back_off():
