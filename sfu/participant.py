@@ -636,6 +636,8 @@ class Participant:
         if not simulcast:
             return
         demands = [self._demand(dt, now_ms) for dt in simulcast]
+        lowest = [min(b for b in d.layer_bitrates if b is not None) for d in demands if not d.paused and any(d.layer_bitrates)]
+        self.bwe.floor_bps = fixed_bps + sum(lowest) * UP_MARGIN
         self._probe(now_ms, simulcast, demands, fixed_bps)
         budget = max(0.0, self.bwe.estimate - fixed_bps)
         for change in self.selector.select(now_ms, budget, demands):

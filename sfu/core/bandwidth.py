@@ -29,6 +29,7 @@ __all__ = ["BandwidthEstimator", "ProbeController"]
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 LOSS_HEAVY = 0.25
+FLOOR_EVIDENCE = 1.3  # loss at up to 1.3x the floor rate may take the estimate below it
 REMB_DROP = 0.95  # a REMB below 95 % of the previous one is a drop
 REMB_FAR_BELOW = 0.7  # ... and lowers the estimate when below 70 % of what we send
 
@@ -60,6 +61,9 @@ class BandwidthEstimator:
         self.remb: int | None = None
         self.congested_ms: float | None = None
         self.loss_ms: float | None = None  # last report of loss above LOSS_LOW
+        # What always goes out plus the lowest video layer (set by the allocation):
+        # only loss seen while sending about that little takes the estimate below it.
+        self.floor_bps = 0.0
         self._loss_reaction_ms: float | None = None
         self._first_ms: float | None = None
 
@@ -86,7 +90,7 @@ class BandwidthEstimator:
             # Chrome sends REMB when its estimate falls, so the first one may be a fall.
             self.congested_ms = now_ms
             if far_below:
-                self._congestion(bitrate, now_ms)
+                self._congestion(max(bitrate, min(self.estimate, self.floor_bps)), now_ms)
         elif bitrate > self.estimate and not self.in_hold(now_ms):
             self.estimate = self._clamp(bitrate)
 
@@ -96,12 +100,16 @@ class BandwidthEstimator:
 
         Above 10 % loss the estimate becomes ``ref * (1 - loss / 2)`` (GCC's
         loss-based rule; from 25 % loss ``ref * (1 - loss)``, what arrived, since this
-        reacts once per hold window rather than per report), where ``ref`` is what we
+        reacts once per hold window rather than per report, but at most halving: one
+        report's loss over a short interval overshoots), where ``ref`` is what we
         sent when that is at least half the
         estimate (so the estimate falls below the rate that lost), else the estimate
         (loss while sending little, e.g. a keyframe burst through a short queue, says
         little about the rate). At most one loss reaction per ``hold_ms``: the reports
-        right after a reaction still describe the rate before it.
+        right after a reaction still describe the rate before it. The estimate goes
+        below :attr:`floor_bps` (what the lowest layer needs) only on loss seen while
+        sending at most 1.3x that: a pause needs evidence that the lowest layer itself
+        does not fit; a falling REMB never goes below it.
         """
         if self._first_ms is None:
             self._first_ms = now_ms
@@ -110,9 +118,12 @@ class BandwidthEstimator:
         if fraction_lost <= LOSS_HIGH or (self._loss_reaction_ms is not None and now_ms - self._loss_reaction_ms < self.hold_ms):
             return
         ref = min(self.estimate, sent_bps) if sent_bps >= 0.5 * self.estimate else self.estimate
-        factor = 1.0 - fraction_lost if fraction_lost >= LOSS_HEAVY else 1.0 - 0.5 * fraction_lost
+        factor = max(0.5, 1.0 - fraction_lost) if fraction_lost >= LOSS_HEAVY else 1.0 - 0.5 * fraction_lost
+        target = ref * factor
+        if sent_bps > FLOOR_EVIDENCE * self.floor_bps:
+            target = max(target, min(self.estimate, self.floor_bps))
         self._loss_reaction_ms = now_ms
-        self._congestion(ref * factor, now_ms)
+        self._congestion(target, now_ms)
 
     def reacted_to_loss_since(self, t_ms: float) -> bool:
         """A loss report lowered the estimate at or after ``t_ms``."""

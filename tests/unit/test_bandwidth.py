@@ -47,13 +47,15 @@ def test_loss_lowers_the_estimate_below_the_rate_that_lost_once_per_hold():
     # The next reports still describe the old rate: no second reaction within the hold.
     bwe.on_loss(0.9, sent_bps=1_000_000, now_ms=400)
     assert bwe.estimate == 900_000
-    # Heavy loss: what arrived.
-    bwe.on_loss(0.6, sent_bps=800_000, now_ms=1700)
-    assert bwe.estimate == 320_000
+    # Heavy loss: what arrived, but at most half the rate that lost.
+    bwe.on_loss(0.3, sent_bps=800_000, now_ms=1700)
+    assert bwe.estimate == 560_000
+    bwe.on_loss(0.8, sent_bps=560_000, now_ms=3300)
+    assert bwe.estimate == 280_000
     # Loss while sending little (a keyframe burst): a modest cut of the estimate.
-    bwe.on_loss(0.2, sent_bps=100_000, now_ms=3300)
-    assert bwe.estimate == 288_000
-    for t in (4900, 6500, 8100):
+    bwe.on_loss(0.2, sent_bps=100_000, now_ms=4900)
+    assert bwe.estimate == 252_000
+    for t in range(6500, 20_000, 1600):
         bwe.on_loss(0.9, sent_bps=10_000, now_ms=t)
     assert bwe.estimate == bwe.min_bps
 
@@ -133,7 +135,7 @@ def test_a_failed_probe_keeps_the_estimate_from_before_it_unless_loss_cut_it():
     assert probe.probing
     bwe.on_loss(0.3, sent_bps=345_000, now_ms=10_200)
     probe.poll(10_300, bwe, 1_000_000)
-    assert not probe.probing and bwe.estimate == int(300_000 * 0.7)  # heavy loss: what arrived
+    assert not probe.probing and bwe.estimate == int(300_000 * 0.7)  # heavy loss: what arrived (300 k sent)
 
 
 def test_paused_for_bandwidth_the_lowest_layer_is_tried_again_with_back_off():
@@ -144,3 +146,15 @@ def test_paused_for_bandwidth_the_lowest_layer_is_tried_again_with_back_off():
     probe.on_forwarding()
     assert not probe.poll_paused(100_000, bwe, 200_000)
     assert probe.poll_paused(103_000, bwe, 200_000) and bwe.estimate == 200_000
+
+
+def test_only_loss_at_the_lowest_layer_takes_the_estimate_below_it():
+    bwe = BandwidthEstimator(initial_bps=1_000_000, start_grace_ms=0, hold_ms=0)
+    bwe.floor_bps = 200_000
+    bwe.on_remb(500_000, sent_bps=400_000, now_ms=0)
+    bwe.on_remb(150_000, sent_bps=400_000, now_ms=100)  # far below, but REMB alone
+    assert bwe.estimate == 200_000
+    bwe.on_loss(0.8, sent_bps=400_000, now_ms=200)  # loss while sending twice the floor
+    assert bwe.estimate == 200_000
+    bwe.on_loss(0.8, sent_bps=210_000, now_ms=300)  # loss at the lowest layer: pause
+    assert bwe.estimate == 100_000
