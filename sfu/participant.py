@@ -699,6 +699,10 @@ class Participant:
         else:
             direction = "up" if layer > previous else "down"
         COUNTERS.layer_switches[(direction, reason)] += 1
+        logger.info(
+            "participant %s: mid %s layer %s -> %s (%s, %s; estimate %d bit/s)",
+            self.id, dt.mid, previous, layer, direction, reason, self.bwe.estimate,
+        )
         info = dt.uptrack.layers[layer] if layer is not None else None
         self.send_event(
             {
