@@ -460,12 +460,17 @@ class DownTrack:
         layer = self.forwarder.layer
         self.uptrack.request_keyframe(now_ms, layer if layer is not None else (self.target_layer or 0))
 
-    def on_report_block(self, block: ReportBlock) -> None:
-        """A reception report from the subscriber about this DownTrack: loss and RTT."""
+    def on_report_block(self, block: ReportBlock) -> float | None:
+        """A reception report from the subscriber about this DownTrack: loss and RTT.
+
+        Returns:
+            the RTT it gives (ms), or None when it echoes no SR of ours.
+        """
         self.fraction_lost = block.fraction_lost / 256.0
         rtt = rtt_from_report_ms(block, ntp_now())
         if rtt is not None:
             self.rtt_ms = rtt
+        return rtt
 
     def on_source_sender_report(self, report: SenderReport, layer: int = 0) -> None:
         """Send the subscriber an SR derived from the publisher's (RFC 3550 §6.4.1).

@@ -485,9 +485,11 @@ class Participant:
                 for block in p.reports:
                     dt = self._downtracks_by_ssrc.get(block.ssrc)
                     if dt is not None and block.ssrc == dt.ssrc:
-                        dt.on_report_block(block)
+                        rtt = dt.on_report_block(block)
                         if dt.kind == "video":
                             self.bwe.on_loss(dt.fraction_lost, self.peak_sent_bps, arrival_ms)
+                            if rtt is not None:
+                                self.bwe.on_rtt(rtt, arrival_ms)
             elif isinstance(p, Nack):
                 COUNTERS.nacks_received += 1
                 dt = self._downtracks_by_ssrc.get(p.media_ssrc)

@@ -14,9 +14,12 @@ Inputs (all from the subscriber's RTCP):
   falls to ``rate * (1 - loss / 2)`` (the loss-based rule of GCC,
   draft-ietf-rmcat-gcc-02 §6), applied to what we sent in the report's interval; see
   :meth:`BandwidthEstimator.on_loss`.
+* Round-trip time from receiver reports (RFC 3550 §6.4.1): a queue building up on the
+  path shows as RTT above its recent minimum. Chrome's REMB reacts to that late or
+  not at all when the queue is short, so probes watch the RTT themselves.
 * Probes: since REMB cannot rise much above what it receives, :class:`ProbeController`
-  pads the stream up to a goal for a while; no congestion during the probe raises the
-  estimate to the goal.
+  pads the stream up to a goal for a while; a probe that saw a report during it with
+  no loss, no falling REMB and no RTT growth raises the estimate to the goal.
 
 After any congestion the estimate holds for ``hold_ms`` (REMB may not raise it), so a
 lagging REMB does not undo a loss-based drop. Pure: time is a parameter (ms).
@@ -29,6 +32,11 @@ __all__ = ["BandwidthEstimator", "ProbeController"]
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 LOSS_HEAVY = 0.25
+FAILED_GOAL_MEMORY_MS = 30_000.0  # probes do not jump past a goal that failed this recently
+RTT_WINDOW_MS = 10_000.0
+EVIDENCE_AFTER_MS = 400.0  # a probe succeeds only on a report this far into it
+MAX_PROBE_FACTOR = 2.5  # ... waited for up to 2.5x the probe's duration
+DELAY_GROWTH_MS = 40.0
 FLOOR_EVIDENCE = 1.3  # loss at up to 1.3x the floor rate may take the estimate below it
 REMB_DROP = 0.95  # a REMB below 95 % of the previous one is a drop
 REMB_FAR_BELOW = 0.7  # ... and lowers the estimate when below 70 % of what we send
@@ -64,6 +72,9 @@ class BandwidthEstimator:
         # What always goes out plus the lowest video layer (set by the allocation):
         # only loss seen while sending about that little takes the estimate below it.
         self.floor_bps = 0.0
+        self.delay_ms: float | None = None  # last RTT sample showing a queue (see on_rtt)
+        self.last_rtt_ms: float | None = None  # when the last RTT sample came
+        self._rtts: list[tuple[float, float]] = []
         self._loss_reaction_ms: float | None = None
         self._first_ms: float | None = None
 
@@ -125,6 +136,20 @@ class BandwidthEstimator:
         self._loss_reaction_ms = now_ms
         self._congestion(target, now_ms)
 
+    def on_rtt(self, rtt_ms: float, now_ms: float) -> None:
+        """An RTT sample (ms) from a receiver report at ``now_ms``. RTT more than
+        ``max(40 ms, baseline / 2)`` above the minimum of the last 10 s marks a queue
+        (:attr:`delay_ms`). Only differences count, so a constant clock offset in the
+        sample does not matter."""
+        rtts = self._rtts
+        rtts.append((now_ms, rtt_ms))
+        while now_ms - rtts[0][0] > RTT_WINDOW_MS:
+            del rtts[0]
+        baseline = min(r for _, r in rtts)
+        self.last_rtt_ms = now_ms
+        if rtt_ms > baseline + max(DELAY_GROWTH_MS, 0.5 * baseline):
+            self.delay_ms = now_ms
+
     def reacted_to_loss_since(self, t_ms: float) -> bool:
         """A loss report lowered the estimate at or after ``t_ms``."""
         return self._loss_reaction_ms is not None and self._loss_reaction_ms >= t_ms
@@ -140,12 +165,15 @@ class ProbeController:
 
     A probe starts when the allocation wants more than the estimate (``desired_bps``),
     no congestion was seen for ``quiet_ms``, and the back-off has passed. Its goal is
-    ``estimate * step`` (at most ``desired * 1.1``); for ``duration_ms`` the caller
-    pads its stream up to the goal (:meth:`padding_bps`). A probe without congestion
-    or loss above 2 % succeeds (the estimator takes the goal, ``step`` grows towards
+    ``estimate * step`` (at most ``desired * 1.1``); for ``duration_ms`` (longer until
+    a receiver report from at least 400 ms into the probe came, at most 2.5x) the caller
+    pads its stream up to the goal (:meth:`padding_bps`). A probe without congestion,
+    RTT growth or loss above 2 % succeeds (the estimator takes the goal, ``step`` grows towards
     ``max_step``); otherwise it fails (``step`` resets, the back-off doubles up to
     ``max_backoff_ms``). The first step is small (15 %) so that a probe into a link
-    that is still full mostly queues (the subscriber's REMB falls) rather than drops.
+    that is still full mostly queues (the subscriber's REMB falls) rather than drops;
+    for 30 s after a failure the goal stops at the failed goal (or 15 % above the
+    estimate) instead of jumping past it.
     """
 
     def __init__(
@@ -170,6 +198,7 @@ class ProbeController:
         self.failures = 0
         self._started_ms = 0.0
         self._pre_estimate = 0
+        self._failed_goal: tuple[float, float] | None = None  # (goal bit/s, when)
         self._next_ms = 0.0
         self._backoff_ms = min_backoff_ms
         self.trial_ms = 3000.0
@@ -187,16 +216,23 @@ class ProbeController:
         nothing: it ends without success or back-off)."""
         congested = estimator.congested_ms
         if self.goal_bps is not None:
-            lossy = estimator.loss_ms is not None and estimator.loss_ms >= self._started_ms
-            if lossy or (congested is not None and congested >= self._started_ms):
+            started = self._started_ms
+            lossy = estimator.loss_ms is not None and estimator.loss_ms >= started
+            queued = estimator.delay_ms is not None and estimator.delay_ms >= started
+            if lossy or queued or (congested is not None and congested >= started):
                 self._fail(now_ms)
                 if not estimator.reacted_to_loss_since(self._started_ms):
                     # The goal was too much, not the rate before it: Chrome's REMB after
                     # over-use (0.85x its measured rate) undershoots at low rates.
                     estimator.estimate = max(estimator.estimate, self._pre_estimate)
-            elif now_ms - self._started_ms >= self.duration_ms:
-                if sent_bps >= 0.8 * self.goal_bps:
+            elif now_ms - started >= self.duration_ms:
+                heard = estimator.last_rtt_ms is not None and estimator.last_rtt_ms >= started + EVIDENCE_AFTER_MS
+                if not heard and now_ms - started < MAX_PROBE_FACTOR * self.duration_ms:
+                    return  # no report from within the probe yet: keep probing a little
+                if heard and sent_bps >= 0.8 * self.goal_bps:
                     estimator.on_probe_success(self.goal_bps, now_ms)
+                    if self._failed_goal is not None and self.goal_bps >= self._failed_goal[0]:
+                        self._failed_goal = None
                     self.successes += 1
                     self.step = min(self.max_step, self.step * 1.25)
                     self._backoff_ms = self.min_backoff_ms
@@ -207,7 +243,12 @@ class ProbeController:
             return
         if congested is not None and now_ms - congested < self.quiet_ms:
             return
-        self.goal_bps = min(estimator.estimate * self.step, desired_bps * 1.1)
+        goal = estimator.estimate * self.step
+        failed = self._failed_goal
+        if failed is not None and now_ms - failed[1] < FAILED_GOAL_MEMORY_MS and goal > failed[0]:
+            # Approach the goal that failed last rather than jump past it (it cost loss).
+            goal = max(estimator.estimate * self.min_step, failed[0])
+        self.goal_bps = min(goal, desired_bps * 1.1)
         self._started_ms = now_ms
         self._pre_estimate = estimator.estimate
         self.probes += 1
@@ -241,6 +282,8 @@ class ProbeController:
 
     def _fail(self, now_ms: float) -> None:
         self.failures += 1
+        if self.goal_bps is not None:
+            self._failed_goal = (self.goal_bps, now_ms)
         self.goal_bps = None
         self.step = self.min_step
         self._next_ms = now_ms + self._backoff_ms

@@ -68,6 +68,7 @@ def test_probe_succeeds_grows_and_backs_off_after_failure():
     assert round(probe.padding_bps(media_bps=150_000)) == 195_000
     probe.poll(999, bwe, 1_000_000)
     assert probe.probing
+    bwe.on_rtt(5.0, now_ms=500)  # a receiver report from within the probe, no queue
     probe.poll(1000, bwe, 1_000_000, sent_bps=340_000)
     assert not probe.probing and bwe.estimate == 345_000
     probe.poll(1200, bwe, 1_000_000)
@@ -113,6 +114,7 @@ def test_a_probe_that_could_not_send_its_padding_proves_nothing():
     bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
     probe = ProbeController(duration_ms=1000)
     probe.poll(0, bwe, desired_bps=1_000_000)
+    bwe.on_rtt(5.0, now_ms=500)
     probe.poll(1000, bwe, 1_000_000, sent_bps=100_000)
     assert not probe.probing and bwe.estimate == 300_000 and probe.successes == 0
     probe.defer(5000)
@@ -158,3 +160,51 @@ def test_only_loss_at_the_lowest_layer_takes_the_estimate_below_it():
     assert bwe.estimate == 200_000
     bwe.on_loss(0.8, sent_bps=210_000, now_ms=300)  # loss at the lowest layer: pause
     assert bwe.estimate == 100_000
+
+
+def test_probes_approach_a_goal_that_failed_instead_of_jumping_past_it():
+    bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
+    probe = ProbeController(duration_ms=1000, min_step=1.15, min_backoff_ms=1000, quiet_ms=0)
+    probe.poll(0, bwe, desired_bps=2_000_000)
+    bwe.on_rtt(5.0, now_ms=500)
+    probe.poll(1000, bwe, 2_000_000, sent_bps=345_000)  # success: 345 k
+    probe.poll(1500, bwe, 2_000_000)
+    assert abs(probe.goal_bps - 345_000 * 1.15 * 1.25) < 1
+    bwe.on_loss(0.05, sent_bps=400_000, now_ms=1800)
+    probe.poll(1900, bwe, 2_000_000)  # failed at ~496 k
+    probe.poll(2900, bwe, 2_000_000)
+    assert abs(probe.goal_bps - 345_000 * 1.15) < 1
+    bwe.on_rtt(5.0, now_ms=3400)
+    probe.poll(3900, bwe, 2_000_000, sent_bps=400_000)  # success: 397 k
+    probe.poll(4400, bwe, 2_000_000)
+    assert abs(probe.goal_bps - 345_000 * 1.15 * 1.25) < 1  # the failed goal, not 397 k x 1.44
+    bwe.on_rtt(5.0, now_ms=5000)
+    probe.poll(5400, bwe, 2_000_000, sent_bps=500_000)  # success at the failed goal: forgotten
+    probe.poll(5900, bwe, 2_000_000)
+    assert probe.goal_bps > 345_000 * 1.15 * 1.25 * 1.5
+
+
+def test_a_probe_waits_for_a_report_and_fails_when_the_rtt_grows():
+    bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
+    probe = ProbeController(duration_ms=1000)
+    for t in range(0, 3000, 500):
+        bwe.on_rtt(5.0 + (t % 3), now_ms=t - 5000)  # baseline ~5 ms
+    probe.poll(0, bwe, desired_bps=1_000_000)
+    bwe.on_rtt(6.0, now_ms=200)  # too early in the probe to count
+    probe.poll(1000, bwe, 1_000_000, sent_bps=345_000)
+    assert probe.probing  # no report from within the probe yet: it goes on
+    bwe.on_rtt(7.0, now_ms=1200)
+    probe.poll(1250, bwe, 1_000_000, sent_bps=345_000)
+    assert not probe.probing and bwe.estimate == 345_000
+    probe.poll(2000, bwe, 1_000_000)
+    assert probe.probing
+    bwe.on_rtt(80.0, now_ms=2500)  # a queue builds up: 75 ms over the baseline
+    probe.poll(2600, bwe, 1_000_000, sent_bps=430_000)
+    assert not probe.probing and probe.failures == 1 and bwe.estimate == 345_000
+    # Without any report the probe ends after 2.5x its duration, proving nothing.
+    probe.poll(20_000, bwe, 1_000_000)
+    assert probe.probing
+    probe.poll(22_499, bwe, 1_000_000, sent_bps=400_000)
+    assert probe.probing
+    probe.poll(22_500, bwe, 1_000_000, sent_bps=400_000)
+    assert not probe.probing and probe.successes == 1 and probe.failures == 1
