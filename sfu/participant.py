@@ -495,6 +495,8 @@ class Participant:
                 dt = self._downtracks_by_ssrc.get(p.media_ssrc)
                 if dt is not None:
                     dt.on_nack(p.lost, arrival_ms)
+                    if dt.kind == "video":
+                        self.bwe.on_nack(arrival_ms)
             elif isinstance(p, Pli):
                 COUNTERS.plis_received += 1
                 dt = self._downtracks_by_ssrc.get(p.media_ssrc)

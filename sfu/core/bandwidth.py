@@ -68,7 +68,7 @@ class BandwidthEstimator:
         self.start_grace_ms = start_grace_ms
         self.remb: int | None = None
         self.congested_ms: float | None = None
-        self.loss_ms: float | None = None  # last report of loss above LOSS_LOW
+        self.loss_ms: float | None = None  # last NACK, or report of loss above LOSS_LOW
         # What always goes out plus the lowest video layer (set by the allocation):
         # only loss seen while sending about that little takes the estimate below it.
         self.floor_bps = 0.0
@@ -150,6 +150,11 @@ class BandwidthEstimator:
         if rtt_ms > baseline + max(DELAY_GROWTH_MS, 0.5 * baseline):
             self.delay_ms = now_ms
 
+    def on_nack(self, now_ms: float) -> None:
+        """The subscriber reported a lost packet (RFC 4585 §6.2.1 NACK): the fastest
+        sign of loss, a receiver report can be a second away."""
+        self.loss_ms = now_ms
+
     def reacted_to_loss_since(self, t_ms: float) -> bool:
         """A loss report lowered the estimate at or after ``t_ms``."""
         return self._loss_reaction_ms is not None and self._loss_reaction_ms >= t_ms
@@ -168,7 +173,7 @@ class ProbeController:
     ``estimate * step`` (at most ``desired * 1.1``); for ``duration_ms`` (longer until
     a receiver report from at least 400 ms into the probe came, at most 2.5x) the caller
     pads its stream up to the goal (:meth:`padding_bps`). A probe without congestion,
-    RTT growth or loss above 2 % succeeds (the estimator takes the goal, ``step`` grows towards
+    RTT growth, NACK or reported loss above 2 % succeeds (the estimator takes the goal, ``step`` grows towards
     ``max_step``); otherwise it fails (``step`` resets, the back-off doubles up to
     ``max_backoff_ms``). The first step is small (15 %) so that a probe into a link
     that is still full mostly queues (the subscriber's REMB falls) rather than drops;

@@ -208,3 +208,12 @@ def test_a_probe_waits_for_a_report_and_fails_when_the_rtt_grows():
     assert probe.probing
     probe.poll(22_500, bwe, 1_000_000, sent_bps=400_000)
     assert not probe.probing and probe.successes == 1 and probe.failures == 1
+
+
+def test_a_nack_during_a_probe_fails_it_at_once():
+    bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
+    probe = ProbeController(duration_ms=1000)
+    probe.poll(0, bwe, desired_bps=1_000_000)
+    bwe.on_nack(now_ms=150)
+    probe.poll(200, bwe, 1_000_000)
+    assert not probe.probing and probe.failures == 1 and bwe.estimate == 300_000
