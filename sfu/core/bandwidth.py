@@ -34,7 +34,7 @@ LOSS_LOW = 0.02
 LOSS_HEAVY = 0.25
 FAILED_GOAL_MEMORY_MS = 30_000.0  # probes do not jump past a goal that failed this recently
 RTT_WINDOW_MS = 10_000.0
-EVIDENCE_AFTER_MS = 400.0  # a probe succeeds only on a report this far into it
+EVIDENCE_AFTER_MS = 700.0  # a probe succeeds only on a report this far into it (queues build late)
 MAX_PROBE_FACTOR = 2.5  # ... waited for up to 2.5x the probe's duration
 DELAY_GROWTH_MS = 40.0
 FLOOR_EVIDENCE = 1.3  # loss at up to 1.3x the floor rate may take the estimate below it
@@ -171,7 +171,7 @@ class ProbeController:
     A probe starts when the allocation wants more than the estimate (``desired_bps``),
     no congestion was seen for ``quiet_ms``, and the back-off has passed. Its goal is
     ``estimate * step`` (at most ``desired * 1.1``); for ``duration_ms`` (longer until
-    a receiver report from at least 400 ms into the probe came, at most 2.5x) the caller
+    a receiver report from at least 700 ms into the probe came, at most 2.5x) the caller
     pads its stream up to the goal (:meth:`padding_bps`). A probe without congestion,
     RTT growth, NACK or reported loss above 2 % succeeds (the estimator takes the goal, ``step`` grows towards
     ``max_step``); otherwise it fails (``step`` resets, the back-off doubles up to

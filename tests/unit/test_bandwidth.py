@@ -68,7 +68,7 @@ def test_probe_succeeds_grows_and_backs_off_after_failure():
     assert round(probe.padding_bps(media_bps=150_000)) == 195_000
     probe.poll(999, bwe, 1_000_000)
     assert probe.probing
-    bwe.on_rtt(5.0, now_ms=500)  # a receiver report from within the probe, no queue
+    bwe.on_rtt(5.0, now_ms=800)  # a receiver report from late in the probe, no queue
     probe.poll(1000, bwe, 1_000_000, sent_bps=340_000)
     assert not probe.probing and bwe.estimate == 345_000
     probe.poll(1200, bwe, 1_000_000)
@@ -114,7 +114,7 @@ def test_a_probe_that_could_not_send_its_padding_proves_nothing():
     bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
     probe = ProbeController(duration_ms=1000)
     probe.poll(0, bwe, desired_bps=1_000_000)
-    bwe.on_rtt(5.0, now_ms=500)
+    bwe.on_rtt(5.0, now_ms=800)
     probe.poll(1000, bwe, 1_000_000, sent_bps=100_000)
     assert not probe.probing and bwe.estimate == 300_000 and probe.successes == 0
     probe.defer(5000)
@@ -166,7 +166,7 @@ def test_probes_approach_a_goal_that_failed_instead_of_jumping_past_it():
     bwe = BandwidthEstimator(initial_bps=300_000, start_grace_ms=0)
     probe = ProbeController(duration_ms=1000, min_step=1.15, min_backoff_ms=1000, quiet_ms=0)
     probe.poll(0, bwe, desired_bps=2_000_000)
-    bwe.on_rtt(5.0, now_ms=500)
+    bwe.on_rtt(5.0, now_ms=800)
     probe.poll(1000, bwe, 2_000_000, sent_bps=345_000)  # success: 345 k
     probe.poll(1500, bwe, 2_000_000)
     assert abs(probe.goal_bps - 345_000 * 1.15 * 1.25) < 1
@@ -174,11 +174,11 @@ def test_probes_approach_a_goal_that_failed_instead_of_jumping_past_it():
     probe.poll(1900, bwe, 2_000_000)  # failed at ~496 k
     probe.poll(2900, bwe, 2_000_000)
     assert abs(probe.goal_bps - 345_000 * 1.15) < 1
-    bwe.on_rtt(5.0, now_ms=3400)
+    bwe.on_rtt(5.0, now_ms=3700)
     probe.poll(3900, bwe, 2_000_000, sent_bps=400_000)  # success: 397 k
     probe.poll(4400, bwe, 2_000_000)
     assert abs(probe.goal_bps - 345_000 * 1.15 * 1.25) < 1  # the failed goal, not 397 k x 1.44
-    bwe.on_rtt(5.0, now_ms=5000)
+    bwe.on_rtt(5.0, now_ms=5200)
     probe.poll(5400, bwe, 2_000_000, sent_bps=500_000)  # success at the failed goal: forgotten
     probe.poll(5900, bwe, 2_000_000)
     assert probe.goal_bps > 345_000 * 1.15 * 1.25 * 1.5
@@ -190,7 +190,7 @@ def test_a_probe_waits_for_a_report_and_fails_when_the_rtt_grows():
     for t in range(0, 3000, 500):
         bwe.on_rtt(5.0 + (t % 3), now_ms=t - 5000)  # baseline ~5 ms
     probe.poll(0, bwe, desired_bps=1_000_000)
-    bwe.on_rtt(6.0, now_ms=200)  # too early in the probe to count
+    bwe.on_rtt(6.0, now_ms=600)  # too early in the probe to count
     probe.poll(1000, bwe, 1_000_000, sent_bps=345_000)
     assert probe.probing  # no report from within the probe yet: it goes on
     bwe.on_rtt(7.0, now_ms=1200)
