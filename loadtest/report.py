@@ -43,7 +43,7 @@ def build_report(run: LoadRun) -> dict[str, Any]:
     states: dict[str, int] = {}
     for bot in run.bots:
         states[bot.state] = states.get(bot.state, 0) + 1
-    layers = run.subscriber_layers()
+    layers = run.layers
 
     roles: dict[str, Any] = {}
     subscribers: list[dict[str, Any]] = []

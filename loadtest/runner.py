@@ -198,6 +198,7 @@ class LoadRun:
         server_before, server_after: the server's ``/metrics`` samples at the start
             and at the end of the steady phase (before the bots leave), or None.
         admin: the server's ``/admin/rooms`` JSON at the end, or None.
+        layers: :meth:`subscriber_layers` at the end of the steady phase.
         latencies: per bot name, every media latency sample (ms) of the run.
         data_latencies: every DataChannel latency sample (ms) of the run.
         errors: run-level problems (e.g. the server's metrics not readable).
@@ -220,6 +221,7 @@ class LoadRun:
         self.errors: list[str] = []
         self.final_totals: dict[str, BotTotals] = {}
         self.killed: list[str] = []
+        self.layers: dict[str, dict[str, str]] = {}
         self._interval_media = array("d")
         self._interval_data = array("d")
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -320,6 +322,7 @@ class LoadRun:
         if self.config.server_metrics:
             self.server_after = await self._scrape()
             self.admin = await self._get_json("/admin/rooms")
+        self.layers = self.subscriber_layers()  # before leaving empties the rosters
         self._stop.set()
         tasks = list(self._tasks.values())
         done, pending = await asyncio.wait(tasks, timeout=self.config.join_timeout + FINISH_GRACE)
