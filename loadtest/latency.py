@@ -29,6 +29,7 @@ the subscriber's SRTP unprotect; it is measured on the first packet of each fram
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from array import array
@@ -42,7 +43,7 @@ from sfu.core.rtp import parse_rtp
 from .counter import RtpCounter
 from .media import EncodedClip, PreEncodedVideoTrack
 
-__all__ = ["FrameSendLog", "LatencyCounter", "TimedVideoTrack", "clip_fingerprints"]
+__all__ = ["FrameArrivalCounter", "FrameSendLog", "LatencyCounter", "TimedVideoTrack", "clip_fingerprints", "frame_start"]
 
 MIN_PREFIX = 16  # bytes of a frame's start used as its fingerprint, at least
 MAX_PREFIX = 64  # ... and at most
@@ -65,6 +66,19 @@ def clip_fingerprints(clip: EncodedClip) -> tuple[int, dict[bytes, int]]:
         prefix += 16
 
 
+def frame_start(payload: bytes, prefix: int) -> bytes | None:
+    """The first ``prefix`` bytes of the VP8 frame when this RTP payload starts a
+    frame (descriptor S bit set, partition index 0; RFC 7741 §4.2), else None."""
+    try:
+        descriptor = parse_vp8_descriptor(payload)
+    except ValueError:
+        return None
+    if not descriptor.start_of_partition or descriptor.partition_index != 0:
+        return None
+    start = descriptor.size
+    return bytes(payload[start : start + prefix])
+
+
 class FrameSendLog:
     """When each frame of one publisher's looped clip was sent (publisher side).
 
@@ -74,18 +88,31 @@ class FrameSendLog:
         sent: frames recorded.
     """
 
-    def __init__(self, clip: EncodedClip) -> None:
+    def __init__(self, clip: EncodedClip, history: bool = False) -> None:
+        """With ``history``, every send time is kept (for :meth:`latency_ms`, when
+        the arrivals are recorded in another process: 8 bytes per frame sent)."""
         self.prefix, self.fingerprints = clip_fingerprints(clip)
         count = len(clip.packets)
         self._last = array("d", [math.nan]) * count
         self._prev = array("d", [math.nan]) * count
+        self.history: list[array] | None = [array("d") for _ in range(count)] if history else None
         self.sent = 0
 
     def record(self, index: int, sent_at: float) -> None:
         """Frame ``index`` of the clip was sent at ``sent_at`` (monotonic seconds)."""
         self._prev[index] = self._last[index]
         self._last[index] = sent_at
+        if self.history is not None:
+            self.history[index].append(sent_at)
         self.sent += 1
+
+    def latency_ms(self, index: int, arrival: float) -> float | None:
+        """Latency (ms) of clip frame ``index`` arriving at ``arrival``: from its
+        latest send not after the arrival (needs ``history``), or None."""
+        assert self.history is not None, "FrameSendLog(history=True) needed"
+        times = self.history[index]
+        pos = bisect.bisect_right(times, arrival) - 1
+        return (arrival - times[pos]) * 1000.0 if pos >= 0 else None
 
     def send_time(self, fingerprint: bytes, arrival: float) -> float | None:
         """The send time (monotonic seconds) of the frame that starts with
@@ -170,16 +197,11 @@ class LatencyCounter(RtpCounter):
             if log is None:
                 return
             self._logs[packet.ssrc] = log
-        payload = packet.payload
-        try:
-            descriptor = parse_vp8_descriptor(payload)
-        except ValueError:
-            return
-        if not descriptor.start_of_partition or descriptor.partition_index != 0:
+        fingerprint = frame_start(packet.payload, log.prefix)
+        if fingerprint is None:
             return
         arrival = arrival_ms / 1000.0
-        start = descriptor.size
-        sent_at = log.send_time(bytes(payload[start : start + log.prefix]), arrival)
+        sent_at = log.send_time(fingerprint, arrival)
         if sent_at is None:
             self.unmatched += 1
             return
@@ -194,3 +216,52 @@ class LatencyCounter(RtpCounter):
         """The ``(arrival, latency ms)`` pairs since the last drain, flattened."""
         samples, self.latencies = self.latencies, array("d")
         return samples
+
+
+class FrameArrivalCounter(RtpCounter):
+    """An :class:`RtpCounter` that records, for each VP8 frame start of a known clip,
+    ``(arrival monotonic s, clip index)``: the subscriber half of the latency
+    measurement when the publisher runs in another process (the parent matches them
+    with :meth:`FrameSendLog.latency_ms`). Frames of unknown fingerprint are counted
+    in ``unmatched``.
+
+    Args:
+        prefix, fingerprints: from :func:`clip_fingerprints` of the publisher's clip.
+        max_samples: arrivals kept between drains (more are counted in
+            ``dropped_samples``).
+    """
+
+    def __init__(self, prefix: int, fingerprints: dict[bytes, int], max_samples: int = 100_000) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.fingerprints = fingerprints
+        self.max_samples = max_samples
+        self.arrivals = array("d")
+        self.unmatched = 0
+        self.dropped_samples = 0
+
+    def on_rtp(self, data: bytes, arrival_ms: float) -> None:
+        """Count the packet; note the arrival of a frame start."""
+        super().on_rtp(data, arrival_ms)
+        try:
+            packet = parse_rtp(data)
+        except ValueError:
+            return
+        if self._pt_mime.get(packet.payload_type, "").lower() != "video/vp8":
+            return
+        fingerprint = frame_start(packet.payload, self.prefix)
+        if fingerprint is None:
+            return
+        index = self.fingerprints.get(fingerprint)
+        if index is None:
+            self.unmatched += 1
+        elif len(self.arrivals) >= 2 * self.max_samples:
+            self.dropped_samples += 1
+        else:
+            self.arrivals.append(arrival_ms / 1000.0)
+            self.arrivals.append(float(index))
+
+    def drain(self) -> array:
+        """The ``(arrival, index)`` pairs since the last drain, flattened."""
+        arrivals, self.arrivals = self.arrivals, array("d")
+        return arrivals
