@@ -11,6 +11,7 @@ Only point it at a server you run: by default the URL must be on loopback
 (127.0.0.0/8, ::1, localhost); ``--allow-remote`` accepts another address, such as a
 test host in a network namespace you created. Every bot connects to that URL only.
 
+Ctrl-C (SIGINT) or SIGTERM ends the run early; the report is still printed.
 Exit status: 0 when the run completed (failed joins and dead bots are in the report),
 2 for invalid arguments, 1 when the run itself broke.
 """
@@ -18,9 +19,11 @@ Exit status: 0 when the run completed (failed joins and dead bots are in the rep
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import logging
+import signal
 import sys
 import urllib.parse
 from pathlib import Path
@@ -138,6 +141,9 @@ def _progress_cells(sample: Sample) -> list[str]:
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     run = LoadRun(config_from_args(args))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stop early, still report
+        loop.add_signal_handler(sig, run.request_stop)
     mode = args.progress
     console = Console(stderr=True)
     if mode == "auto":

@@ -226,6 +226,7 @@ class LoadRun:
         self._interval_data = array("d")
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self._early = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._process = psutil.Process()
         self._last_totals: dict[str, BotTotals] = {}
@@ -284,11 +285,12 @@ class LoadRun:
                 self._tasks[bot.name] = asyncio.create_task(bot.run(start_at, self._stop), name=bot.name)
             killer = asyncio.create_task(self._kill_later()) if c.kill_bots else None
             next_sample = self.started_at + c.interval
-            while True:
+            while not self._early.is_set():
                 now = time.monotonic()
                 if now >= end_at:
                     break
-                await asyncio.sleep(max(0.0, min(next_sample, end_at) - now))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._early.wait(), max(0.0, min(next_sample, end_at) - now))
                 if time.monotonic() >= next_sample - 1e-3:
                     sample = await self._sample()
                     if on_sample is not None:
@@ -299,6 +301,13 @@ class LoadRun:
             await self._finish()
         finally:
             await self._http.close()
+
+    def request_stop(self) -> None:
+        """End the run early (e.g. on Ctrl-C): the final counters are read and the
+        bots leave as at a normal end."""
+        if not self._early.is_set():
+            self.errors.append("stopped early on request")
+        self._early.set()
 
     async def _kill_later(self) -> None:
         """Kill ``kill_bots`` running bots (subscribers first) at ``steady + kill_at``."""

@@ -9,8 +9,10 @@ ending the run.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,35 @@ def test_a_killed_bot_does_not_stop_the_run(start_server: Callable[..., ServerPr
     # Read before the others left: the publisher and the 2 live subscribers.
     assert report["server"]["participants_at_end"] == 3
     assert report["run_s"] >= 5
+
+
+def test_sigterm_ends_the_run_early_with_a_report(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """SIGTERM (as Ctrl-C) to a 60 s run: it stops within seconds, the bots leave,
+    and the report is still written."""
+    server = start_server()
+    out = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "--progress", "none", "--url", server.ws_url, "--subscribers", "1",
+         "--duration", "60", "--json", str(out)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and metric_sum(server.metrics(), "sfu_rtp_packets_sent_total") < 300:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    report = json.loads(out.read_text())
+    assert report["run_errors"] == ["stopped early on request"]
+    assert report["run_s"] < 30
+    assert report["bots"]["by_state"] == {"left": 2}
+    assert report["roles"]["subscriber"]["packets_received"] > 300
+    assert "stopped early on request" in stdout
 
 
 def test_invalid_runs_are_refused_with_status_2(tmp_path: Path) -> None:
