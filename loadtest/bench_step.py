@@ -24,7 +24,10 @@ step, from the same run. With ``--repeat K`` the servers alternate K times and t
 medians are printed.
 
 Janus runs from a temp config (:class:`loadtest.janus.JanusProcess`: VideoRoom and
-HTTP only, loopback only). Every process started here is ended by its pid; every
+HTTP only, loopback only) with ``event_loops = 1`` by default: one event-loop thread,
+like the SFU's one event loop on its one core (``--janus-event-loops 0`` is Janus's
+own default of one thread per PeerConnection, which on one shared core lost packets
+from ~100 subscribers on while using half the core). Every process started here is ended by its pid; every
 wait is bounded.
 """
 
@@ -259,7 +262,7 @@ class ServerRun:
             await asyncio.to_thread(self.sfu.wait_healthy, 30.0)
             self.pid, self.url = self.sfu.pid, self.sfu.ws_url
         else:
-            self.janus = JanusProcess(cpus=cpus, keep=self.args.keep)
+            self.janus = JanusProcess(cpus=cpus, keep=self.args.keep, event_loops=self.args.janus_event_loops)
             await asyncio.to_thread(self.janus.wait_ready, 30.0)
             self.pid, self.url = self.janus.pid, self.janus.url
         self.ps = psutil.Process(self.pid)
@@ -526,6 +529,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin server and bots to separate CPUs")
     p.add_argument("--profile", action="store_true", help="py-spy the SFU during its last step")
     p.add_argument("--server-arg", action="append", default=[], help="extra argument for 'sfu serve'")
+    p.add_argument("--janus-event-loops", type=int, default=1,
+                   help="Janus event_loops: N = a pool of N loop threads (default 1, like the one-loop SFU on "
+                        "its one core); 0 = Janus's own default, one thread per PeerConnection")
     p.add_argument("--json", type=Path, help="write every step as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles, Janus config)")
     args = p.parse_args(argv)

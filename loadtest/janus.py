@@ -114,7 +114,7 @@ class JanusProcess:
     """
 
     def __init__(self, cpus: set[int] | None = None, port: int | None = None, keep: bool = False,
-                 rtp_ports: tuple[int, int] = (30000, 39999)) -> None:
+                 rtp_ports: tuple[int, int] = (30000, 39999), event_loops: int = 0) -> None:
         """Write the config, compile the shim and start Janus (returns at once; see
         :meth:`wait_ready`).
 
@@ -123,6 +123,8 @@ class JanusProcess:
             port: the HTTP port, default a free one.
             keep: keep the work directory after :meth:`stop`.
             rtp_ports: the UDP port range for media.
+            event_loops: Janus's ``event_loops``: 0 (Janus's default) runs one thread
+                per PeerConnection, N > 0 a fixed pool of N event-loop threads.
 
         Raises:
             JanusError: Janus or gcc is missing, or the shim does not compile.
@@ -133,7 +135,7 @@ class JanusProcess:
         self.port = port or free_port()
         self.keep = keep
         self.workdir = Path(tempfile.mkdtemp(prefix="janus-loadtest-"))
-        self._write_config(rtp_ports)
+        self._write_config(rtp_ports, event_loops)
         shim = self.workdir / "loopback_shim.so"
         source = self.workdir / "loopback_shim.c"
         source.write_text(_SHIM_SOURCE)
@@ -151,7 +153,7 @@ class JanusProcess:
         if cpus:
             os.sched_setaffinity(self.proc.pid, cpus)
 
-    def _write_config(self, rtp_ports: tuple[int, int]) -> None:
+    def _write_config(self, rtp_ports: tuple[int, int], event_loops: int) -> None:
         d = self.workdir
         for sub, wanted in (("plugins", "libjanus_videoroom.so"), ("transports", "libjanus_http.so")):
             (d / sub).mkdir()
@@ -168,6 +170,7 @@ class JanusProcess:
     admin_secret = "{secrets.token_hex(8)}"
     session_timeout = 60
     server_name = "loadtest"
+    event_loops = {event_loops}
 }}
 certificates: {{
 }}
