@@ -16,7 +16,8 @@ step, after ``--warmup`` seconds, it measures over ``--window`` seconds:
 * server memory: (RSS at the step - RSS before the publisher) / participants;
 * the bots' CPU per subscriber (the worker processes' CPU / subscribers), % of a core.
 
-It stops stepping a server once loss exceeds 5 % or p99 latency 1 s (overloaded).
+It stops stepping a server once loss exceeds 5 % or p99 latency 1 s (overloaded), or
+when the subscribers of a step cannot all join and receive in time.
 Then it prints, per server, the table and the figures: CPU µs per forwarded packet,
 forwarded packets/s, the largest subscriber count with < 0.5 % loss and p99 < 50 ms,
 memory per participant; and the SFU / Janus ratio of CPU per forwarded packet at each
@@ -294,7 +295,7 @@ class ServerRun:
         """
         context = multiprocessing.get_context("spawn")
         added: list[Worker] = []
-        timeout = 30.0 + 0.5 * (target - self.subscribers)
+        timeout = 30.0 + 1.0 * (target - self.subscribers)
         while self.subscribers < target:
             count = min(PER_WORKER, target - self.subscribers)
             names = [f"sub-{i}" for i in range(self.subscribers, self.subscribers + count)]
@@ -416,12 +417,16 @@ async def run_server(server: str, args: argparse.Namespace, workdir: Path, video
     """All steps on one server (bounded by a deadline); stops early when overloaded."""
     run = ServerRun(server, args, workdir, video, audio)
     steps: list[Step] = []
-    limit = 120 + sum(40 + 0.5 * n + args.warmup + args.window for n in args.steps)
+    limit = 120 + sum(50 + 1.0 * n + args.warmup + args.window for n in args.steps)
     try:
         async with asyncio.timeout(limit):
             await run.start()
             for i, n in enumerate(args.steps):
-                await run.grow(n)
+                try:
+                    await run.grow(n)
+                except (RuntimeError, TimeoutError) as exc:  # joins failed: the server (or machine) is full
+                    print(f"  {server}: could not grow to {n} subscribers ({exc}); stopping", file=sys.stderr)
+                    break
                 step = await run.measure(profile=args.profile and i == len(args.steps) - 1)
                 steps.append(step)
                 print(f"  {server}: {_row(step)}", file=sys.stderr, flush=True)
