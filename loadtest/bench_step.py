@@ -485,14 +485,15 @@ def summary(server: str, steps: list[Step]) -> list[str]:
         return [f"{server}: no step completed"]
     carried = [s.subscribers for s in steps if s.carried]
     best = max(steps, key=lambda s: s.forwarded_pps)
-    top = steps[-1]
+    # The per-packet and memory figures at the largest step that was not overloaded.
+    top = max((s for s in steps if not s.overloaded), key=lambda s: s.subscribers, default=steps[-1])
     return [
         f"{server}: CPU per forwarded packet {top.us_per_packet:.1f} µs at {top.subscribers} subscribers "
         f"(user {top.us_per_packet_user:.1f}, system {top.us_per_packet_system:.1f}); "
         f"{best.forwarded_pps:,.0f} forwarded packets/s at {100 * best.server_cpu_share:.0f} % of a core "
         f"(~{best.forwarded_pps / max(1e-9, best.server_cpu_share):,.0f} packets/s per core)",
         f"{server}: largest subscriber count with < {100 * LOSS_OK:g} % loss and p99 < {P99_OK_MS:g} ms: "
-        f"{max(carried) if carried else 'none'} (of the steps tried, up to {top.subscribers})",
+        f"{max(carried) if carried else 'none'} (of the steps tried, up to {steps[-1].subscribers})",
         f"{server}: memory per participant {top.mem_per_participant / MIB:.2f} MiB at {top.subscribers} subscribers; "
         f"bot CPU per subscriber at {top.subscriber_bps / 1e6:.2f} Mbit/s: {100 * top.bots_cpu_per_subscriber:.2f} % of a core",
     ]
