@@ -26,8 +26,12 @@ def _pct(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float] 
 
 
 def _delta(run: LoadRun, name: str) -> float | None:
+    """The growth of a server counter over the run; a labelled counter that had no
+    sample yet at the start counts from 0. None when the server does not export it."""
     before, after = metric_sum(run.server_before, name), metric_sum(run.server_after, name)
-    return after - before if before is not None and after is not None else None
+    if after is None or run.server_before is None:
+        return None
+    return after - (before or 0.0)
 
 
 def build_report(run: LoadRun) -> dict[str, Any]:
