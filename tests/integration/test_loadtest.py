@@ -20,7 +20,7 @@ from typing import Any
 from loadtest.latency import FrameSendLog
 from loadtest.media import encode_vp8_clip
 from loadtest.runner import metric_sum
-from loadtest.server import REPO_ROOT, ServerProcess
+from loadtest.server import REPO_ROOT, ServerProcess, free_port
 
 CLI_TIMEOUT = 90.0  # seconds; a run of these sizes takes ~10 s
 
@@ -158,6 +158,19 @@ def test_sigterm_ends_the_run_early_with_a_report(start_server: Callable[..., Se
     assert report["bots"]["by_state"] == {"left": 2}
     assert report["roles"]["subscriber"]["packets_received"] > 300
     assert "stopped early on request" in stdout
+
+
+def test_no_server_gives_failed_joins_not_a_crash(tmp_path: Path) -> None:
+    """Nothing listens on the port: every join fails as ``connection``, the server's
+    metrics are reported unreadable, and the run still completes with a report."""
+    out = tmp_path / "report.json"
+    result = run_cli("--url", f"ws://127.0.0.1:{free_port()}/ws", "--subscribers", "2", "--join-rate", "20",
+                     "--duration", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["joins"]["ok"] == 0 and report["joins"]["failed_by_reason"] == {"connection": 3}
+    assert report["server"] is None and "server metrics not readable" in report["run_errors"][0]
+    assert "0 ok, 3 failed (connection 3)" in result.stdout
 
 
 def test_invalid_runs_are_refused_with_status_2(tmp_path: Path) -> None:
