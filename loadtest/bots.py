@@ -328,7 +328,8 @@ class Bot:
         while True:
             event = await self.client.events.get()
             if event.get("type") == "layer_changed" and isinstance(event.get("trackId"), str):
-                self.layers[event["trackId"]] = "paused" if event.get("paused") else str(event.get("rid") or "?")
+                # rid is null for a track sent as a single encoding (docs/PROTOCOL.md).
+                self.layers[event["trackId"]] = "paused" if event.get("paused") else str(event.get("rid") or "single")
 
     async def _send_data(self) -> None:
         """Send ``data_rate`` messages/s on :data:`DATA_LABEL` (to the whole room)
