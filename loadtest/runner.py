@@ -300,6 +300,12 @@ class LoadRun:
                 killer.cancel()
             await self._finish()
         finally:
+            # Whatever happened above, no bot outlives the run (each closes on cancel).
+            self._stop.set()
+            left = [t for t in self._tasks.values() if not t.done()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
             await self._http.close()
 
     def request_stop(self) -> None:
