@@ -239,6 +239,7 @@ class RoomClient:
         self._channel_specs = tuple(channels)
         self._on_data = on_data
         self._sctp_negotiated = False
+        self._tap_rebundled = False
         self.channels: dict[str, RTCDataChannel] = {}
         self.data: asyncio.Queue[DataMessage] = asyncio.Queue()
         self.bad_envelopes = 0
@@ -804,6 +805,12 @@ class RoomClient:
             # Before applying: media on a new SSRC may arrive while the answer is applied.
             self.counter.update_from_sdp(answer["sdp"])
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        if self.counter is not None and not self._tap_rebundled and pc.getTransceivers():
+            # BUNDLE moved the media onto the first m-line's transport; when that was
+            # the DataChannels' m=application (channels opened before any media), it
+            # has no tap yet. Tapping is idempotent per transport; once is enough.
+            install_tap(pc, self.counter)
+            self._tap_rebundled = True
         # A channel created while this offer was in flight needs one more offer.
         self._sctp_negotiated = "\r\nm=application " in answer["sdp"]
         self._stale -= retired

@@ -30,6 +30,8 @@ class StreamStats:
         bytes: RTP payload bytes received (headers and padding excluded).
         frames: video frames completed (packets with the marker bit); audio packets.
         keyframes: packets that start a keyframe.
+        gaps: sequence-number jumps forward by more than one (each is one or more
+            lost or reordered packets).
         width, height: size of the last VP8 keyframe, pixels (0 if none yet).
         first_seq, max_seq: lowest and highest unwrapped sequence number seen.
         first_arrival, last_arrival: arrival times of the first / last packet,
@@ -43,6 +45,7 @@ class StreamStats:
     bytes: int = 0
     frames: int = 0
     keyframes: int = 0
+    gaps: int = 0
     width: int = 0
     height: int = 0
     first_seq: int = 0
@@ -163,6 +166,8 @@ class RtpCounter:
         if stats.packets == 0:
             stats.first_seq = stats.max_seq = seq
         elif seq > stats.max_seq:
+            if seq > stats.max_seq + 1:
+                stats.gaps += 1
             stats.max_seq = seq
         elif seq < stats.first_seq:
             stats.first_seq = seq
