@@ -57,6 +57,8 @@ _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
 __all__ = [
     "AIORTC_VERSION",
+    "RtpSendPath",
+    "client_send_path",
     "check_aiortc_version",
     "CodecInfo",
     "MediaInfo",
@@ -355,6 +357,78 @@ class _Protector:
         return self._buffer[0 : self._length[0]]
 
 
+class RtpSendPath:
+    """Raw RTP/RTCP out of a connected aiortc DTLS transport, with no await: SRTP
+    protect (RFC 3711) and one ``sendto`` on the nominated ICE pair (RFC 8445 §8).
+
+    ``dtls`` is the transport (None until known); the route is cached until the
+    nominated pair or the SRTP session changes. Used by the server for forwarding and
+    by load-test bots that send RTP aiortc cannot (simulcast layers).
+    """
+
+    __slots__ = ("dtls", "_send_route", "_route_pair", "_nominated")
+
+    def __init__(self, dtls: RTCDtlsTransport | None = None) -> None:
+        self.dtls = dtls
+        self._send_route: tuple[Any, Any, _Protector] | None = None
+        self._route_pair: Any = None
+        self._nominated: dict[int, Any] = {}
+
+    def _route(self) -> tuple[Any, Any, _Protector] | None:
+        """(sendto, remote address, protector) for the nominated pair, cached until the
+        pair or the SRTP session changes; None while not connected."""
+        dtls = self.dtls
+        if dtls is None or dtls._tx_srtp is None:
+            return None
+        self._nominated = dtls.transport._connection._nominated
+        pair = self._nominated.get(1)
+        if pair is None:
+            return None
+        route = self._send_route
+        if route is None or self._route_pair is not pair or route[2].session is not dtls._tx_srtp:
+            # CandidatePair.remote_addr is a property that builds a tuple: read it once.
+            route = self._send_route = (pair.protocol.transport.sendto, pair.remote_addr, _Protector(dtls._tx_srtp))
+            self._route_pair = pair
+        return route
+
+    def send_rtp(self, data: bytes) -> bool:
+        """SRTP-protect and send one RTP packet now. Returns False if not connected."""
+        route = self._send_route
+        if route is None or self._nominated.get(1) is not self._route_pair:
+            route = self._route()
+            if route is None:
+                return False
+        try:
+            route[0](route[2].protect(data), route[1])
+        except Exception:  # closing transport or SRTP error: the packet is lost
+            return False
+        return True
+
+    def send_rtcp(self, data: bytes) -> bool:
+        """SRTCP-protect and send one (compound) RTCP packet now. False if not connected."""
+        route = self._route()
+        if route is None:
+            return False
+        try:
+            route[0](route[2].session.protect_rtcp(data), route[1])
+        except Exception:
+            return False
+        return True
+
+
+def client_send_path(pc: RTCPeerConnection) -> RtpSendPath:
+    """A raw send path on a client-side aiortc PeerConnection (max-bundle: the first
+    transceiver's transport carries everything). Call after the answer is applied.
+
+    Raises:
+        ValueError: the PeerConnection has no transceiver yet.
+    """
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        raise ValueError("no transceiver: negotiate media first")
+    return RtpSendPath(transceivers[0].sender.transport)
+
+
 class SfuPeerConnection:
     """The server's one ``RTCPeerConnection`` to a participant, as a raw RTP transport.
 
@@ -370,10 +444,8 @@ class SfuPeerConnection:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         disable_media_engines(self.pc)
         install_tap(self.pc, handler)
-        self._dtls: RTCDtlsTransport | None = None
-        self._send_route: tuple[Any, Any, _Protector] | None = None
-        self._route_pair: Any = None
-        self._nominated: dict[int, Any] = {}
+        self._path = RtpSendPath()
+        self.send_rtp = self._path.send_rtp  # type: ignore[method-assign]  # the hot path, unwrapped
         self.media: dict[str, MediaInfo] = {}
         self.rejected_mids: list[str] = []  # of the last offer: no codec the SFU can forward
 
@@ -485,8 +557,8 @@ class SfuPeerConnection:
         for t in self.pc.getTransceivers():
             if t.mid is None:
                 continue
-            if self._dtls is None:
-                self._dtls = t.receiver.transport
+            if self._path.dtls is None:
+                self._path.dtls = t.receiver.transport
             codecs = _codec_infos(t._codecs)
             direction = t.currentDirection or "inactive"
             self.media[t.mid] = MediaInfo(
@@ -525,53 +597,22 @@ class SfuPeerConnection:
     @property
     def connected(self) -> bool:
         """True once SRTP keys exist and ICE has nominated a pair (packets can go out)."""
-        dtls = self._dtls
+        dtls = self._path.dtls
         return (
             dtls is not None
             and dtls._tx_srtp is not None
             and dtls.transport._connection._nominated.get(1) is not None
         )
 
-    def _route(self) -> tuple[Any, Any, _Protector] | None:
-        """(sendto, remote address, protector) for the nominated pair, cached until the
-        pair or the SRTP session changes; None while not connected."""
-        dtls = self._dtls
-        if dtls is None or dtls._tx_srtp is None:
-            return None
-        self._nominated = dtls.transport._connection._nominated
-        pair = self._nominated.get(1)
-        if pair is None:
-            return None
-        route = self._send_route
-        if route is None or self._route_pair is not pair or route[2].session is not dtls._tx_srtp:
-            # CandidatePair.remote_addr is a property that builds a tuple: read it once.
-            route = self._send_route = (pair.protocol.transport.sendto, pair.remote_addr, _Protector(dtls._tx_srtp))
-            self._route_pair = pair
-        return route
-
     def send_rtp(self, data: bytes) -> bool:
-        """SRTP-protect and send one RTP packet now. Returns False if not connected."""
-        route = self._send_route
-        if route is None or self._nominated.get(1) is not self._route_pair:
-            route = self._route()
-            if route is None:
-                return False
-        try:
-            route[0](route[2].protect(data), route[1])
-        except Exception:  # closing transport or SRTP error: the packet is lost
-            return False
-        return True
+        """SRTP-protect and send one RTP packet now. Returns False if not connected.
+
+        (Replaced per instance by the send path's own method: no extra call.)"""
+        return self._path.send_rtp(data)
 
     def send_rtcp(self, data: bytes) -> bool:
         """SRTCP-protect and send one (compound) RTCP packet now. False if not connected."""
-        route = self._route()
-        if route is None:
-            return False
-        try:
-            route[0](route[2].session.protect_rtcp(data), route[1])
-        except Exception:
-            return False
-        return True
+        return self._path.send_rtcp(data)
 
     # -- DataChannels (public aiortc API, kept here so sfu/ sees one transport object) --
 
