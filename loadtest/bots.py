@@ -39,6 +39,7 @@ from .client import RoomClient, RoomError
 from .data import ChannelSpec, DataMessage
 from .latency import FrameSendLog, LatencyCounter, TimedVideoTrack
 from .media import EncodedClip, PreEncodedAudioTrack
+from .simulcast import SimulcastClips, SimulcastSender
 
 __all__ = ["Bot", "BotTotals", "CountingAudioTrack", "DATA_LABEL", "LEAVE_TIMEOUT", "Role"]
 
@@ -136,8 +137,10 @@ class Bot:
         counter: the subscriber's :class:`LatencyCounter`, else None.
         layers: the simulcast layer the server forwards to this subscriber, per track
             id, from ``layer_changed`` events (``"paused"`` when paused).
-        rtp_sent: RTP packets its senders sent (``outbound-rtp`` stats), filled by
-            :meth:`final_rtp_sent`.
+        rtp_sent: RTP packets its senders sent (``outbound-rtp`` stats, plus the
+            simulcast sender's), filled by :meth:`final_rtp_sent`.
+        simulcast_clips: with these, a video publisher sends its video as three RID
+            layers (:mod:`loadtest.simulcast`) instead of ``video_clip``.
     """
 
     name: str
@@ -145,6 +148,7 @@ class Bot:
     role: Role
     url: str
     video_clip: EncodedClip | None = None
+    simulcast_clips: SimulcastClips | None = None
     audio_clip: EncodedClip | None = None
     send_logs: dict[str, FrameSendLog] = field(default_factory=dict)
     data_rate: float = 0.0
@@ -167,6 +171,8 @@ class Bot:
     data_received: int = 0
     data_latencies: array = field(default_factory=lambda: array("d"))
     _killed: bool = False
+    _simulcast: SimulcastSender | None = None
+    _simulcast_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,6 +247,7 @@ class Bot:
 
     async def _leave(self) -> None:
         assert self.client is not None
+        self._stop_simulcast()
         try:
             async with asyncio.timeout(LEAVE_TIMEOUT):
                 await self.client.leave()
@@ -258,7 +265,12 @@ class Bot:
             self._die("cancelled", "stopped by the run's deadline")
         await self._close_quietly()
 
+    def _stop_simulcast(self) -> None:
+        if self._simulcast_task is not None:
+            self._simulcast_task.cancel()
+
     async def _close_quietly(self) -> None:
+        self._stop_simulcast()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(LEAVE_TIMEOUT):
@@ -302,7 +314,11 @@ class Bot:
         assert self.audio_clip is not None
         self.audio_track = CountingAudioTrack(self.audio_clip)
         tracks: list[Any] = [self.audio_track]
-        if self.role is Role.VIDEO:
+        if self.role is Role.VIDEO and self.simulcast_clips is not None:
+            log = FrameSendLog(self.simulcast_clips.combined)
+            track_id, self._simulcast = await client.publish_simulcast(self.simulcast_clips, log=log)
+            self.send_logs[track_id] = log
+        elif self.role is Role.VIDEO:
             assert self.video_clip is not None
             self.video_track = TimedVideoTrack(self.video_clip)
             tracks.insert(0, self.video_track)
@@ -310,6 +326,8 @@ class Bot:
         if self.video_track is not None:
             self.send_logs[ids[0]] = self.video_track.log
         await client.wait_connected(self.join_timeout)
+        if self._simulcast is not None:
+            self._simulcast_task = asyncio.create_task(self._simulcast.run(), name=f"{self.name}-simulcast")
 
     def _send_log_for_mid(self, mid: str) -> FrameSendLog | None:
         """The publisher's send log for the track arriving on ``mid`` (LatencyCounter)."""
@@ -419,5 +437,7 @@ class Bot:
             for published in client.published.values():
                 report = await published.transceiver.sender.getStats()
                 total += sum(s.packetsSent for s in report.values() if s.type == "outbound-rtp")
+        if self._simulcast is not None:
+            total += self._simulcast.packets_sent
         self.rtp_sent = total
         return total

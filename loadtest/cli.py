@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=_resolution, default=(640, 480), help="video WIDTHxHEIGHT")
     p.add_argument("--fps", type=int, default=30, help="video frames per second")
     p.add_argument("--video-bitrate", type=int, default=1_000_000, help="video bit rate, bit/s")
-    p.add_argument("--simulcast", action="store_true", help="publish three rid layers (not supported yet)")
+    p.add_argument("--simulcast", action="store_true", help="video publishers send three RID layers (q/h/f at 1/4, 1/2 and full size)")
     p.add_argument("--join-rate", type=float, default=5.0, help="bots starting to join per second")
     p.add_argument("--duration", type=float, default=30.0,
                    help="seconds to run after the last bot started joining")

@@ -37,7 +37,12 @@ from aiortc import (
     RTCSessionDescription,
 )
 
-from sfu.rtc.adapter import disable_media_engines, install_tap, set_ice_addresses
+from sfu.rtc.adapter import (
+    client_send_path,
+    disable_media_engines,
+    install_tap,
+    set_ice_addresses,
+)
 
 from .counter import RtpCounter
 from .data import (
@@ -47,6 +52,8 @@ from .data import (
     decode_envelope,
     encode_envelope,
 )
+from .latency import FrameSendLog
+from .simulcast import SimulcastClips, SimulcastSender, add_simulcast_to_offer
 
 __all__ = [
     "ParticipantInfo",
@@ -335,6 +342,40 @@ class RoomClient:
             ids.append(entry["trackId"])
         return ids
 
+    async def publish_simulcast(self, clips: SimulcastClips, source: str = "camera", log: FrameSendLog | None = None) -> tuple[str, SimulcastSender]:
+        """Publish one video track as the simulcast layers of ``clips`` (RIDs q/h/f),
+        sent as raw RTP (see :mod:`loadtest.simulcast`). Start ``sender.run()`` once
+        connected (:meth:`wait_connected`); cancel it to stop.
+
+        Returns:
+            (the server's track id, the sender).
+
+        Raises:
+            RoomError: the server rejected the offer.
+        """
+        async with self._negotiation:
+            pc = self._require_pc()
+            transceiver = pc.addTransceiver("video", direction="sendonly")
+            transceiver.setCodecPreferences(
+                [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
+            )
+            found: dict[str, tuple[int, int, int]] = {}
+
+            def munge(sdp: str) -> str:
+                sdp, mid_id, rid_id, pt = add_simulcast_to_offer(sdp, transceiver.mid or "")
+                found["ids"] = (mid_id, rid_id, pt)
+                return sdp
+
+            answer = await self._negotiate([(transceiver, {"publish": {"source": source}})], munge)
+        entry = answer["tracks"].get(transceiver.mid)
+        if entry is None or entry.get("direction") != "publish":
+            raise RoomError("bad_answer", f"mid {transceiver.mid} missing from answer", "offer")
+        if "a=simulcast:recv" not in answer["sdp"]:
+            raise RoomError("bad_answer", "the server did not accept simulcast", "offer")
+        mid_id, rid_id, pt = found["ids"]
+        sender = SimulcastSender(clips, client_send_path(pc), transceiver.mid or "", mid_id, rid_id, pt, log)
+        return entry["trackId"], sender
+
     async def unpublish(self, track_id: str) -> None:
         """Stop publishing ``track_id`` by setting its m-line inactive and offering.
 
@@ -371,6 +412,16 @@ class RoomClient:
         """Tell the room that a published track is (un)muted; no reply is expected
         (an ``unknown_track`` error would arrive in :attr:`events`)."""
         await self._send({"type": "mute", "trackId": track_id, "muted": muted})
+
+    async def set_track_settings(self, track_id: str, max_height: int | None = None, paused: bool | None = None) -> None:
+        """Send ``track_settings`` for a subscribed track (docs/PROTOCOL.md): cap its
+        height (pixels; None sends no cap) and/or pause it. No reply is expected (an
+        ``unknown_track`` error would arrive in :attr:`events`); the server answers
+        with ``layer_changed`` when the layer changes."""
+        message: dict[str, Any] = {"type": "track_settings", "trackId": track_id, "maxHeight": max_height}
+        if paused is not None:
+            message["paused"] = paused
+        await self._send(message)
 
     async def open_channel(
         self,
@@ -779,8 +830,14 @@ class RoomClient:
         self._notify()
         return added
 
-    async def _negotiate(self, bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]]) -> dict[str, Any]:
+    async def _negotiate(
+        self,
+        bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]],
+        munge: Callable[[str], str] | None = None,
+    ) -> dict[str, Any]:
         """Offer, wait for the answer, apply it. The caller holds ``_negotiation``.
+
+        ``munge`` rewrites the offer text sent to the server (aiortc keeps its own).
 
         ``bindings`` name what each new or rebound transceiver carries; stale
         transceivers (their remote track has gone) go inactive in the same offer.
@@ -793,8 +850,9 @@ class RoomClient:
         retired = set(self._stale)
         await pc.setLocalDescription(await pc.createOffer())
         tracks = {t.mid: spec for t, spec in bindings}
+        sdp = pc.localDescription.sdp if munge is None else munge(pc.localDescription.sdp)
         try:
-            answer = await self._request({"type": "offer", "sdp": pc.localDescription.sdp, "tracks": tracks})
+            answer = await self._request({"type": "offer", "sdp": sdp, "tracks": tracks})
         except RoomError:
             for transceiver, spec in bindings:
                 transceiver.direction = "inactive"
@@ -816,9 +874,8 @@ class RoomClient:
         self._stale -= retired
         for transceiver, spec in bindings:
             entry = answer.get("tracks", {}).get(transceiver.mid)
-            if "publish" in spec and entry is not None and entry.get("direction") == "publish":
-                track = transceiver.sender.track
-                assert track is not None
+            track = transceiver.sender.track
+            if "publish" in spec and entry is not None and entry.get("direction") == "publish" and track is not None:
                 self.published[entry["trackId"]] = PublishedTrack(
                     entry["trackId"], transceiver.mid, track, spec["publish"].get("source"), transceiver  # type: ignore[arg-type]
                 )

@@ -33,6 +33,7 @@ import psutil
 from .bots import Bot, BotTotals, Role
 from .latency import FrameSendLog
 from .media import EncodedClip, encode_opus_clip, encode_vp8_clip
+from .simulcast import SimulcastClips, simulcast_clips
 
 __all__ = ["LoadConfig", "LoadRun", "Sample", "http_base", "parse_metrics", "percentiles"]
 
@@ -52,7 +53,8 @@ class LoadConfig:
         rooms: number of rooms (named ``{room_prefix}-{i}``).
         video_publishers, audio_publishers, subscribers: bots per room, per role.
         width, height, fps, video_bitrate: the VP8 clip (pixels, frames/s, bit/s).
-        simulcast: publish three rid layers (not supported yet: raises ValueError).
+        simulcast: video publishers send three RID layers (q/h/f: a quarter, half and
+            the full resolution at 15 %, 35 % and 100 % of the video bit rate).
         join_rate: bots starting to join per second, all rooms together.
         duration: seconds the run lasts after the last bot started joining.
         data_rate: DataChannel messages per second each bot sends to its room (0: none).
@@ -92,9 +94,6 @@ class LoadConfig:
 
     def validate(self) -> None:
         """Raises ValueError for a configuration that cannot run."""
-        if self.simulcast:
-            raise ValueError("--simulcast is not supported yet: aiortc cannot send three rid layers "
-                             "and the raw-RTP simulcast publisher is not written yet")
         if self.rooms < 1:
             raise ValueError("rooms must be >= 1")
         if min(self.video_publishers, self.audio_publishers, self.subscribers) < 0:
@@ -235,12 +234,12 @@ class LoadRun:
 
     # ------------------------------------------------------------------ building
 
-    def _build_bots(self, video: EncodedClip | None, audio: EncodedClip) -> None:
+    def _build_bots(self, video: EncodedClip | None, audio: EncodedClip, layers: SimulcastClips | None = None) -> None:
         c = self.config
         logs: dict[str, FrameSendLog] = {}
         publishers: list[Bot] = []
         subscribers: list[Bot] = []
-        common = dict(url=c.url, video_clip=video, audio_clip=audio, send_logs=logs, data_rate=c.data_rate,
+        common = dict(url=c.url, video_clip=video, simulcast_clips=layers, audio_clip=audio, send_logs=logs, data_rate=c.data_rate,
                       data_size=c.data_size, join_timeout=c.join_timeout, loopback_only=c.loopback_only)
         for r in range(c.rooms):
             room = f"{c.room_prefix}-{r}"
@@ -267,9 +266,13 @@ class LoadRun:
         whatever encoding the clip raises.
         """
         c = self.config
-        video = encode_vp8_clip(c.width, c.height, c.fps, bitrate=c.video_bitrate) if c.video_publishers else None
+        video = layers = None
+        if c.video_publishers and c.simulcast:
+            layers = simulcast_clips(c.width, c.height, c.fps, c.video_bitrate)
+        elif c.video_publishers:
+            video = encode_vp8_clip(c.width, c.height, c.fps, bitrate=c.video_bitrate)
         audio = encode_opus_clip()
-        self._build_bots(video, audio)
+        self._build_bots(video, audio, layers)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
         try:
             if c.server_metrics:
@@ -438,17 +441,17 @@ class LoadRun:
     # ------------------------------------------------------------------ results
 
     def subscriber_layers(self) -> dict[str, dict[str, str]]:
-        """Per subscriber bot name: ``{track id: layer}``. The layer comes from the
-        bot's ``layer_changed`` events, else from ``/admin/rooms`` (a ``rid`` or
-        ``layer`` field of the DownTrack), else ``"single"`` (not simulcast)."""
+        """Per subscriber bot name: ``{video track id: layer}``. The layer comes from
+        the bot's ``layer_changed`` events, else from ``/admin/rooms`` (the ``rid`` of
+        the DownTrack), else ``"single"`` (not simulcast)."""
         admin_layers: dict[str, dict[str, str]] = {}
         for room in (self.admin or {}).get("rooms", []):
             for participant in room.get("participants", []):
                 entries = {}
                 for down in participant.get("subscribed", []):
-                    layer = down.get("rid") or down.get("layer") or down.get("currentLayer")
-                    if layer is not None:
-                        entries[str(down.get("trackId"))] = str(layer)
+                    if down.get("kind") == "audio":
+                        continue
+                    entries[str(down.get("trackId"))] = str(down.get("rid") or "single")
                 admin_layers[str(participant.get("id"))] = entries
         result: dict[str, dict[str, str]] = {}
         for bot in self.bots:
@@ -457,7 +460,8 @@ class LoadRun:
             from_admin = admin_layers.get(bot.participant_id or "", {})
             result[bot.name] = {
                 track_id: bot.layers.get(track_id) or from_admin.get(track_id) or "single"
-                for track_id in sorted(bot.client.subscriptions)
+                for track_id, subscription in sorted(bot.client.subscriptions.items())
+                if subscription.kind == "video"
             }
         return result
 

@@ -8,6 +8,7 @@ ending the run.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -17,10 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from loadtest.client import RoomClient
 from loadtest.latency import FrameSendLog
 from loadtest.media import encode_vp8_clip
 from loadtest.runner import metric_sum
 from loadtest.server import REPO_ROOT, ServerProcess, free_port
+from loadtest.simulcast import simulcast_clips
 
 CLI_TIMEOUT = 90.0  # seconds; a run of these sizes takes ~10 s
 
@@ -92,6 +97,72 @@ def test_report_matches_the_servers_counters(start_server: Callable[..., ServerP
     assert len(report["timeline"]) >= 4
     for name in ("bitrate.png", "latency.png", "cpu.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulcast_publishers_send_three_layers_and_subscribers_get_one(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """With --simulcast a video publisher sends q/h/f as three RID layers: the server
+    receives all three (its admin view), every subscriber gets one layer, told by
+    ``layer_changed`` (the report's layer), and the packet counts still add up."""
+    server = start_server()
+    report, _ = run_report(
+        server, tmp_path, "--simulcast", "--video-publishers", "1", "--audio-publishers", "0",
+        "--subscribers", "2", "--resolution", "640x360", "--video-bitrate", "600000",
+        "--join-rate", "20", "--duration", "4",
+    )
+    assert report["joins"]["ok"] == 3 and report["joins"]["failed"] == 0, report["joins"]
+    publisher = report["roles"]["video_publisher"]
+    server_received = report["server"]["rtp_packets_received"]
+    assert 0.97 * publisher["rtp_packets_sent"] - 20 <= server_received <= publisher["rtp_packets_sent"]
+    # Only one of the three layers goes to each subscriber.
+    subs = report["roles"]["subscriber"]
+    assert 0 < subs["packets_received"] < 0.9 * server_received
+    for sub in report["subscribers"]:
+        assert sub["video_streams"] == 1 and sub["frames"] > 40, sub
+        assert set(sub["layers"].values()) <= {"q", "h", "f"} and sub["layers"], sub
+        assert 0 < sub["latency_ms"]["p50"] < 50, sub  # frames of any layer are matched
+
+
+def test_simulcast_bot_layers_reach_the_server(start_server: Callable[..., ServerProcess]) -> None:
+    """The raw-RTP simulcast sender: the server binds q, h and f by RID, measures each
+    layer's resolution and bit rate, and the subscriber's layer follows its cap."""
+
+    async def scenario() -> None:
+        server = start_server()
+        clips = simulcast_clips(640, 360, 20, 600_000)
+        pub, sub = RoomClient(server.ws_url, auto_subscribe=False), RoomClient(server.ws_url)
+        sender_task = None
+        try:
+            await pub.join("sim", "pub")
+            await sub.join("sim", "sub")
+            track_id, sender = await pub.publish_simulcast(clips)
+            await pub.wait_connected(10)
+            sender_task = asyncio.create_task(sender.run())
+            await sub.wait_until(lambda: track_id in sub.subscriptions, timeout=10)
+            await sub.next_event("layer_changed", timeout=10)
+            await asyncio.sleep(1.5)
+            await sub.set_track_settings(track_id, max_height=100)
+            async with asyncio.timeout(10):
+                event = await sub.next_event("layer_changed")
+                while event["reason"] != "preference":  # an earlier change may still be queued
+                    event = await sub.next_event("layer_changed")
+            assert (event["rid"], event["height"]) == ("q", 90), event
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{server.http_url}/admin/rooms") as response:
+                    rooms = await response.json()
+            (published,) = [p for p in rooms["rooms"][0]["participants"] if p["name"] == "pub"][0]["published"]
+            layers = {layer["rid"]: layer for layer in published["layers"]}
+            assert set(layers) == {"q", "h", "f"}
+            assert [(layers[r]["width"], layers[r]["height"]) for r in "qhf"] == [(160, 90), (320, 180), (640, 360)]
+            assert all(layers[r]["packetsReceived"] > 20 and layers[r]["bitrate"] for r in "qhf"), layers
+            assert layers["q"]["bitrate"] < layers["h"]["bitrate"] < layers["f"]["bitrate"]
+        finally:
+            if sender_task is not None:
+                sender_task.cancel()
+            await asyncio.gather(pub.close(), sub.close())
+
+    asyncio.run(scenario())
 
 
 def test_refused_joins_are_failed_joins(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
@@ -174,10 +245,10 @@ def test_no_server_gives_failed_joins_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_invalid_runs_are_refused_with_status_2(tmp_path: Path) -> None:
-    """--simulcast is not supported yet, and a URL off loopback needs --allow-remote;
-    both exit with status 2 and say why, before any bot connects."""
-    result = run_cli("--simulcast", "--duration", "1")
-    assert result.returncode == 2 and "not supported yet" in result.stderr
+    """A URL off loopback needs --allow-remote, and counts cannot be negative; both
+    exit with status 2 and say why, before any bot connects."""
+    result = run_cli("--subscribers", "-1", "--duration", "1")
+    assert result.returncode == 2 and "bot counts must be >= 0" in result.stderr
     result = run_cli("--url", "ws://192.0.2.1:8080/ws")
     assert result.returncode == 2 and "not on loopback" in result.stderr
 
