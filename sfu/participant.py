@@ -71,7 +71,7 @@ AUDIO_BITRATE = 40_000  # bit/s set aside per audio DownTrack
 
 SEND_RATE_WINDOW_MS = 1000.0
 PEAK_WINDOW_MS = 1500.0  # covers one receiver-report interval of Chrome
-SETTLE_MS = 1500.0  # no probe this long after a layer change
+SETTLE_MS = 1000.0  # no probe this long after a layer change
 
 
 class OfferError(Exception):

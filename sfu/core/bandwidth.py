@@ -188,7 +188,7 @@ class ProbeController:
         min_step: float = 1.15,
         max_step: float = 2.0,
         min_backoff_ms: float = 2000.0,
-        max_backoff_ms: float = 4000.0,
+        max_backoff_ms: float = 3000.0,
     ) -> None:
         self.duration_ms = duration_ms
         self.quiet_ms = quiet_ms
