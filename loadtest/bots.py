@@ -417,6 +417,11 @@ class Bot:
                 started = track._start  # the clip's first frame, monotonic s
                 if started is not None:
                     totals.sent_since = started if not totals.sent_since else min(totals.sent_since, started)
+        sender = self._simulcast
+        if sender is not None and sender.started_at is not None:
+            totals.sent_frames += sender.frames_sent
+            totals.sent_bytes += sender.payload_bytes_sent
+            totals.sent_since = sender.started_at if not totals.sent_since else min(totals.sent_since, sender.started_at)
         return totals
 
     def drain_latencies(self) -> tuple[array, array]:

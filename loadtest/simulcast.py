@@ -118,7 +118,9 @@ class SimulcastSender:
         log: records each frame's send time for latency matching (``clips.combined``).
 
     Attributes:
-        packets_sent, bytes_sent, frames_sent: totals over all layers.
+        packets_sent, bytes_sent, frames_sent: totals over all layers (``bytes_sent``
+            whole RTP packets, ``payload_bytes_sent`` the encoded frames only).
+        started_at: when the first frame went out (monotonic s), None before.
     """
 
     def __init__(
@@ -147,7 +149,9 @@ class SimulcastSender:
         self._last_ts = list(self._ts0)
         self.packets_sent = 0
         self.bytes_sent = 0
+        self.payload_bytes_sent = 0
         self.frames_sent = 0
+        self.started_at: float | None = None
 
     def _send_frame(self, layer: int, frame_number: int) -> None:
         clip = self.clips.layers[layer]
@@ -171,6 +175,7 @@ class SimulcastSender:
         if self.log is not None:
             self.log.record(self._offsets[layer] + index, time.monotonic())
         self.frames_sent += 1
+        self.payload_bytes_sent += len(clip.packets[index])
 
     def send_reports(self) -> None:
         """One SR per layer (RFC 3550 §6.4.1): the server's receiver reports, its RTT
@@ -187,7 +192,7 @@ class SimulcastSender:
         drift) and sender reports every second, until cancelled."""
         interval = float(self.clips.layers[0].time_base)
         per_second = max(1, round(1 / interval))
-        start = time.monotonic()
+        start = self.started_at = time.monotonic()
         frame = 0
         while True:
             for layer in range(len(self.clips.layers)):
