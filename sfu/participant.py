@@ -642,18 +642,25 @@ class Participant:
         demands = [self._demand(dt, now_ms) for dt in simulcast]
         lowest = [min(b for b in d.layer_bitrates if b is not None) for d in demands if not d.paused and any(d.layer_bitrates)]
         self.bwe.floor_bps = fixed_bps + sum(lowest) * UP_MARGIN
-        self._probe(now_ms, simulcast, demands, fixed_bps)
+        self._probe(now_ms, simulcast, demands, fixed_bps, min(lowest, default=None))
         budget = max(0.0, self.bwe.estimate - fixed_bps)
         for change in self.selector.select(now_ms, budget, demands):
             dt = self.downtracks.get(change.key)  # type: ignore[arg-type]
             if dt is not None:
                 dt.set_target(change.layer, change.reason, now_ms)
 
-    def _probe(self, now_ms: float, simulcast: list[DownTrack], demands: list[TrackDemand], fixed_bps: float) -> None:
+    def _probe(
+        self,
+        now_ms: float,
+        simulcast: list[DownTrack],
+        demands: list[TrackDemand],
+        fixed_bps: float,
+        lowest_bps: int | None,
+    ) -> None:
         """Run the probe controller before the allocation uses the estimate: probe
         when the tracks could use more than the estimate; when everything is paused
-        for bandwidth (nothing can carry padding), try the lowest layer again now and
-        then (:meth:`~sfu.core.bandwidth.ProbeController.poll_paused`)."""
+        for bandwidth (nothing can carry padding), try the lowest layer (``lowest_bps``)
+        again now and then (:meth:`~sfu.core.bandwidth.ProbeController.poll_paused`)."""
         probe = self.probe
         successes, failures = probe.successes, probe.failures
         if self._padding_carrier() is not None:
@@ -666,17 +673,17 @@ class Participant:
             probe.poll(now_ms, self.bwe, desired, self.sent_bps)
         else:
             probe.defer(now_ms)  # nothing to pad: no probe can prove anything
-            lowest = [min(b for b in d.layer_bitrates if b is not None) for d in demands if not d.paused and any(d.layer_bitrates)]
-            if lowest and any(dt.paused and dt.reason == "bandwidth" for dt in simulcast):
-                probe.poll_paused(now_ms, self.bwe, fixed_bps + min(lowest) * UP_MARGIN)
+            if lowest_bps is not None and any(dt.paused and dt.reason == "bandwidth" for dt in simulcast):
+                probe.poll_paused(now_ms, self.bwe, fixed_bps + lowest_bps * UP_MARGIN)
         COUNTERS.probes["success"] += probe.successes - successes
         COUNTERS.probes["failure"] += probe.failures - failures
 
-    def set_track_settings(self, track_id: str, max_height: int | None = ..., paused: bool | None = None) -> None:  # type: ignore[assignment]
+    def set_track_settings(self, track_id: str, changes: dict[str, Any]) -> None:
         """Apply a subscriber's ``track_settings`` for ``track_id`` (docs/PROTOCOL.md).
 
-        ``max_height`` in pixels (None removes the cap; ``...`` leaves it);
-        ``paused`` None leaves it.
+        Args:
+            changes: the fields the message set: ``max_height`` (pixels, or None to
+                remove the cap) and/or ``paused``; the others stay as they were.
 
         Raises:
             KeyError: this participant does not subscribe to ``track_id``.
@@ -684,10 +691,10 @@ class Participant:
         if not any(dt.uptrack.id == track_id for dt in self.downtracks.values()):
             raise KeyError(track_id)
         settings = self.track_settings.setdefault(track_id, TrackSettings())
-        if max_height is not ...:
-            settings.max_height = max_height
-        if paused is not None:
-            settings.paused = paused
+        if "max_height" in changes:
+            settings.max_height = changes["max_height"]
+        if "paused" in changes:
+            settings.paused = bool(changes["paused"])
         self.allocate(time.monotonic() * 1000.0)
 
     def _on_layer_change(self, dt: DownTrack, previous: int | None, layer: int | None, reason: str) -> None:

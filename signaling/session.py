@@ -189,13 +189,13 @@ class Session:
 
     async def _on_track_settings(self, msg: dict[str, Any]) -> None:
         participant = self._joined("track_settings")
-        kwargs: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
         if "maxHeight" in msg:
-            kwargs["max_height"] = msg["maxHeight"]
+            changes["max_height"] = msg["maxHeight"]
         if "paused" in msg:
-            kwargs["paused"] = msg["paused"]
+            changes["paused"] = msg["paused"]
         try:
-            participant.set_track_settings(msg["trackId"], **kwargs)
+            participant.set_track_settings(msg["trackId"], changes)
         except KeyError as exc:
             raise ProtocolError(
                 "unknown_track", f"you do not subscribe to track {msg['trackId']}", "track_settings"

@@ -379,6 +379,11 @@ async def test_bad_requests_after_join_are_answered_and_offers_still_work(server
                 ({"type": "offer", "tracks": {}}, "bad_message", "offer"),
                 ({"type": "mute", "trackId": "TR_00000000", "muted": True}, "unknown_track", "mute"),
                 ({"type": "unpublish", "trackId": "TR_00000000"}, "unknown_track", "unpublish"),
+                ({"type": "track_settings", "trackId": "TR_00000000", "maxHeight": 360}, "unknown_track", "track_settings"),
+                ({"type": "track_settings", "trackId": "TR_00000000", "maxHeight": "tall"}, "bad_message", "track_settings"),
+                ({"type": "track_settings", "trackId": "TR_00000000", "maxHeight": 0}, "bad_message", "track_settings"),
+                ({"type": "track_settings", "trackId": "TR_00000000", "paused": "yes"}, "bad_message", "track_settings"),
+                ({"type": "track_settings", "maxHeight": 360}, "bad_message", "track_settings"),
             ]
             for message, code, request_type in cases:
                 assert_error(await exchange(ws, message), code, request_type)
