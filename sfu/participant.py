@@ -33,7 +33,7 @@ from .core.allocator import (
     LayerSelector,
     TrackDemand,
 )
-from .core.bandwidth import BandwidthEstimator, ProbeController
+from .core.bandwidth import LOSS_HIGH, BandwidthEstimator, ProbeController
 from .core.rtcp import (
     Bye,
     Fir,
@@ -72,6 +72,8 @@ AUDIO_BITRATE = 40_000  # bit/s set aside per audio DownTrack
 SEND_RATE_WINDOW_MS = 1000.0
 PEAK_WINDOW_MS = 1500.0  # covers one receiver-report interval of Chrome
 SETTLE_MS = 1000.0  # no probe this long after a layer change
+NACK_WINDOW_MS = 300.0  # loss measured from NACKs over this window
+NACK_MIN_PACKETS = 20  # ... when at least this many video packets went out in it
 
 
 class OfferError(Exception):
@@ -160,6 +162,8 @@ class Participant:
         self.media_bps = 0.0  # sent_bps without probing padding
         self._sent_samples: list[tuple[float, int, int]] = []
         self._rate_history: list[tuple[float, float]] = []
+        self._nacked: list[tuple[float, int]] = []  # (arrival ms, sequence numbers NACKed)
+        self._video_sent: list[tuple[float, int]] = []  # (ms, video packets sent so far)
         self._last_allocate_ms = -ALLOCATE_INTERVAL_MS
         self._probe_was_running = False
         self.closed = False
@@ -497,6 +501,7 @@ class Participant:
                     dt.on_nack(p.lost, arrival_ms)
                     if dt.kind == "video":
                         self.bwe.on_nack(arrival_ms)
+                        self._nacked.append((arrival_ms, len(p.lost)))
             elif isinstance(p, Pli):
                 COUNTERS.plis_received += 1
                 dt = self._downtracks_by_ssrc.get(p.media_ssrc)
@@ -578,8 +583,29 @@ class Participant:
             del history[0]
         self.peak_sent_bps = max(rate for _, rate in history)
 
+    def _nack_loss(self, now_ms: float) -> None:
+        """Loss from the subscriber's NACKs over the last ``NACK_WINDOW_MS``: they come
+        within a round trip of the loss, a receiver report up to a second later. Above
+        10 % of the video packets sent in the window it is a loss report to the
+        estimator (RFC 4585 §6.2.1; one reaction per hold window there)."""
+        sent = sum(dt.packets_sent for dt in self.downtracks.values() if dt.kind == "video")
+        history = self._video_sent
+        history.append((now_ms, sent))
+        while now_ms - history[0][0] > NACK_WINDOW_MS:
+            del history[0]
+        nacked = self._nacked
+        while nacked and now_ms - nacked[0][0] > NACK_WINDOW_MS:
+            del nacked[0]
+        packets = sent - history[0][1]
+        lost = sum(n for _, n in nacked)
+        if packets >= NACK_MIN_PACKETS and lost > 0:
+            fraction = lost / (packets + lost)
+            if fraction > LOSS_HIGH:
+                self.bwe.on_loss(fraction, self.peak_sent_bps, now_ms)
+
     def _subscriber_tick(self, now_ms: float) -> None:
         self._measure_sent(now_ms)
+        self._nack_loss(now_ms)
         padding = self.probe.padding_bps(self.media_bps)
         if padding > 0:
             carrier = self._padding_carrier()
@@ -642,9 +668,11 @@ class Participant:
         demands = [self._demand(dt, now_ms) for dt in simulcast]
         lowest = [min(b for b in d.layer_bitrates if b is not None) for d in demands if not d.paused and any(d.layer_bitrates)]
         self.bwe.floor_bps = fixed_bps + sum(lowest) * UP_MARGIN
+        successes = self.probe.successes
         self._probe(now_ms, simulcast, demands, fixed_bps, min(lowest, default=None))
         budget = max(0.0, self.bwe.estimate - fixed_bps)
-        for change in self.selector.select(now_ms, budget, demands):
+        verified = self.probe.successes > successes
+        for change in self.selector.select(now_ms, budget, demands, verified):
             dt = self.downtracks.get(change.key)  # type: ignore[arg-type]
             if dt is not None:
                 dt.set_target(change.layer, change.reason, now_ms)

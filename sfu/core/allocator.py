@@ -9,8 +9,8 @@ lowest layer does not fit is paused. Audio is not allocated: the caller takes it
 the budget first, it always goes through.
 
 :class:`LayerSelector` adds time: it goes down at once, but up only when the higher
-allocation has held for ``up_stable_ms``, so a noisy estimate does not make the layer
-flap. Both are pure (time is a parameter).
+allocation has held for ``up_stable_ms`` (or a probe just proved the budget), so a
+noisy estimate does not make the layer flap. Both are pure (time is a parameter).
 """
 
 from __future__ import annotations
@@ -177,10 +177,13 @@ class LayerSelector:
         self._reasons: dict[Hashable, str] = {}
         self.last_allocation: dict[Hashable, Allocation] = {}
 
-    def select(self, now_ms: float, budget_bps: float, demands: Sequence[TrackDemand]) -> list[LayerChange]:
+    def select(
+        self, now_ms: float, budget_bps: float, demands: Sequence[TrackDemand], verified: bool = False
+    ) -> list[LayerChange]:
         """Allocate at ``now_ms`` and return the changes to apply (in demand order).
 
-        ``demands[i].current`` is filled in from the selector's own state.
+        ``demands[i].current`` is filled in from the selector's own state. ``verified``:
+        the budget was just proven (a probe reached it), so going up need not wait.
         """
         keys = {d.key for d in demands}
         for key in list(self.layers):
@@ -202,7 +205,7 @@ class LayerSelector:
             if not started and a.layer is None and a.reason == LAYER_LOST:
                 continue  # the publisher's layers have not arrived yet: keep waiting
             immediate = a.reason in (LAYER_LOST, PREFERENCE) or self._reasons.get(d.key) == PAUSED
-            if going_up and started and not immediate:
+            if going_up and started and not immediate and not verified:
                 since = self._up_since.setdefault(d.key, now_ms)
                 if now_ms - since < self.up_stable_ms:
                     continue

@@ -27,7 +27,7 @@ lagging REMB does not undo a loss-based drop. Pure: time is a parameter (ms).
 
 from __future__ import annotations
 
-__all__ = ["BandwidthEstimator", "ProbeController"]
+__all__ = ["BandwidthEstimator", "ProbeController", "LOSS_HIGH", "LOSS_LOW"]
 
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02

@@ -145,3 +145,11 @@ def test_selector_forgets_tracks_that_are_gone():
     assert sel.layers == {"v": 2}
     assert sel.select(100, 5_000_000, []) == []
     assert sel.layers == {}
+
+
+def test_selector_goes_up_at_once_when_a_probe_proved_the_budget():
+    sel = LayerSelector(up_stable_ms=2000)
+    assert [(c.layer, c.reason) for c in sel.select(0, 300_000, [demand("v")])] == [(0, BANDWIDTH)]
+    assert sel.select(100, 2_000_000, [demand("v")]) == []  # an estimate alone waits
+    changes = sel.select(200, 2_000_000, [demand("v")], verified=True)
+    assert [(c.previous, c.layer) for c in changes] == [(0, 2)]
