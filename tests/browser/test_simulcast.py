@@ -177,7 +177,7 @@ def delta(window: dict, key: str) -> float:
 def tc_available() -> None:
     """Shaping needs root, `tc`, and no other shaping on `lo` (another test run)."""
     if os.geteuid() != 0 or shutil.which("tc") is None:
-        pytest.skip("shaping the loopback link needs root and tc (iproute2)")
+        pytest.fail("shaping the loopback link needs root and tc (iproute2; .ci/run installs it)")
     qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
     if "htb" in qdiscs:
         pytest.fail(f"lo is shaped already (another test run?); not touching it:\n{qdiscs}")
