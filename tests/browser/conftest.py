@@ -168,7 +168,7 @@ OpenPage = Callable[[str, str], Awaitable[BrowserPage]]
 async def open_page() -> AsyncIterator[OpenPage]:
     """Factory: `await open_page(url, label)` starts a fresh Chromium and opens `url`."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed")
+        pytest.fail(f"{CHROMIUM} is not installed (.ci/run installs the Debian package chromium)")
     processes: list[tuple[subprocess.Popen, str]] = []
     browsers: list[Browser] = []
     async with async_playwright() as playwright:
