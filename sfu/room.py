@@ -60,9 +60,9 @@ class Room:
         self._last_speaker_ms = now_ms
         levels: dict[str, float | None] = {}
         for p in self.participants.values():
-            means = [m for m in (up.take_audio_level() for up in p.uptracks.values() if not up.is_video) if m is not None]
-            if p.uptracks and any(not up.is_video for up in p.uptracks.values()):
-                levels[p.id] = min(means) if means else None
+            loudest = [v for v in (up.take_audio_level() for up in p.uptracks.values() if not up.is_video) if v is not None]
+            if any(not up.is_video for up in p.uptracks.values()):
+                levels[p.id] = min(loudest) if loudest else None
         speaker = self._speakers.update(now_ms, levels)
         if speaker is not None:
             self.active_speaker = speaker

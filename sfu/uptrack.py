@@ -174,8 +174,7 @@ class UpTrack:
         self._counters = COUNTERS.kinds[kind] if COUNTERS.per_packet else None
         self._send_pli = send_pli
         self._level_id = extensions.get(URI_AUDIO_LEVEL) if kind == "audio" else None
-        self._level_sum = 0
-        self._level_count = 0
+        self._level_min = 128  # loudest level since take_audio_level (128: none)
 
     # Single-encoding conveniences (layer 0).
     @property
@@ -241,8 +240,9 @@ class UpTrack:
         if self._level_id is not None:
             level = packet.extensions.get(self._level_id)
             if level:
-                self._level_sum += level[0] & 0x7F
-                self._level_count += 1
+                value = level[0] & 0x7F
+                if value < self._level_min:
+                    self._level_min = value
         if packet.payload_end > packet.payload_offset:
             layer.bytes_received += len(packet.data)
             layer.last_media_ms = now_ms
@@ -307,13 +307,13 @@ class UpTrack:
             self._send_pli(target.ssrc)
 
     def take_audio_level(self) -> float | None:
-        """Mean RFC 6464 audio level (0 loudest .. 127 silence) of the packets since the
-        last call, or None when none carried one; resets the mean."""
-        if not self._level_count:
+        """The loudest RFC 6464 audio level (0 loudest .. 127 silence) of the packets
+        since the last call, or None when none carried one (speech comes in bursts: a
+        mean of dBov values would drown it in the pauses between words)."""
+        if self._level_min > 127:
             return None
-        mean = self._level_sum / self._level_count
-        self._level_sum = self._level_count = 0
-        return mean
+        loudest, self._level_min = self._level_min, 128
+        return float(loudest)
 
     def layer_bitrates(self, now_ms: float) -> list[int | None]:
         """What each layer needs (bit/s), lowest first, None for a simulcast layer the

@@ -99,6 +99,10 @@ async function enterRoom({ room, name, publish }) {
     startPlayback(tile);
     if (e.detail.kind === 'video') tile?.reportSize?.();
   });
+  client.addEventListener('activespeaker', (e) => {
+    for (const tile of document.querySelectorAll('.tile.speaking')) tile.classList.remove('speaking');
+    tileFor(e.detail.participantId)?.classList.add('speaking');
+  });
   client.addEventListener('layerchanged', (e) => {
     window.sfuLayerEvents.push(e.detail);
     showLayer(client, e.detail.trackId);

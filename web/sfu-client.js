@@ -118,6 +118,8 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  * - `layerchanged` {@link LayerInfo}: the server switched the layer it forwards on
  *   a subscribed video track (also its first layer, and pausing/resuming); the
  *   latest per track is in `client.layers`.
+ * - `activespeaker` `{participantId}`: the room's loudest participant changed (the
+ *   server's RFC 6464 audio-level detection; also in `client.activeSpeaker`).
  * - `data` {@link DataMessage}: a DataChannel message from another participant.
  * - `channelopen` `{label, channel}`: the channel that `sendData(label, ...)` uses
  *   is open (messages sent before are queued until then).
@@ -162,6 +164,8 @@ export class SfuClient extends EventTarget {
     /** @type {Map<string, LayerInfo>} The latest `layer_changed` per subscribed
      *  video track id (kept until the track is unpublished). */
     this.layers = new Map();
+    /** @type {string | null} The room's active speaker (participant id), if any. */
+    this.activeSpeaker = null;
 
     this._defaultChannel = defaultChannel;
     /** Every DataChannel we listen on (ours and the server's), open or opening. */
@@ -440,6 +444,12 @@ export class SfuClient extends EventTarget {
         break;
       case 'layer_changed':
         this._onLayerChanged(msg);
+        break;
+      case 'active_speaker':
+        if (typeof msg.participantId === 'string') {
+          this.activeSpeaker = msg.participantId;
+          this._emit('activespeaker', { participantId: msg.participantId });
+        }
         break;
       default:
         break; // `pong` and message types this client does not use.

@@ -1,8 +1,8 @@
 """Active-speaker detection from RFC 6464 audio levels.
 
 Publishers put the level of each audio packet in the ``ssrc-audio-level`` header
-extension: 0 is the loudest (0 dBov), 127 silence (-127 dBov). Every ``interval_ms``
-the room feeds each participant's mean level over the interval; the speaker is the
+extension: 0 is the loudest (0 dBov), 127 silence (-127 dBov). Every interval the room
+feeds each participant's loudest level of the interval; the speaker is the
 loudest participant above ``threshold_dbov``. To avoid flapping the speaker changes
 only when someone else is louder by ``margin_db`` or the speaker fell silent, and not
 within ``hold_ms`` of the last change. Pure: time is a parameter (ms).
@@ -33,8 +33,8 @@ class ActiveSpeakerDetector:
         self._changed_ms: float | None = None
 
     def update(self, now_ms: float, levels: dict[str, float | None]) -> str | None:
-        """Feed one interval: participant id -> mean RFC 6464 level (0..127), or None
-        for no audio in the interval (counts as silence).
+        """Feed one interval: participant id -> its loudest RFC 6464 level (0..127) in
+        the interval, or None for no audio in it (counts as silence).
 
         Returns:
             the new speaker's id when the speaker changed, else None.

@@ -190,6 +190,20 @@ async def test_two_participants_exchange_media_and_mute(sfu_server: str, open_pa
         await asyncio.sleep(0.2)
     assert {"audio", "video"} <= set(kinds), kinds
 
+    # Chrome's fake microphone beeps: someone becomes the room's active speaker (RFC
+    # 6464 audio levels), and both pages highlight the same participant's tile.
+    speaker_js = "() => window.sfuClient.activeSpeaker"
+    for _ in range(75):
+        speakers = (await alice.page.evaluate(speaker_js), await bob.page.evaluate(speaker_js))
+        if speakers[0] and speakers[0] == speakers[1]:
+            break
+        await asyncio.sleep(0.2)
+    assert speakers[0] in (alice_id, bob_id) and speakers[0] == speakers[1], speakers
+    if speakers[0] == alice_id:
+        await expect(tile(bob, alice_id)).to_have_class(re.compile(r"\bspeaking\b"))
+    else:
+        await expect(tile(alice, bob_id)).to_have_class(re.compile(r"\bspeaking\b"))
+
     mic_off_at_bob = tile(bob, alice_id).locator(".mic-off")
     await expect(mic_off_at_bob).to_be_hidden()
     await alice.page.click("#toggle-mic")
