@@ -67,9 +67,10 @@ TOP_MIN_HEIGHT = 540
 LOW_MAX_HEIGHT = 200
 POLL_S = 0.05
 
-# Inbound video from the publisher and the selected pair's local port (the subscriber
-# page). Argument: the publisher's participant id.
-STATS_JS = """
+# Inbound video from one remote participant, and this page's selected ICE pair (also
+# used by tests/browser/test_simulcast.py).
+# Argument: the publisher's participant id.
+VIDEO_STATS_JS = """
 async (publisherId) => {
   const stats = [...(await window.sfuPc.getStats()).values()];
   const participant = window.sfuClient.participants.get(publisherId);
@@ -82,13 +83,17 @@ async (publisherId) => {
   return {
     at: performance.now(),
     framesDecoded: sum('framesDecoded'),
+    frameWidth: video.reduce((n, s) => Math.max(n, s.frameWidth ?? 0), 0),
     frameHeight: video.reduce((n, s) => Math.max(n, s.frameHeight ?? 0), 0),
     packetsReceived: sum('packetsReceived'),
     packetsLost: sum('packetsLost'),
     bytesReceived: sum('bytesReceived'),
+    nackCount: sum('nackCount'),
+    pliCount: sum('pliCount'),
     freezeCount: sum('freezeCount'),
     totalFreezesDuration: sum('totalFreezesDuration'),
     localPort: local ? local.port : null,
+    availableIncomingBitrate: pair ? pair.availableIncomingBitrate ?? null : null,
   };
 }
 """
@@ -138,7 +143,7 @@ class Watcher:
         self.max_stall = 0.0
 
     async def poll(self) -> dict[str, Any]:
-        stats = await self.page.evaluate(STATS_JS, self.publisher_id)
+        stats = await self.page.evaluate(VIDEO_STATS_JS, self.publisher_id)
         last = self.last
         if last is not None:
             if stats["framesDecoded"] > last["framesDecoded"]:

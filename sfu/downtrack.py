@@ -68,8 +68,9 @@ class DownTrack:
         connected: tells whether the subscriber's transport can send yet; nothing is
             forwarded before (so a video DownTrack never starts on a keyframe that
             cannot be delivered).
-        on_layer_change: told of every change of the layer forwarded (the first one,
-            switches, pause and resume), with the reason given to :meth:`set_target`.
+        on_layer_change: told of every change of the layer a video DownTrack forwards
+            (the first one, switches, pause and resume), with the reason given to
+            :meth:`set_target`.
 
     A single-encoding track starts on its only layer; a simulcast DownTrack forwards
     nothing until :meth:`set_target` picks a layer.
@@ -235,7 +236,7 @@ class DownTrack:
         previous = self._reported_layer
         self._reported_layer = layer
         self.layer_switches += 1
-        if self._on_layer_change is not None:
+        if self._on_layer_change is not None and self.uptrack.is_video:
             self._on_layer_change(self, previous, layer, self.reason)
 
     def _switch(self, source: SourcePacket) -> None:

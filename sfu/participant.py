@@ -165,7 +165,6 @@ class Participant:
         self._nacked: list[tuple[float, int]] = []  # (arrival ms, sequence numbers NACKed)
         self._video_sent: list[tuple[float, int]] = []  # (ms, video packets sent so far)
         self._last_allocate_ms = -ALLOCATE_INTERVAL_MS
-        self._probe_was_running = False
         self.closed = False
 
     # -- description ------------------------------------------------------------------
@@ -726,10 +725,7 @@ class Participant:
         self.allocate(time.monotonic() * 1000.0)
 
     def _on_layer_change(self, dt: DownTrack, previous: int | None, layer: int | None, reason: str) -> None:
-        """Tell the subscriber (``layer_changed``) and count it by direction and reason
-        (video only)."""
-        if dt.kind != "video":
-            return
+        """Tell the subscriber (``layer_changed``) and count it by direction and reason."""
         self.probe.defer(time.monotonic() * 1000.0 + SETTLE_MS)
         if layer is None:
             direction = "pause"

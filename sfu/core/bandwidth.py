@@ -198,7 +198,6 @@ class ProbeController:
         self.max_backoff_ms = max_backoff_ms
         self.step = min_step
         self.goal_bps: float | None = None
-        self.probes = 0
         self.successes = 0
         self.failures = 0
         self._started_ms = 0.0
@@ -256,7 +255,6 @@ class ProbeController:
         self.goal_bps = min(goal, desired_bps * 1.1)
         self._started_ms = now_ms
         self._pre_estimate = estimator.estimate
-        self.probes += 1
 
     def poll_paused(self, now_ms: float, estimator: BandwidthEstimator, needed_bps: float) -> bool:
         """Everything is paused for bandwidth, so nothing can carry a probe: every

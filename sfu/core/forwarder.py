@@ -25,7 +25,6 @@ class DropReason(enum.Enum):
     NOT_CONNECTED = "not_connected"
     WAITING_FOR_KEYFRAME = "waiting_for_keyframe"
     PADDING = "padding"
-    PAUSED = "paused"
     TOO_OLD = "too_old"
     DUPLICATE = "duplicate"
 
@@ -122,7 +121,6 @@ class Forwarder:
         self._history = history
         self._max_late = max_late
         self.started = False
-        self.paused = False
         self.layer: int | None = None
         self.last_out_timestamp = self._out_ts_start  # unwrapped, of the newest packet
         self._epoch = _Epoch(0, 0, 0, self._next_out_seq, 0)
@@ -167,8 +165,6 @@ class Forwarder:
             a Translation to send, or the DropReason. Before the first :meth:`switch`,
             a keyframe (any packet for audio) starts layer 0.
         """
-        if self.paused:
-            return DropReason.PAUSED
         epoch = self._epoch
         if not self.started:
             if padding_only:

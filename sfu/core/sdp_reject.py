@@ -9,30 +9,9 @@ and then writes them into the answer as rejected: port 0 and ``a=inactive``
 
 from __future__ import annotations
 
+from .sdp_lines import join_sections, section_mid, split_sections
+
 __all__ = ["unsupported_mids", "hide_unsupported", "reject_in_answer"]
-
-
-def _split(sdp: str) -> tuple[list[str], list[list[str]]]:
-    session: list[str] = []
-    media: list[list[str]] = []
-    for line in sdp.replace("\r\n", "\n").split("\n"):
-        if not line:
-            continue
-        if line.startswith("m="):
-            media.append([line])
-        elif media:
-            media[-1].append(line)
-        else:
-            session.append(line)
-    return session, media
-
-
-def _join(session: list[str], media: list[list[str]]) -> str:
-    return "\r\n".join(session + [line for section in media for line in section]) + "\r\n"
-
-
-def _mid(section: list[str]) -> str | None:
-    return next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
 
 
 def _mimes(section: list[str]) -> list[str]:
@@ -53,14 +32,14 @@ def unsupported_mids(offer_sdp: str, supported: dict[str, set[str]]) -> list[str
     RTX, RED, FEC and comfort noise do not count)."""
     aux = ("/rtx", "/red", "/ulpfec", "/flexfec-03", "/cn", "/telephone-event")
     out = []
-    _, media = _split(offer_sdp)
+    _, media = split_sections(offer_sdp)
     for section in media:
         parts = section[0][2:].split()
         if len(parts) < 2 or parts[0] not in ("audio", "video") or parts[1] == "0":
             continue
         mimes = [m for m in _mimes(section) if not m.endswith(aux)]
         if not any(m in supported.get(parts[0], set()) for m in mimes):
-            mid = _mid(section)
+            mid = section_mid(section)
             if mid is not None:
                 out.append(mid)
     return out
@@ -70,9 +49,9 @@ def hide_unsupported(offer_sdp: str, mids: list[str], stand_in: dict[str, str]) 
     """The offer as aiortc should see it: each m-line in ``mids`` carries only the
     stand-in codec of its kind (``stand_in["video"] = "VP8/90000"``) and is
     ``inactive``."""
-    session, media = _split(offer_sdp)
+    session, media = split_sections(offer_sdp)
     for i, section in enumerate(media):
-        if _mid(section) not in mids:
+        if section_mid(section) not in mids:
             continue
         kind, port, proto = section[0][2:].split()[:3]
         kept = [
@@ -81,7 +60,7 @@ def hide_unsupported(offer_sdp: str, mids: list[str], stand_in: dict[str, str]) 
             if not line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:", "a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive", "a=ssrc", "a=rid:", "a=simulcast:"))
         ]
         media[i] = [f"m={kind} {port} {proto} 96", *kept, f"a=rtpmap:96 {stand_in[kind]}", "a=inactive"]
-    return _join(session, media)
+    return join_sections(session, media)
 
 
 def reject_in_answer(answer_sdp: str, offer_sdp: str, mids: list[str]) -> str:
@@ -89,11 +68,11 @@ def reject_in_answer(answer_sdp: str, offer_sdp: str, mids: list[str]) -> str:
     format, ``a=mid``, ``a=inactive``) and take them out of ``a=group:BUNDLE``."""
     if not mids:
         return answer_sdp
-    _, offered = _split(offer_sdp)
-    offered_by_mid = {_mid(s): s for s in offered}
-    session, media = _split(answer_sdp)
+    _, offered = split_sections(offer_sdp)
+    offered_by_mid = {section_mid(s): s for s in offered}
+    session, media = split_sections(answer_sdp)
     for i, section in enumerate(media):
-        mid = _mid(section)
+        mid = section_mid(section)
         if mid not in mids:
             continue
         offer = offered_by_mid.get(mid, section)
@@ -111,4 +90,4 @@ def reject_in_answer(answer_sdp: str, offer_sdp: str, mids: list[str]) -> str:
                 continue  # an empty group is not valid SDP
             line = " ".join(["a=group:BUNDLE", *tokens])
         kept_session.append(line)
-    return _join(kept_session, media)
+    return join_sections(kept_session, media)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from .rtp import URI_RID, URI_RRID
+from .sdp_lines import attribute, join_sections, split_sections
 
 __all__ = ["MAX_LAYERS", "SimulcastOffer", "parse_simulcast_offers", "rid_extension_ids", "munge_answer"]
 
@@ -39,27 +40,6 @@ class SimulcastOffer:
     rrid_extension_id: int | None = None
 
 
-def _sections(sdp: str) -> tuple[list[str], list[list[str]]]:
-    """Split SDP text into the session lines and one list of lines per m-section."""
-    session: list[str] = []
-    media: list[list[str]] = []
-    for line in sdp.replace("\r\n", "\n").split("\n"):
-        if not line:
-            continue
-        if line.startswith("m="):
-            media.append([line])
-        elif media:
-            media[-1].append(line)
-        else:
-            session.append(line)
-    return session, media
-
-
-def _attr(lines: list[str], name: str) -> list[str]:
-    prefix = f"a={name}:"
-    return [line[len(prefix) :].strip() for line in lines if line.startswith(prefix)]
-
-
 def parse_simulcast_offers(sdp: str) -> dict[str, SimulcastOffer]:
     """The simulcast send streams of every video m-line of an offer, by mid.
 
@@ -69,16 +49,16 @@ def parse_simulcast_offers(sdp: str) -> dict[str, SimulcastOffer]:
     received when it arrives). Never raises: what it cannot read is left out.
     """
     out: dict[str, SimulcastOffer] = {}
-    _, sections = _sections(sdp)
+    _, sections = split_sections(sdp)
     for lines in sections:
         if not lines[0].startswith("m=video"):
             continue
-        mids = _attr(lines, "mid")
-        simulcast = _attr(lines, "simulcast")
+        mids = attribute(lines, "mid")
+        simulcast = attribute(lines, "simulcast")
         if not mids or not simulcast:
             continue
         declared = set()
-        for value in _attr(lines, "rid"):
+        for value in attribute(lines, "rid"):
             parts = value.split()
             if len(parts) >= 2 and parts[1] == "send":
                 declared.add(parts[0])
@@ -111,7 +91,7 @@ def parse_simulcast_offers(sdp: str) -> dict[str, SimulcastOffer]:
 
 def _extension_ids(lines: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for value in _attr(lines, "extmap"):
+    for value in attribute(lines, "extmap"):
         parts = value.split()
         if len(parts) >= 2:
             try:
@@ -125,9 +105,9 @@ def rid_extension_ids(offer_sdp: str) -> dict[str, tuple[int | None, int | None]
     """The RID and repaired-RID extension ids each video m-line of an offer carries,
     by mid (m-lines with neither are left out)."""
     out: dict[str, tuple[int | None, int | None]] = {}
-    _, sections = _sections(offer_sdp)
+    _, sections = split_sections(offer_sdp)
     for lines in sections:
-        mids = _attr(lines, "mid")
+        mids = attribute(lines, "mid")
         if not lines[0].startswith("m=video") or not mids:
             continue
         ids = _extension_ids(lines)
@@ -154,10 +134,10 @@ def munge_answer(
     extension_ids = dict(extension_ids or {})
     for mid, offer in offers.items():
         extension_ids.setdefault(mid, (offer.rid_extension_id, offer.rrid_extension_id))
-    session, sections = _sections(answer_sdp)
+    session, sections = split_sections(answer_sdp)
     out = list(session)
     for lines in sections:
-        mids = _attr(lines, "mid")
+        mids = attribute(lines, "mid")
         mid = mids[0] if mids else None
         if mid not in extension_ids or lines[0].split()[1:2] == ["0"]:
             out.extend(lines)
@@ -175,4 +155,4 @@ def munge_answer(
             extra += [f"a=rid:{rid} recv" for rid in offer.rids]
             extra.append("a=simulcast:recv " + ";".join(offer.rids))
         out.extend(kept + extra)
-    return "\r\n".join(out) + "\r\n"
+    return join_sections(out, [])

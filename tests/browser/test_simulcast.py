@@ -23,6 +23,7 @@ import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from playwright.async_api import expect
 
+from loadtest.bench_simulcast import VIDEO_STATS_JS
 from tests.integration.shaping import shaped_port
 
 if TYPE_CHECKING:
@@ -45,34 +46,6 @@ LOW_MAX_HEIGHT = 200  # the lowest layer (320x180) decodes at most this tall
 MAX_FREEZE_S = 0.5
 MAX_LOSS = 0.02
 
-# Inbound video from one remote participant, and this page's selected ICE pair.
-# Argument: the publisher's participant id.
-VIDEO_STATS_JS = """
-async (publisherId) => {
-  const stats = [...(await window.sfuPc.getStats()).values()];
-  const participant = window.sfuClient.participants.get(publisherId);
-  const trackIds = new Set(participant ? participant.stream.getTracks().map((t) => t.id) : []);
-  const video = stats.filter((s) => s.type === 'inbound-rtp' && s.kind === 'video' && trackIds.has(s.trackIdentifier));
-  const sum = (key) => video.reduce((n, s) => n + (s[key] ?? 0), 0);
-  const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-  const pair = transport && stats.find((s) => s.id === transport.selectedCandidatePairId);
-  const local = pair && stats.find((s) => s.id === pair.localCandidateId);
-  return {
-    at: performance.now(),
-    framesDecoded: sum('framesDecoded'),
-    frameWidth: video.reduce((n, s) => Math.max(n, s.frameWidth ?? 0), 0),
-    frameHeight: video.reduce((n, s) => Math.max(n, s.frameHeight ?? 0), 0),
-    packetsReceived: sum('packetsReceived'),
-    packetsLost: sum('packetsLost'),
-    nackCount: sum('nackCount'),
-    pliCount: sum('pliCount'),
-    freezeCount: sum('freezeCount'),
-    totalFreezesDuration: sum('totalFreezesDuration'),
-    localPort: local ? local.port : null,
-    availableIncomingBitrate: pair ? pair.availableIncomingBitrate ?? null : null,
-  };
-}
-"""
 
 # What the publisher sends, per rid (for failure messages).
 OUTBOUND_JS = """

@@ -61,14 +61,12 @@ def test_nack_mapping_back_to_source():
     assert fwd.source_sequence(65000) is None  # before the start
 
 
-def test_duplicates_too_old_and_paused():
+def test_duplicates_and_too_old():
     fwd = Forwarder(needs_keyframe=False, initial_sequence=0, initial_timestamp=0, max_late=10)
     run(fwd, [(100, 0, False, False), (150, 0, False, False)])
     assert fwd.translate(150, 0, False, False) is DropReason.DUPLICATE
     assert fwd.translate(120, 0, False, False) is DropReason.TOO_OLD
     assert fwd.translate(99, 0, False, False) is DropReason.TOO_OLD
-    fwd.paused = True
-    assert fwd.translate(151, 0, False, False) is DropReason.PAUSED
 
 
 def test_layer_switch_continues_sequence_and_timestamp():
