@@ -137,7 +137,7 @@ class DownTrack:
         self._munger = Vp8Munger() if uptrack.codec.mime_type.lower() == "video/vp8" and uptrack.simulcast else None
         self._epoch_munging: dict[int, tuple[int, int]] = {}
         self._registered: list[int] = []
-        self._last_arrival_ms = 0.0
+        self._left_at_ms = 0.0  # arrival of the last packet of a layer left (paused, dropped)
         self._last_layer: int | None = None  # the layer of the newest epoch
         self._last_ts_offset = 0
         self._munging_pending = False
@@ -220,17 +220,25 @@ class DownTrack:
         current = self.forwarder.layer
         if layer is None:
             self._register([])
-            self.forwarder.layer = None  # resuming needs a keyframe
+            self._leave_layer()  # resuming needs a keyframe
             self._changed(None)
             return
         if current is not None and layer < current and reason == "bandwidth":
             # The link is short: stop the current layer now so the target's keyframe
             # is not stuck behind it (the subscriber sees the switch at the keyframe).
-            self.forwarder.layer = None
+            self._leave_layer()
             current = None
         self._register([layer] if current is None or current == layer else [current, layer])
         if request and layer != current:
             self.uptrack.request_keyframe(now_ms, layer)
+
+    def _leave_layer(self) -> None:
+        """Stop forwarding the current layer now; remember when its last packet came
+        (the next layer's timestamps go on from there)."""
+        layer = self.forwarder.layer
+        if layer is not None:
+            self._left_at_ms = self.uptrack.layers[layer].last_media_ms or 0.0
+        self.forwarder.layer = None
 
     def _changed(self, layer: int | None) -> None:
         previous = self._reported_layer
@@ -264,7 +272,9 @@ class DownTrack:
         """
         fwd = self.forwarder
         last_out = fwd.last_out_timestamp
-        elapsed = max(1, round((source.arrival_ms - self._last_arrival_ms) * self.clock_rate / 1000.0))
+        # The old layer was forwarded up to its last packet, or up to when it was left.
+        last_ms = self.uptrack.layers[fwd.layer].last_media_ms if fwd.layer is not None else self._left_at_ms
+        elapsed = max(1, round((source.arrival_ms - (last_ms or 0.0)) * self.clock_rate / 1000.0))
         layers = self.uptrack.layers
         old_sr = layers[self._last_layer].last_sender_report if self._last_layer is not None else None
         new_sr = layers[source.layer].last_sender_report
@@ -304,7 +314,6 @@ class DownTrack:
         if result.__class__ is not Translation:
             COUNTERS.dropped[result.value] += 1
             return result
-        self._last_arrival_ms = source.arrival_ms
         head = None
         munger = self._munger
         if munger is not None and packet.payload_end > packet.payload_offset:
@@ -323,13 +332,14 @@ class DownTrack:
             head,
         )
         if self._send_rtp(data):
+            size = len(data)
             self.packets_sent += 1
             self.octets_sent += packet.payload_end - packet.payload_offset
-            self.bytes_sent += len(data)
+            self.bytes_sent += size
             counters = self._counters
             if counters is not None:
                 counters.packets_sent += 1
-                counters.bytes_sent += len(data)
+                counters.bytes_sent += size
         else:
             COUNTERS.dropped["send_failed"] += 1
         return None
