@@ -10,7 +10,8 @@ the budget first, it always goes through.
 
 :class:`LayerSelector` adds time: it goes down at once, but up only when the higher
 allocation has held for ``up_stable_ms`` (or a probe just proved the budget), so a
-noisy estimate does not make the layer flap. Both are pure (time is a parameter).
+noisy estimate does not make the layer flap; a change of the subscriber's cap acts at
+once. Both are pure (time is a parameter).
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ class LayerSelector:
         self._started: set[Hashable] = set()
         self._up_since: dict[Hashable, float] = {}
         self._reasons: dict[Hashable, str] = {}
+        self._caps: dict[Hashable, int | None] = {}  # each track's max_layer last time
         self.last_allocation: dict[Hashable, Allocation] = {}
 
     def select(
@@ -193,6 +195,7 @@ class LayerSelector:
             d.current = self.layers.get(d.key)
         allocation = allocate(budget_bps, demands, self.up_margin)
         self.last_allocation = allocation
+        caps, self._caps = self._caps, {d.key: d.max_layer for d in demands}
         changes: list[LayerChange] = []
         for d in demands:
             a = allocation[d.key]
@@ -204,7 +207,10 @@ class LayerSelector:
                 continue
             if not started and a.layer is None and a.reason == LAYER_LOST:
                 continue  # the publisher's layers have not arrived yet: keep waiting
-            immediate = a.reason in (LAYER_LOST, PREFERENCE) or self._reasons.get(d.key) == PAUSED
+            # Immediate when the subscriber acted (raised its cap, ended its pause) or the
+            # publisher lost a layer; not merely because the result sits at the cap.
+            cap_raised = d.key in caps and caps[d.key] != d.max_layer
+            immediate = a.reason == LAYER_LOST or cap_raised or self._reasons.get(d.key) == PAUSED
             if going_up and started and not immediate and not verified:
                 since = self._up_since.setdefault(d.key, now_ms)
                 if now_ms - since < self.up_stable_ms:
@@ -222,4 +228,5 @@ class LayerSelector:
         self._started.discard(key)
         self._up_since.pop(key, None)
         self._reasons.pop(key, None)
+        self._caps.pop(key, None)
         self.last_allocation.pop(key, None)

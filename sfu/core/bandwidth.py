@@ -76,6 +76,7 @@ class BandwidthEstimator:
         self.last_rtt_ms: float | None = None  # when the last RTT sample came
         self._rtts: list[tuple[float, float]] = []
         self._loss_reaction_ms: float | None = None
+        self._floor_reaction_ms: float | None = None  # a loss reaction stopped at the floor
         self._first_ms: float | None = None
 
     def _clamp(self, bps: float) -> int:
@@ -119,8 +120,9 @@ class BandwidthEstimator:
         little about the rate). At most one loss reaction per ``hold_ms``: the reports
         right after a reaction still describe the rate before it. The estimate goes
         below :attr:`floor_bps` (what the lowest layer needs) only on loss seen while
-        sending at most 1.3x that: a pause needs evidence that the lowest layer itself
-        does not fit; a falling REMB never goes below it.
+        sending at most 1.3x that, in two reactions in a row: a pause needs evidence
+        that the lowest layer itself does not fit, not one burst; a falling REMB never
+        goes below it.
         """
         if self._first_ms is None:
             self._first_ms = now_ms
@@ -131,8 +133,16 @@ class BandwidthEstimator:
         ref = min(self.estimate, sent_bps) if sent_bps >= 0.5 * self.estimate else self.estimate
         factor = max(0.5, 1.0 - fraction_lost) if fraction_lost >= LOSS_HEAVY else 1.0 - 0.5 * fraction_lost
         target = ref * factor
-        if sent_bps > FLOOR_EVIDENCE * self.floor_bps:
-            target = max(target, min(self.estimate, self.floor_bps))
+        floor = min(self.estimate, self.floor_bps)
+        if target < floor:
+            # Below the lowest layer only on loss at about that rate, and only when it
+            # goes on: a second reaction after the first one reached the floor.
+            at_floor = sent_bps <= FLOOR_EVIDENCE * self.floor_bps
+            if not (at_floor and self._floor_reaction_ms is not None):
+                target = floor
+            self._floor_reaction_ms = now_ms if at_floor else None
+        else:
+            self._floor_reaction_ms = None
         self._loss_reaction_ms = now_ms
         self._congestion(target, now_ms)
 

@@ -126,9 +126,8 @@ def test_selector_preference_and_layer_loss_act_at_once():
         return [demand("v", bitrates=state["bitrates"], max_layer=state["cap"], paused=state["paused"])]
 
     assert run(sel, [(0, 5_000_000)], demands) == [(0, 0, PREFERENCE)]
-    state["cap"] = None
-    assert run(sel, [(100, 5_000_000)], demands) == []  # going up needs 2 s of stable allocation
-    assert run(sel, [(2100, 5_000_000)], demands) == [(2100, 2, BANDWIDTH)]
+    state["cap"] = None  # the subscriber raised its cap (a bigger tile): at once
+    assert run(sel, [(100, 5_000_000)], demands) == [(100, 2, BANDWIDTH)]
     state["bitrates"] = [Q, H, None]
     assert run(sel, [(2200, 5_000_000)], demands) == [(2200, 1, LAYER_LOST)]
     state["paused"] = True
@@ -153,3 +152,17 @@ def test_selector_goes_up_at_once_when_a_probe_proved_the_budget():
     assert sel.select(100, 2_000_000, [demand("v")]) == []  # an estimate alone waits
     changes = sel.select(200, 2_000_000, [demand("v")], verified=True)
     assert [(c.previous, c.layer) for c in changes] == [(0, 2)]
+
+
+def test_an_allocation_at_the_cap_still_waits_to_go_up():
+    """A track capped at the middle layer that fell to the lowest for bandwidth goes
+    back up only after the stable time, although the result then sits at its cap."""
+    sel = LayerSelector(up_stable_ms=2000)
+
+    def demands():
+        return [demand("v", max_layer=1)]
+
+    assert run(sel, [(0, 5_000_000)], demands) == [(0, 1, PREFERENCE)]
+    assert run(sel, [(100, 200_000)], demands) == [(100, 0, BANDWIDTH)]
+    assert run(sel, [(200, 5_000_000), (1000, 5_000_000)], demands) == []
+    assert run(sel, [(2200, 5_000_000)], demands) == [(2200, 1, PREFERENCE)]

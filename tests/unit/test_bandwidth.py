@@ -158,7 +158,11 @@ def test_only_loss_at_the_lowest_layer_takes_the_estimate_below_it():
     assert bwe.estimate == 200_000
     bwe.on_loss(0.8, sent_bps=400_000, now_ms=200)  # loss while sending twice the floor
     assert bwe.estimate == 200_000
-    bwe.on_loss(0.8, sent_bps=210_000, now_ms=300)  # loss at the lowest layer: pause
+    bwe.on_loss(0.8, sent_bps=210_000, now_ms=300)  # loss at the lowest layer: once is a burst
+    assert bwe.estimate == 200_000
+    bwe.on_loss(0.8, sent_bps=210_000, now_ms=400)  # it goes on: pause
+    assert bwe.estimate == 100_000
+    bwe.on_loss(0.8, sent_bps=400_000, now_ms=500)  # (loss at a higher rate never goes below)
     assert bwe.estimate == 100_000
 
 
