@@ -588,9 +588,26 @@ class SfuPeerConnection:
             raise ValueError(f"bad ICE candidate: {exc}") from exc
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
-        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
-            parsed.sdpMLineIndex = 0
-        await self.pc.addIceCandidate(parsed)
+        ice = self._ice_transport()
+        if ice is not None:
+            await ice.addRemoteCandidate(parsed)
+
+    def _ice_transport(self) -> Any:
+        """The one ICE transport of this max-bundle connection (RFC 8843 §5), or None
+        before an offer has been applied.
+
+        A trickled candidate belongs to it whatever its ``sdpMid``: aiortc's
+        ``addIceCandidate`` would skip every transceiver flagged as bundled, and a
+        subscription m-line pre-bound at the head of the offer is flagged so (the
+        first m-line of Firefox's offer when it joins a room with publishers), which
+        left ICE with no remote candidate.
+        """
+        transceivers = self.pc.getTransceivers()
+        if transceivers:
+            return transceivers[0].receiver.transport.transport
+        if self.pc.sctp is not None:
+            return self.pc.sctp.transport.transport
+        return None
 
     # -- sending ----------------------------------------------------------------------
 

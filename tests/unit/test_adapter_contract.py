@@ -105,3 +105,45 @@ def test_parse_offer_rejects_junk():
 
     with pytest.raises(ValueError):
         parse_offer("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n")  # no a=mid
+
+
+def _without_candidates(sdp: str) -> tuple[str, list[str]]:
+    """Split an SDP into the text without its candidate lines and those lines."""
+    lines = sdp.split("\r\n")
+    candidates = [line[2:] for line in lines if line.startswith("a=candidate:")]
+    kept = [line for line in lines if not line.startswith("a=candidate:") and line != "a=end-of-candidates"]
+    return "\r\n".join(kept), candidates
+
+
+async def test_trickled_candidates_reach_ice_when_the_first_m_line_is_a_subscription():
+    """Firefox joining a room with publishers offers its recvonly m-lines first and
+    trickles every candidate with ``sdpMid`` "0". The server pre-binds that m-line to
+    a sendonly transceiver; the candidates must still reach the one ICE transport
+    (aiortc's own ``addIceCandidate`` skipped them, and Firefox's ICE failed)."""
+    set_ice_addresses(["127.0.0.1"])
+    server = SfuPeerConnection(Collector())
+    client = RTCPeerConnection()
+    try:
+        client.addTransceiver("video", direction="recvonly")
+        client.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        await client.setLocalDescription(await client.createOffer())
+        offer_sdp, candidates = _without_candidates(client.localDescription.sdp)
+        assert candidates, "aiortc gathered no candidate"
+        offer = parse_offer(offer_sdp)
+        assert [(m.mid, m.direction) for m in offer] == [("0", "recvonly"), ("1", "sendonly")]
+        assert server.prepare_send(offer[0], "video/VP8", "PA_x", "TR_y")
+        answer = await server.answer(offer_sdp)
+        await client.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        for line in candidates:
+            await server.add_ice_candidate({"candidate": line, "sdpMid": "0", "sdpMLineIndex": 0})
+        ice = server.pc.getTransceivers()[0].receiver.transport.transport
+        remote = {(c.ip, c.port) for c in ice.getRemoteCandidates()}
+        trickled = {(line.split()[4], int(line.split()[5])) for line in candidates}
+        assert trickled <= remote, f"trickled {trickled}, ICE knows {remote}"
+        assert await wait_for(lambda: server.connected, timeout=15.0), (
+            f"server ICE {server.pc.iceConnectionState}, DTLS never connected"
+        )
+    finally:
+        set_ice_addresses(None)
+        await client.close()
+        await server.close()
