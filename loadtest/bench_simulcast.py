@@ -78,7 +78,9 @@ async (publisherId) => {
   const video = stats.filter((s) => s.type === 'inbound-rtp' && s.kind === 'video' && trackIds.has(s.trackIdentifier));
   const sum = (key) => video.reduce((n, s) => n + (s[key] ?? 0), 0);
   const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-  const pair = transport && stats.find((s) => s.id === transport.selectedCandidatePairId);
+  // Firefox names no selected pair on its transport; its pair says `selected` itself.
+  const pair = transport ? stats.find((s) => s.id === transport.selectedCandidatePairId)
+    : stats.find((s) => s.type === 'candidate-pair' && s.selected);
   const local = pair && stats.find((s) => s.id === pair.localCandidateId);
   return {
     at: performance.now(),

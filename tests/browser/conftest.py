@@ -1,10 +1,12 @@
-"""Fixtures for browser tests: a real SFU server and real headless Chromium pages.
+"""Fixtures for browser tests: a real SFU server and real headless browser pages.
 
 Every process started here runs in its own process group and is ended by that group
 (SIGTERM, then SIGKILL) when the fixture finishes, whether the test passed or not.
 Chromium is the system browser (/usr/bin/chromium), launched by us with the flags
 from /work/shared/TESTING.md and driven by Playwright over the DevTools protocol on
-loopback.
+loopback. Firefox is Debian's firefox-esr, driven by puppeteer-core over WebDriver
+BiDi (`firefox.py`); its page object offers the part of Playwright's API the tests
+use, so a test body can run on either engine.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
+
+from firefox import FirefoxPage, check_firefox
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -121,14 +125,20 @@ def sfu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class BrowserPage:
-    """One participant: a Chromium process of its own and the page it shows."""
+    """One participant: a browser process of its own and the page it shows.
 
-    def __init__(self, page: Page, label: str) -> None:
+    ``page`` is a Playwright ``Page`` for Chromium, a :class:`FirefoxPage` (the same
+    ``evaluate``/``wait_for_function``/``goto`` calls) for Firefox; ``engine`` says which.
+    """
+
+    def __init__(self, page: Page | FirefoxPage, label: str, engine: str = "chromium", console: list[str] | None = None) -> None:
         self.page = page
         self.label = label
-        self.console: list[str] = []
-        page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
-        page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
+        self.engine = engine
+        self.console: list[str] = console if console is not None else []
+        if engine == "chromium":
+            page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
+            page.on("pageerror", lambda err: self.console.append(f"pageerror: {err}"))
 
     def log(self) -> str:
         """The page's console output so far, for assertion messages."""
@@ -161,19 +171,33 @@ async def _devtools_port(proc: subprocess.Popen, user_data_dir: str) -> int:
     raise RuntimeError("chromium did not open its DevTools port")
 
 
-OpenPage = Callable[[str, str], Awaitable[BrowserPage]]
+OpenPage = Callable[..., Awaitable[BrowserPage]]
 
 
 @pytest.fixture
 async def open_page() -> AsyncIterator[OpenPage]:
-    """Factory: `await open_page(url, label)` starts a fresh Chromium and opens `url`."""
+    """Factory: `await open_page(url, label, engine="chromium")` starts a fresh browser
+    (`chromium` or `firefox`) and opens `url`."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is not installed (.ci/run installs the Debian package chromium)")
     processes: list[tuple[subprocess.Popen, str]] = []
     browsers: list[Browser] = []
+    firefoxes: list[FirefoxPage] = []
     async with async_playwright() as playwright:
 
-        async def _open(url: str, label: str) -> BrowserPage:
+        async def _open(url: str, label: str, engine: str = "chromium") -> BrowserPage:
+            if engine == "firefox":
+                missing = check_firefox()
+                if missing:
+                    pytest.fail(missing)
+                console: list[str] = []
+                firefox = await FirefoxPage.launch(console)
+                firefoxes.append(firefox)
+                participant = BrowserPage(firefox, label, engine, console)
+                await firefox.goto(url)
+                return participant
+            if engine != "chromium":
+                raise ValueError(f"unknown engine {engine}")
             user_data_dir = tempfile.mkdtemp(prefix=f"chromium-{label}-")
             proc = _launch_chromium(user_data_dir)
             processes.append((proc, user_data_dir))
@@ -189,6 +213,7 @@ async def open_page() -> AsyncIterator[OpenPage]:
         try:
             yield _open
         finally:
+            await asyncio.gather(*(firefox.close() for firefox in firefoxes), return_exceptions=True)
             for browser in browsers:
                 try:
                     await asyncio.wait_for(browser.close(), timeout=5)
@@ -197,3 +222,13 @@ async def open_page() -> AsyncIterator[OpenPage]:
             for proc, user_data_dir in processes:
                 _end_process_group(proc)
                 shutil.rmtree(user_data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tc_available() -> None:
+    """Shaping needs root, `tc`, and no other shaping on `lo` (another test run)."""
+    if os.geteuid() != 0 or shutil.which("tc") is None:
+        pytest.fail("shaping the loopback link needs root and tc (iproute2; .ci/run installs it)")
+    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
+    if "htb" in qdiscs:
+        pytest.fail(f"lo is shaped already (another test run?); not touching it:\n{qdiscs}")

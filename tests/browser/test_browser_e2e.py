@@ -8,45 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.async_api import expect
+
+from pages import (
+    CHAT_LOG_JS,
+    CHAT_TIMEOUT_MS,
+    assert_receives_media,
+    join,
+    new_room,
+    wait_chat_open,
+    wait_joined,
+)
 
 if TYPE_CHECKING:
     from conftest import BrowserPage, OpenPage
 
 pytestmark = pytest.mark.browser
 
-JOIN_TIMEOUT_MS = 15_000
-MEDIA_TIMEOUT_S = 20.0
 TILE_GONE_TIMEOUT_MS = 5_000
-
-# Per remote participant, what this page receives from it: inbound-rtp stats of the
-# tracks the client put in that participant's MediaStream.
-MEDIA_STATS_JS = """
-async () => {
-  const inbound = [...(await window.sfuPc.getStats()).values()].filter((s) => s.type === 'inbound-rtp');
-  const sum = (list, key) => list.reduce((n, s) => n + (s[key] ?? 0), 0);
-  const max = (list, key) => list.reduce((n, s) => Math.max(n, s[key] ?? 0), 0);
-  const result = {};
-  for (const [id, participant] of window.sfuClient.participants) {
-    const trackIds = new Set(participant.stream.getTracks().map((t) => t.id));
-    const video = inbound.filter((s) => s.kind === 'video' && trackIds.has(s.trackIdentifier));
-    const audio = inbound.filter((s) => s.kind === 'audio' && trackIds.has(s.trackIdentifier));
-    result[id] = {
-      framesDecoded: sum(video, 'framesDecoded'),
-      frameWidth: max(video, 'frameWidth'),
-      frameHeight: max(video, 'frameHeight'),
-      audioPackets: sum(audio, 'packetsReceived'),
-      audioSamples: sum(audio, 'totalSamplesReceived'),
-    };
-  }
-  return result;
-}
-"""
 
 
 PUBLISHER_FEEDBACK_JS = """async () => {
@@ -68,62 +51,9 @@ SENDER_REPORTS_JS = """async () => {
 }"""
 
 
-def new_room() -> str:
-    """A room name no other test uses."""
-    return f"t{uuid.uuid4().hex[:10]}"
-
-
-async def join(open_page: OpenPage, base_url: str, room: str, name: str, publish: bool = True) -> tuple[BrowserPage, str]:
-    """Open the demo page for `room` as `name`; return the page and its participant id."""
-    query = {"room": room, "name": name} | ({} if publish else {"publish": "0"})
-    participant = await open_page(f"{base_url}/?{urlencode(query)}", name)
-    participant_id = await wait_joined(participant)
-    return participant, participant_id
-
-
-async def wait_joined(participant: BrowserPage) -> str:
-    """Wait until the page's client has joined; return its participant id."""
-    handle = await participant.page.wait_for_function(
-        "() => window.sfuClient && window.sfuClient.participantId", timeout=JOIN_TIMEOUT_MS
-    )
-    return await handle.json_value()
-
-
 def tile(participant: BrowserPage, participant_id: str):
     """Locator of the tile showing `participant_id` on `participant`'s page."""
     return participant.page.locator(f'[data-participant-id="{participant_id}"]')
-
-
-def _has_media(entry: dict | None) -> bool:
-    return bool(
-        entry
-        and entry["framesDecoded"] > 0
-        and entry["frameWidth"] > 0
-        and entry["frameHeight"] > 0
-        and entry["audioPackets"] > 0
-        and entry["audioSamples"] > 0
-    )
-
-
-async def assert_receives_media(viewer: BrowserPage, publisher_ids: list[str]) -> None:
-    """`viewer` decodes video and receives audio from every publisher, and it keeps flowing."""
-    deadline = asyncio.get_running_loop().time() + MEDIA_TIMEOUT_S
-    while True:
-        first = await viewer.page.evaluate(MEDIA_STATS_JS)
-        if all(_has_media(first.get(pid)) for pid in publisher_ids):
-            break
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{viewer.label} gets no media from {publisher_ids}: {first}\n{viewer.log()}")
-        await asyncio.sleep(0.25)
-
-    await asyncio.sleep(1.0)
-    second = await viewer.page.evaluate(MEDIA_STATS_JS)
-    for pid in publisher_ids:
-        before, after = first[pid], second[pid]
-        context = f"{viewer.label} from {pid}: {before} -> {after}"
-        assert after["framesDecoded"] - before["framesDecoded"] >= 5, f"video stalled at {context}"
-        assert after["audioPackets"] - before["audioPackets"] >= 10, f"audio packets stalled at {context}"
-        assert after["audioSamples"] > before["audioSamples"], f"audio playout stalled at {context}"
 
 
 async def test_form_joins_as_viewer(sfu_server: str, open_page: OpenPage) -> None:
@@ -259,17 +189,6 @@ async def test_late_joiner_and_leaving(sfu_server: str, open_page: OpenPage) -> 
 
 # --- DataChannels: chat through the demo page, and the client's data API -------------
 
-CHAT_TIMEOUT_MS = 5_000
-CHAT_OPEN_JS = "() => window.sfuClient?.channels.get('chat')?.readyState === 'open'"
-CHAT_LOG_JS = """() => [...document.querySelectorAll('#chat-log .chat-message')].map((m) => [
-  m.querySelector('.chat-from').textContent, m.querySelector('.chat-text').textContent, m.classList.contains('own')])"""
-
-
-async def wait_chat_open(participant: BrowserPage) -> None:
-    """Wait until the page's `chat` DataChannel is open (its SCTP association is up)."""
-    await participant.page.wait_for_function(CHAT_OPEN_JS, timeout=JOIN_TIMEOUT_MS)
-
-
 def chat_message(participant: BrowserPage, text: str):
     """Locator of the chat message(s) on `participant`'s page whose text is `text`."""
     page = participant.page
@@ -304,7 +223,7 @@ async def test_chat_between_publishers_and_a_viewer(sfu_server: str, open_page: 
     room = new_room()
     # Vera joins first, publishing nothing into an empty room: her first offer carries
     # the m=application section only, and her chat channel still opens.
-    vera, vera_id = await join(open_page, sfu_server, room, "Vera", publish=False)
+    vera, vera_id = await join(open_page, sfu_server, room, "Vera", publish="0")
     await wait_chat_open(vera)
     sdp = await vera.page.evaluate("() => window.sfuPc.currentLocalDescription.sdp")
     assert re.findall(r"^m=(\w+)", sdp, re.M) == ["application"], sdp
@@ -378,7 +297,7 @@ async def test_data_api_envelopes_addressing_and_errors(sfu_server: str, open_pa
     channel reopened after `data_overflow`."""
     room = new_room()
     (ann, ann_id), (ben, ben_id), (cat, cat_id) = await asyncio.gather(
-        *(join(open_page, sfu_server, room, name, publish=False) for name in ("Ann", "Ben", "Cat"))
+        *(join(open_page, sfu_server, room, name, publish="0") for name in ("Ann", "Ben", "Cat"))
     )
     for p in (ann, ben, cat):
         await wait_chat_open(p)

@@ -11,19 +11,16 @@ events its client received (``window.sfuLayerEvents``) and the layer label on th
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import time
-import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
 
 import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from playwright.async_api import expect
 
 from loadtest.bench_simulcast import VIDEO_STATS_JS
+from pages import JOIN_TIMEOUT_MS, join
+from pages import new_room as _new_room
 from tests.integration.shaping import shaped_port
 
 if TYPE_CHECKING:
@@ -31,7 +28,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-JOIN_TIMEOUT_MS = 15_000
 TOP_LAYER_TIMEOUT_S = 30.0  # from joining until the unshaped subscriber decodes 720p
 DROP_TIMEOUT_S = 8.0  # from shaping until the lowest layer is decoded ("a few seconds")
 STEADY_WINDOW_S = 10.0  # decoding on the lowest layer under the limit
@@ -59,18 +55,7 @@ LAYER_EVENTS_JS = "() => window.sfuLayerEvents"
 
 
 def new_room() -> str:
-    """A room name no other test uses."""
-    return f"s{uuid.uuid4().hex[:10]}"
-
-
-async def join(open_page: OpenPage, base_url: str, room: str, name: str, **query: str) -> tuple[BrowserPage, str]:
-    """Open the demo page for `room` as `name` with more query parameters (`publish`,
-    `simulcast`, `maxHeight`); return the page and its participant id."""
-    participant = await open_page(f"{base_url}/?{urlencode({'room': room, 'name': name, **query})}", name)
-    handle = await participant.page.wait_for_function(
-        "() => window.sfuClient && window.sfuClient.participantId", timeout=JOIN_TIMEOUT_MS
-    )
-    return participant, await handle.json_value()
+    return _new_room("s")
 
 
 async def video_stats(page: BrowserPage, publisher_id: str) -> dict:
@@ -144,16 +129,6 @@ async def watch_decoding(page: BrowserPage, publisher_id: str, duration: float, 
 
 def delta(window: dict, key: str) -> float:
     return window["last"][key] - window["first"][key]
-
-
-@pytest.fixture
-def tc_available() -> None:
-    """Shaping needs root, `tc`, and no other shaping on `lo` (another test run)."""
-    if os.geteuid() != 0 or shutil.which("tc") is None:
-        pytest.fail("shaping the loopback link needs root and tc (iproute2; .ci/run installs it)")
-    qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
-    if "htb" in qdiscs:
-        pytest.fail(f"lo is shaped already (another test run?); not touching it:\n{qdiscs}")
 
 
 async def test_each_subscriber_gets_the_layer_its_downlink_carries(
