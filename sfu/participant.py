@@ -118,6 +118,12 @@ class Participant:
         send_event: delivers a protocol event (a JSON-ready dict) to this participant.
         on_failed: called once if the PeerConnection fails or closes by itself.
         publisher_bitrate: the REMB value sent to this participant as a publisher (bit/s).
+        hidden: the others are not told of this participant (a WHEP player): it
+            receives, but is never listed or announced.
+
+    Attributes:
+        can_publish: False answers every m-line the client sends on inactive,
+            except those bound to a subscription (a player that only receives).
     """
 
     def __init__(
@@ -127,9 +133,12 @@ class Participant:
         send_event: Callable[[dict[str, Any]], None],
         on_failed: Callable[[], None] | None = None,
         publisher_bitrate: int = 2_500_000,
+        hidden: bool = False,
     ) -> None:
         self.id = new_id("PA")
         self.name = name
+        self.hidden = hidden
+        self.can_publish = True
         self.room = room
         self.send_event = send_event
         self.publisher_bitrate = publisher_bitrate
@@ -178,6 +187,7 @@ class Participant:
         return {
             "id": self.id,
             "name": self.name,
+            "hidden": self.hidden,
             "connectionState": self.connection.connection_state,
             "bandwidthEstimate": self.bandwidth_estimate,
             "downlinkEstimate": self.bwe.estimate,
@@ -237,6 +247,32 @@ class Participant:
                 tracks_out[mid] = {"rejected": "no codec the server can forward"}
             return answer, tracks_out, published
 
+    def playback_tracks(self, sdp: str, publisher: Participant) -> dict[str, dict[str, Any]]:
+        """The ``tracks`` map that subscribes an offer's receiving m-lines to what
+        ``publisher`` publishes: each recvonly/sendrecv audio or video m-line, in
+        order, gets the first of ``publisher``'s tracks of its kind not taken yet
+        (cameras and microphones before screen shares). For players that name no
+        tracks themselves (WHEP).
+
+        Raises:
+            OfferError: ``bad_sdp`` when the offer cannot be parsed.
+        """
+        try:
+            offer = parse_offer(sdp)
+        except ValueError as exc:
+            raise OfferError("bad_sdp", str(exc)) from exc
+        order = {"camera": 0, "microphone": 0}
+        free = sorted(publisher.uptracks.values(), key=lambda up: order.get(up.source, 1))
+        tracks: dict[str, dict[str, Any]] = {}
+        for m in offer:
+            if m.direction not in ("recvonly", "sendrecv"):
+                continue
+            up = next((u for u in free if u.kind == m.kind), None)
+            if up is not None:
+                free.remove(up)
+                tracks[m.mid] = {"subscribe": up.id}
+        return tracks
+
     def _prepare(self, offer: list[OfferMedia]) -> dict[str, UpTrack]:
         """Bind subscribed m-lines to sendonly transceivers before applying the offer."""
         subscriptions: dict[str, UpTrack] = {}
@@ -255,7 +291,8 @@ class Participant:
                 else:
                     logger.info("participant %s: mid %s subscribes to unknown track %s", self.id, m.mid, binding.track_id)
                 self.connection.prepare_inactive(m)
-            elif binding is None and m.direction == "recvonly":
+            elif binding is None and (m.direction == "recvonly" or not self.can_publish):
+                # Nothing to send on it, or nothing this participant may publish.
                 self.connection.prepare_inactive(m)
         return subscriptions
 

@@ -83,11 +83,13 @@ class Room:
         return None
 
     def snapshot(self, exclude: Participant | None = None) -> list[dict[str, Any]]:
-        """Every participant but ``exclude`` as protocol participant objects."""
-        return [p.describe() for p in self.participants.values() if p is not exclude]
+        """Every participant but ``exclude`` and the hidden ones as protocol
+        participant objects."""
+        return [p.describe() for p in self.participants.values() if p is not exclude and not p.hidden]
 
     def add(self, participant: Participant) -> None:
-        """Add a participant and tell the others.
+        """Add a participant and tell the others (unless it is hidden). Hidden
+        participants count against ``max_participants`` too.
 
         Raises:
             RoomFull: the room is at ``max_participants``.
@@ -95,7 +97,16 @@ class Room:
         if len(self.participants) >= self.max_participants:
             raise RoomFull(f"room {self.name} is full ({self.max_participants} participants)")
         self.participants[participant.id] = participant
-        self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
+        if not participant.hidden:
+            self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
+
+    def reveal(self, participant: Participant) -> None:
+        """Make a hidden participant visible and tell the others, with the tracks it
+        publishes by now (a WHIP publisher is revealed once its offer is applied, so a
+        refused one is never seen)."""
+        if participant.hidden and self.participants.get(participant.id) is participant:
+            participant.hidden = False
+            self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
 
     def on_data(self, sender_id: str, key: ChannelKey, outgoing: Outgoing) -> None:
         """Fan a DataChannel message out to the others (or to ``outgoing.to``)."""
@@ -139,7 +150,8 @@ class Room:
         for up in list(participant.uptracks.values()):
             for p in self.participants.values():
                 p.drop_subscriptions_to(up.id)
-        self.broadcast({"type": "participant_left", "participantId": participant.id})
+        if not participant.hidden:
+            self.broadcast({"type": "participant_left", "participantId": participant.id})
         await participant.close()
 
 
@@ -183,8 +195,10 @@ class RoomRegistry:
         display_name: str,
         send_event: Callable[[dict[str, Any]], None],
         on_failed: Callable[[], None] | None = None,
+        hidden: bool = False,
     ) -> tuple[Room, Participant]:
-        """Create a participant in ``room_name`` (the room is created on first join).
+        """Create a participant in ``room_name`` (the room is created on first join);
+        a ``hidden`` one is not announced to the others (see :class:`Participant`).
 
         Raises:
             InvalidRoomName: the name breaks the rules.
@@ -197,7 +211,7 @@ class RoomRegistry:
             room = self.rooms[room_name] = Room(room_name, self.max_participants)
         if len(room.participants) >= room.max_participants:
             raise RoomFull(f"room {room_name} is full ({room.max_participants} participants)")
-        participant = Participant(room, display_name, send_event, on_failed, self.publisher_bitrate)
+        participant = Participant(room, display_name, send_event, on_failed, self.publisher_bitrate, hidden)
         room.add(participant)
         self._ensure_ticker()
         return room, participant

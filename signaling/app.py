@@ -1,4 +1,5 @@
-"""The aiohttp application: ``/ws`` (room protocol), ``/healthz``, ``/metrics``,
+"""The aiohttp application: ``/ws`` (room protocol), ``/whip`` and ``/whep`` (WHIP
+ingest and WHEP playback over HTTP), ``/healthz``, ``/metrics``,
 ``/admin/rooms`` (JSON statistics; there is no authentication in the server yet, so it
 is as open as the port) and the browser client from ``web/`` at ``/``."""
 
@@ -23,6 +24,7 @@ from sfu.room import RoomRegistry
 
 from .metrics import SignalingMetrics, watch_event_loop_lag
 from .session import Session
+from .whip import HttpSessions, add_routes
 
 __all__ = ["create_app", "WEB_DIR"]
 
@@ -82,6 +84,7 @@ def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) ->
     app[SIGNALING_METRICS_KEY] = SignalingMetrics(metrics)
     app.on_startup.append(_start_lag_watch)
     app.router.add_get("/ws", _ws)
+    add_routes(app, HttpSessions(registry, app[SIGNALING_METRICS_KEY]))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/admin/rooms", _admin_rooms)

@@ -30,6 +30,15 @@ class SignalingMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=registry,
         )
+        self.http_sessions = Gauge(
+            "sfu_http_sessions", "open WHIP and WHEP sessions, by kind", ["kind"], registry=registry
+        )
+        self.http_requests = Counter(
+            "sfu_http_session_requests",
+            "WHIP and WHEP requests answered, by kind, method and HTTP status",
+            ["kind", "method", "status"],
+            registry=registry,
+        )
         self.event_loop_lag = Histogram(
             "sfu_event_loop_lag_seconds",
             "how late a 250 ms timer of the event loop fires",
