@@ -74,6 +74,7 @@ PEAK_WINDOW_MS = 1500.0  # covers one receiver-report interval of Chrome
 SETTLE_MS = 1000.0  # no probe this long after a layer change
 NACK_WINDOW_MS = 300.0  # loss measured from NACKs over this window
 NACK_MIN_PACKETS = 20  # ... when at least this many video packets went out in it
+MAX_DECLARED_RTX = 8  # FID groups taken from one simulcast m-line
 
 
 class OfferError(Exception):
@@ -159,6 +160,8 @@ class Participant:
         self._rid_extension_id: int | None = None
         self._rrid_extension_id: int | None = None
         self._simulcast: dict[str, SimulcastOffer] = {}
+        # by mid of a simulcast UpTrack: media SSRC -> RTX SSRC (its offer's FID groups)
+        self._declared_rtx: dict[str, dict[int, int]] = {}
         self._negotiation = asyncio.Lock()
         self._last_report_ms = 0.0
         # Subscriber side: downlink estimate, probing, layer selection.
@@ -341,6 +344,10 @@ class Participant:
             self._rrid_extension_id = simulcast.rrid_extension_id
             if simulcast.rejected:
                 logger.info("participant %s: mid %s simulcast rids %s not received", self.id, m.mid, simulcast.rejected)
+            # Firefox declares its layers' SSRCs with FID groups but no RIDs: a layer's
+            # RTX SSRC follows its media SSRC once RID routing has bound that.
+            declared = list(m.rtx_ssrcs.items())[:MAX_DECLARED_RTX]
+            self._declared_rtx[m.mid] = {media_ssrc: rtx for rtx, media_ssrc in declared}
         up = UpTrack(
             track_id=new_id("TR"),
             publisher_id=self.id,
@@ -426,6 +433,7 @@ class Participant:
         if up is None:
             return None
         self._uptracks_by_mid.pop(up.mid, None)
+        self._declared_rtx.pop(up.mid, None)
         for ssrc, route in list(self._routes.items()):
             if route[0] is up:
                 del self._routes[ssrc]
@@ -507,6 +515,9 @@ class Participant:
             layer.bind_ssrc(ssrc)
         route = (up, layer, is_rtx)
         self._routes[ssrc] = route
+        rtx = None if is_rtx else self._declared_rtx.get(up.mid, {}).get(ssrc)
+        if rtx is not None and rtx not in self._routes:
+            self._bind(up, layer, True, rtx)
         return route
 
     def on_rtcp(self, data: bytes, arrival_ms: float) -> None:

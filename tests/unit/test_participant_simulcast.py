@@ -18,8 +18,10 @@ from sfu.rtc.adapter import set_ice_addresses
 from .synth import rtp, vp8_payload
 
 
-async def simulcast_offer(rids: list[str], codec_filter: str | None = None) -> str:
-    """An aiortc sendonly video offer with RID/RRID extensions, a=rid and a=simulcast."""
+async def simulcast_offer(rids: list[str], codec_filter: str | None = None, declared: list[tuple[int, int]] = ()) -> str:
+    """An aiortc sendonly video offer with RID/RRID extensions, a=rid and a=simulcast;
+    ``declared`` (media SSRC, RTX SSRC) pairs are written as a=ssrc lines and FID
+    groups without RIDs, as Firefox does."""
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -35,6 +37,8 @@ async def simulcast_offer(rids: list[str], codec_filter: str | None = None) -> s
             out += [f"a=extmap:10 {URI_RID}", f"a=extmap:11 {URI_RRID}"]
             out += [f"a=rid:{r} send" for r in rids]
             out.append("a=simulcast:send " + ";".join(rids))
+            for media, rtx in declared:
+                out += [f"a=ssrc:{media} cname:fox", f"a=ssrc:{rtx} cname:fox", f"a=ssrc-group:FID {media} {rtx}"]
     sdp = "\r\n".join(out)
     if codec_filter:
         sdp = codec_filter
@@ -45,13 +49,13 @@ def mid_ext_id(sdp: str) -> int:
     return int(re.search(rf"a=extmap:(\d+) {re.escape(URI_MID)}", sdp).group(1))
 
 
-async def publish(rids):
+async def publish(rids, declared=()):
     set_ice_addresses(["127.0.0.1"])
     room = Room("r", 10)
     events: list[dict] = []
     p = Participant(room, "pub", events.append)
     room.add(p)
-    offer = await simulcast_offer(rids)
+    offer = await simulcast_offer(rids, declared=declared)
     answer, tracks, published = await p.handle_offer(offer, {"0": {"publish": {"source": "camera"}}})
     return p, offer, answer, published
 
@@ -85,6 +89,27 @@ async def test_answer_accepts_three_layers_and_packets_route_by_rid():
         # RR for every layer SSRC, REMB listing them all.
         assert sorted(up.media_ssrcs()) == [11, 22, 33]
         assert up.layer_bitrates(now)[0] is not None and up.layer_bitrates(now + 600)[0] is None
+    finally:
+        await p.close()
+
+
+async def test_firefox_declared_ssrcs_route_rtx_without_a_repaired_rid():
+    """Firefox's simulcast offer declares every layer's SSRC and its RTX SSRC (FID
+    groups) but not which RID each is: media SSRCs are bound by the RID extension,
+    and a layer's RTX SSRC then follows its media SSRC, repaired RID or not."""
+    p, offer, _, published = await publish(["q", "h", "f"], declared=[(11, 111), (22, 222), (33, 333)])
+    try:
+        (up,) = published
+        assert [layer.ssrc for layer in up.layers] == [None, None, None]  # not bound by the SDP
+        mid = (mid_ext_id(offer), b"0")
+        now = 1000.0
+        for ssrc, rid in ((22, b"h"), (11, b"q"), (33, b"f")):  # in any order
+            p.on_rtp(rtp(1, 0, ssrc=ssrc, payload=vp8_payload(True), ext=[mid, (10, rid)]), now)
+        assert [(layer.ssrc, layer.rtx_ssrc) for layer in up.layers] == [(11, 111), (22, 222), (33, 333)]
+        # A retransmission on h's RTX SSRC with no extension at all is restored onto h.
+        rtx_pt = up.codec.rtx_payload_type
+        p.on_rtp(rtp(5, 0, ssrc=222, pt=rtx_pt, payload=b"\x00\x02" + vp8_payload(False)), now)
+        assert up.layers[1].stats.received == 2
     finally:
         await p.close()
 
