@@ -20,7 +20,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Callable
 
-from .core.forwarder import DropReason, Forwarder, Translation
+from .core.forwarder import DropReason, Forwarder, Switch, Translation
 from .core.receive_stats import rtt_from_report_ms
 from .core.rtcp import ReportBlock, SenderReport, build_sr
 from .core.rtp import (
@@ -216,6 +216,7 @@ class DownTrack:
         if layer == self.target_layer and (layer is not None or self.paused):
             return
         self.target_layer = layer
+        self.forwarder.target = layer
         self.paused = layer is None
         current = self.forwarder.layer
         if layer is None:
@@ -297,23 +298,18 @@ class DownTrack:
                 return DropReason.NOT_CONNECTED
             self._ready = True
         fwd = self.forwarder
-        if source.layer != fwd.layer:
-            if source.layer != self.target_layer:
-                return None  # a layer being left: its last packets are not ours
-            if fwd.needs_keyframe and not source.keyframe:
-                if fwd.layer is None:
-                    COUNTERS.dropped[DropReason.WAITING_FOR_KEYFRAME.value] += 1
-                    self.uptrack.request_keyframe(now_ms, source.layer)
-                    return DropReason.WAITING_FOR_KEYFRAME
-                return None  # keep forwarding the current layer until the keyframe
-            self._switch(source)
         packet = source.packet
-        result = fwd.translate(
-            source.sequence, source.timestamp, source.keyframe, packet.payload_end == packet.payload_offset
-        )
+        padding_only = packet.payload_end == packet.payload_offset
+        result = fwd.decide(source.layer, source.sequence, source.timestamp, source.keyframe, padding_only)
         if result.__class__ is not Translation:
-            COUNTERS.dropped[result.value] += 1
-            return result
+            if result.__class__ is Switch:
+                self._switch(source)
+                result = fwd.translate(source.sequence, source.timestamp, source.keyframe, padding_only)
+            if result.__class__ is not Translation:
+                COUNTERS.dropped[result.value] += 1  # type: ignore[union-attr]
+                if result is DropReason.WAITING_FOR_KEYFRAME:
+                    self.uptrack.request_keyframe(now_ms, source.layer)
+                return result  # type: ignore[return-value]
         head = None
         munger = self._munger
         if munger is not None and packet.payload_end > packet.payload_offset:

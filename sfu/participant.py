@@ -32,6 +32,7 @@ from .core.allocator import (
     UP_MARGIN,
     LayerSelector,
     TrackDemand,
+    covering_layer,
 )
 from .core.bandwidth import LOSS_HIGH, BandwidthEstimator, ProbeController
 from .core.rtcp import (
@@ -88,10 +89,12 @@ class OfferError(Exception):
 
 @dataclass(slots=True)
 class TrackSettings:
-    """A subscriber's preferences for one subscribed track (``track_settings``):
-    ``max_height`` in pixels (None: no cap) and ``paused``."""
+    """A subscriber's preferences for one subscribed track (``track_settings``): the
+    size it shows the video at, ``max_width`` x ``max_height`` device pixels (None: not
+    capped; the layer that covers it is forwarded at most), and ``paused``."""
 
     max_height: int | None = None
+    max_width: int | None = None
     paused: bool = False
 
 
@@ -673,11 +676,9 @@ class Participant:
         up = dt.uptrack
         settings = self.track_settings.get(up.id)
         max_layer = None
-        if settings is not None and settings.max_height is not None:
-            known = [(layer.index, layer.height) for layer in up.layers if layer.height is not None]
-            if known:
-                fitting = [i for i, h in known if h <= settings.max_height]
-                max_layer = fitting[-1] if fitting else 0
+        if settings is not None:
+            sizes = [(layer.width, layer.height) for layer in up.layers]
+            max_layer = covering_layer(sizes, settings.max_width, settings.max_height)
         if up.source == "screen":
             priority = PRIORITY_SCREEN
         elif self.room.active_speaker == up.publisher_id:
@@ -757,7 +758,7 @@ class Participant:
         """Apply a subscriber's ``track_settings`` for ``track_id`` (docs/PROTOCOL.md).
 
         Args:
-            changes: the fields the message set: ``max_height`` (pixels, or None to
+            changes: the fields the message set: ``max_height``/``max_width`` (pixels, or None to
                 remove the cap) and/or ``paused``; the others stay as they were.
 
         Raises:
@@ -768,6 +769,8 @@ class Participant:
         settings = self.track_settings.setdefault(track_id, TrackSettings())
         if "max_height" in changes:
             settings.max_height = changes["max_height"]
+        if "max_width" in changes:
+            settings.max_width = changes["max_width"]
         if "paused" in changes:
             settings.paused = bool(changes["paused"])
         self.allocate(time.monotonic() * 1000.0)

@@ -114,12 +114,13 @@ def parse_message(text: str) -> dict[str, Any]:
         _require_str(msg, "trackId", kind, 64)
     elif kind == "track_settings":
         _require_str(msg, "trackId", kind, 64)
-        if "maxHeight" in msg:
-            height = msg["maxHeight"]
-            if height is not None and (
-                isinstance(height, bool) or not isinstance(height, int) or not 1 <= height <= MAX_HEIGHT_PIXELS
-            ):
-                raise ProtocolError("bad_message", f"'maxHeight' must be null or an integer 1-{MAX_HEIGHT_PIXELS}", kind)
+        for key in ("maxHeight", "maxWidth"):
+            if key in msg:
+                size = msg[key]
+                if size is not None and (
+                    isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_HEIGHT_PIXELS
+                ):
+                    raise ProtocolError("bad_message", f"'{key}' must be null or an integer 1-{MAX_HEIGHT_PIXELS}", kind)
         if "paused" in msg and not isinstance(msg["paused"], bool):
             raise ProtocolError("bad_message", "'paused' must be a boolean", kind)
     return msg

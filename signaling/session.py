@@ -192,6 +192,8 @@ class Session:
         changes: dict[str, Any] = {}
         if "maxHeight" in msg:
             changes["max_height"] = msg["maxHeight"]
+        if "maxWidth" in msg:
+            changes["max_width"] = msg["maxWidth"]
         if "paused" in msg:
             changes["paused"] = msg["paused"]
         try:

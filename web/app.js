@@ -4,9 +4,10 @@
 //
 // Simulcast: the camera is published as three layers (rids q/h/f at 1/4, 1/2 and full
 // resolution, asking the camera for 1280x720); `&simulcast=0` publishes one encoding
-// (640x480). Each remote tile tells the server its height in device pixels
-// (`track_settings` maxHeight, debounced) so the server forwards no larger layer than
-// the tile shows, and pauses the video while the tile's "Hide video" is on.
+// (640x480). Each remote tile tells the server its size in device pixels
+// (`track_settings` maxWidth/maxHeight, debounced) so the server forwards the smallest
+// layer that covers the tile (never an upscaled smaller one while a larger exists),
+// and pauses the video while the tile's "Hide video" is on.
 // `&maxHeight=N` sends N for every tile instead of its size (tests); `&maxHeight=none`
 // sends no cap at all. Each tile shows the layer it receives and why (`[data-layer]`).
 //
@@ -331,9 +332,10 @@ function addTile(participant, client) {
 }
 
 /**
- * Keep the server told of the height, in device pixels, that a tile shows its video
- * at (or of the page's fixed `maxHeight`): once per video track, then again when the
- * tile has been resized to another height and stayed so for TILE_SIZE_DEBOUNCE_MS.
+ * Keep the server told of the size, in device pixels, that a tile shows its video at
+ * (or of the page's fixed `maxHeight`): once per video track, then again when the
+ * tile has been resized and stayed so for TILE_SIZE_DEBOUNCE_MS. The server forwards
+ * the smallest layer that covers that size.
  * Sets `tile.reportSize()`, called when a video track of the tile gets media.
  * @param {HTMLElement} tile
  * @param {HTMLVideoElement} video
@@ -342,17 +344,21 @@ function addTile(participant, client) {
  */
 function watchTileSize(tile, video, client, participantId) {
   if (options.maxHeight === null) return; // `maxHeight=none`: never cap
-  /** The maxHeight last sent, by track id. */
+  /** The size last sent ("WxH"), by track id. */
   const sent = new Map();
   let timer = null;
   const report = () => {
     timer = null;
-    const maxHeight = options.maxHeight ?? Math.round(video.getBoundingClientRect().height * devicePixelRatio);
-    if (!(maxHeight > 0)) return; // not laid out (e.g. the page is hidden)
+    const box = video.getBoundingClientRect();
+    const size = options.maxHeight !== undefined
+      ? { maxHeight: options.maxHeight }
+      : { maxWidth: Math.round(box.width * devicePixelRatio), maxHeight: Math.round(box.height * devicePixelRatio) };
+    if (!(size.maxHeight > 0)) return; // not laid out (e.g. the page is hidden)
+    const key = `${size.maxWidth ?? ''}x${size.maxHeight}`;
     for (const trackId of videoTrackIds(client, participantId)) {
-      if (sent.get(trackId) === maxHeight) continue;
-      sent.set(trackId, maxHeight);
-      sendTrackSettings(client, trackId, { maxHeight });
+      if (sent.get(trackId) === key) continue;
+      sent.set(trackId, key);
+      sendTrackSettings(client, trackId, size);
     }
   };
   tile.reportSize = report;

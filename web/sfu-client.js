@@ -43,9 +43,13 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  * @typedef {object} TrackSettings
  * What a subscriber asks of one subscribed video track (PROTOCOL.md,
  * "track_settings"). Fields left out are left as they are.
- * @property {number|null} [maxHeight] Cap on the resolution, in device pixels of
- *   height (e.g. the tile's CSS height times `devicePixelRatio`): the server forwards
- *   the highest layer at most this tall (the lowest when none is). null removes the cap.
+ * @property {number|null} [maxHeight] The height the video is shown at, in device
+ *   pixels (the tile's CSS height times `devicePixelRatio`): the server forwards at
+ *   most the smallest layer that covers it, at least this tall (the largest layer when
+ *   none is), so the picture is not upscaled while a larger layer exists. null removes
+ *   the cap.
+ * @property {number|null} [maxWidth] The width the video is shown at, in device pixels
+ *   (the covering layer must be at least this wide too). null removes it.
  * @property {boolean} [paused] true: the server stops forwarding the track;
  *   false: it resumes.
  */
@@ -339,16 +343,17 @@ export class SfuClient extends EventTarget {
    * @param {string} trackId A remote video track id (from `trackpublished`).
    * @param {TrackSettings} settings
    * @throws {Error} When no participant in the room publishes `trackId`.
-   * @throws {TypeError} For a `maxHeight` that is not a positive integer or null, or a
-   *   `paused` that is not a boolean.
+   * @throws {TypeError} For a `maxHeight` or `maxWidth` that is not a positive integer
+   *   or null, or a `paused` that is not a boolean.
    */
-  setTrackSettings(trackId, { maxHeight, paused } = {}) {
+  setTrackSettings(trackId, { maxHeight, maxWidth, paused } = {}) {
     const settings = {};
-    if (maxHeight !== undefined) {
-      if (maxHeight !== null && !(Number.isInteger(maxHeight) && maxHeight > 0)) {
-        throw new TypeError('maxHeight must be a positive integer (device pixels) or null');
+    for (const [key, value] of [['maxHeight', maxHeight], ['maxWidth', maxWidth]]) {
+      if (value === undefined) continue;
+      if (value !== null && !(Number.isInteger(value) && value > 0)) {
+        throw new TypeError(`${key} must be a positive integer (device pixels) or null`);
       }
-      settings.maxHeight = maxHeight;
+      settings[key] = value;
     }
     if (paused !== undefined) {
       if (typeof paused !== 'boolean') throw new TypeError('paused must be a boolean');

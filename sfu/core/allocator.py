@@ -33,6 +33,7 @@ __all__ = [
     "Allocation",
     "LayerChange",
     "allocate",
+    "covering_layer",
     "LayerSelector",
 ]
 
@@ -89,6 +90,34 @@ class LayerChange:
     previous: int | None
     layer: int | None
     reason: str
+
+
+def covering_layer(
+    sizes: Sequence[tuple[int | None, int | None]], max_width: int | None, max_height: int | None
+) -> int | None:
+    """The layer that covers a tile: the smallest layer at least ``max_width`` wide and
+    ``max_height`` tall (device pixels), so the picture is never upscaled while a
+    larger layer exists (LiveKit's adaptive stream chooses the same way); the largest
+    known layer when none covers it.
+
+    Args:
+        sizes: (width, height) of each layer in pixels, lowest layer first; None where
+            not known yet (no keyframe seen).
+        max_width, max_height: the tile's size; None for a side that is not capped.
+
+    Returns:
+        the layer index to cap at, or None (no cap: no size asked for, or no layer
+        size known).
+    """
+    if max_width is None and max_height is None:
+        return None
+    known = [(i, w, h) for i, (w, h) in enumerate(sizes) if h is not None]
+    if not known:
+        return None
+    for i, w, h in known:
+        if (max_height is None or h >= max_height) and (max_width is None or w is None or w >= max_width):
+            return i
+    return known[-1][0]
 
 
 def _active(demand: TrackDemand) -> list[int]:

@@ -1,8 +1,11 @@
 """The per-DownTrack forwarding decision and sequence/timestamp munging.
 
-Decide, then apply: :meth:`Forwarder.translate` returns a :class:`Translation` (the
-output sequence number and timestamp) or a :class:`DropReason`; the caller only
-writes the header. Drops are values, never exceptions.
+Decide, then apply: for every source packet :meth:`Forwarder.decide` returns one value,
+a :class:`Translation` (the output sequence number and timestamp: send it), a
+:class:`Switch` (this keyframe starts the target layer: the caller computes the output
+timestamp, calls :meth:`Forwarder.switch` and :meth:`Forwarder.translate`, and sends
+it) or a :class:`DropReason`. The caller only writes the header. Drops are values,
+never exceptions.
 
 Output numbering (RFC 3550 §5.1): each DownTrack starts at a random sequence number
 and timestamp. Packets the forwarder drops on purpose at the head of the stream
@@ -16,7 +19,7 @@ import enum
 from bisect import bisect_right
 from typing import NamedTuple
 
-__all__ = ["DropReason", "Translation", "SourceRef", "Forwarder"]
+__all__ = ["DropReason", "Translation", "Switch", "SourceRef", "Forwarder"]
 
 
 class DropReason(enum.Enum):
@@ -24,9 +27,23 @@ class DropReason(enum.Enum):
 
     NOT_CONNECTED = "not_connected"
     WAITING_FOR_KEYFRAME = "waiting_for_keyframe"
+    OTHER_LAYER = "other_layer"  # a simulcast layer not forwarded now (being left, or before its keyframe)
     PADDING = "padding"
     TOO_OLD = "too_old"
     DUPLICATE = "duplicate"
+
+
+class Switch:
+    """The decision that a keyframe of the target ``layer`` starts forwarding it (the
+    first layer, a resume, or a simulcast layer switch)."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: int) -> None:
+        self.layer = layer
+
+    def __repr__(self) -> str:
+        return f"Switch(layer={self.layer})"
 
 
 class Translation:
@@ -122,7 +139,9 @@ class Forwarder:
         self._max_late = max_late
         self.started = False
         self.layer: int | None = None
+        self.target: int | None = None  # the layer wanted: forwarded from its next keyframe
         self.last_out_timestamp = self._out_ts_start  # unwrapped, of the newest packet
+        self._switches: dict[int, Switch] = {}
         self._epoch = _Epoch(0, 0, 0, self._next_out_seq, 0)
         self._old: list[_Epoch] = []
 
@@ -151,6 +170,31 @@ class Forwarder:
             out_timestamp = self._out_ts_start if not self._old else self.last_out_timestamp + 1
         self.layer = layer
         self._epoch = _Epoch(epoch.index + 1, layer, seq, next_out, out_timestamp - timestamp)
+
+    def decide(
+        self, layer: int, seq: int, timestamp: int, keyframe: bool, padding_only: bool
+    ) -> Translation | Switch | DropReason:
+        """The whole forwarding decision for one source packet of ``layer`` (hot path).
+
+        A packet of the current layer is translated (:meth:`translate`). A packet of
+        :attr:`target` starts it when it is a keyframe (or when no keyframe is needed,
+        audio): :class:`Switch`. Before that, the target's packets are dropped with
+        ``WAITING_FOR_KEYFRAME`` while nothing is forwarded (the caller asks the
+        publisher for a keyframe) and ``OTHER_LAYER`` while the current layer goes on;
+        so are the last packets of a layer being left.
+        """
+        if layer == self.layer:
+            return self.translate(seq, timestamp, keyframe, padding_only)
+        if layer != self.target:
+            return DropReason.OTHER_LAYER
+        if padding_only:
+            return DropReason.PADDING
+        if self.needs_keyframe and not keyframe:
+            return DropReason.WAITING_FOR_KEYFRAME if self.layer is None else DropReason.OTHER_LAYER
+        switch = self._switches.get(layer)
+        if switch is None:
+            switch = self._switches[layer] = Switch(layer)
+        return switch
 
     def translate(self, seq: int, timestamp: int, keyframe: bool, padding_only: bool) -> Translation | DropReason:
         """Decide for one source packet of the current layer.

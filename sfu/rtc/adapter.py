@@ -50,8 +50,10 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from ..core.rtp import URI_TRANSPORT_CC
 from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
+from ..core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
 
 _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
@@ -434,11 +436,14 @@ class SfuPeerConnection:
 
     Args:
         handler: gets every decrypted RTP and RTCP packet (see :class:`RtcHandler`).
+        transport_cc: accept transport-wide congestion control where the client offers
+            it (the sequence number extension and ``transport-cc`` feedback); the m-lines
+            that accepted it carry the extension in their :attr:`media` ``extensions``.
 
     The connection is max-bundle: all m-lines share one DTLS transport.
     """
 
-    def __init__(self, handler: RtcHandler) -> None:
+    def __init__(self, handler: RtcHandler, transport_cc: bool = True) -> None:
         # No STUN/TURN: the server's host candidates are what clients reach (and aiortc's
         # default would query a public STUN server).
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
@@ -448,6 +453,7 @@ class SfuPeerConnection:
         self.send_rtp = self._path.send_rtp  # type: ignore[method-assign]  # the hot path, unwrapped
         self.media: dict[str, MediaInfo] = {}
         self.rejected_mids: list[str] = []  # of the last offer: no codec the SFU can forward
+        self.transport_cc = transport_cc
 
     # -- negotiation -----------------------------------------------------------------
 
@@ -551,7 +557,14 @@ class SfuPeerConnection:
             raise
         self._refresh_media()
         sdp = munge_answer(self.pc.localDescription.sdp, simulcast or {}, rid_extension_ids(offer_sdp))
-        return reject_in_answer(sdp, offer_sdp, self.rejected_mids)
+        sdp = reject_in_answer(sdp, offer_sdp, self.rejected_mids)
+        if self.transport_cc:
+            sdp, accepted = munge_answer_transport_cc(sdp, parse_transport_cc(offer_sdp))
+            for mid, ext_id in accepted.items():
+                info = self.media.get(mid)
+                if info is not None:
+                    info.extensions[URI_TRANSPORT_CC] = ext_id
+        return sdp
 
     def _refresh_media(self) -> None:
         for t in self.pc.getTransceivers():

@@ -15,6 +15,7 @@ from sfu.core.allocator import (
     LayerSelector,
     TrackDemand,
     allocate,
+    covering_layer,
 )
 
 Q, H, F = 150_000, 400_000, 800_000
@@ -166,3 +167,28 @@ def test_an_allocation_at_the_cap_still_waits_to_go_up():
     assert run(sel, [(100, 200_000)], demands) == [(100, 0, BANDWIDTH)]
     assert run(sel, [(200, 5_000_000), (1000, 5_000_000)], demands) == []
     assert run(sel, [(2200, 5_000_000)], demands) == [(2200, 1, PREFERENCE)]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "expected"),
+    [
+        (None, None, None),  # nothing asked: no cap
+        (436, 326, 1),  # a tile between two layers gets the larger (640x360), not an upscaled 320x180
+        (320, 180, 0),
+        (321, 180, 1),  # one pixel wider than q: h covers it
+        (None, 360, 1),
+        (None, 200, 1),
+        (1920, 1080, 2),  # larger than every layer: the largest
+        (100, 50, 0),
+    ],
+)
+def test_covering_layer_picks_the_smallest_layer_that_covers_the_tile(width, height, expected):
+    sizes = [(320, 180), (640, 360), (1280, 720)]
+    assert covering_layer(sizes, width, height) == expected
+
+
+def test_covering_layer_with_unknown_sizes():
+    assert covering_layer([(None, None), (None, None)], 100, 100) is None
+    # Only q known: q does not cover 360, so the largest known (q) until h is seen.
+    assert covering_layer([(320, 180), (None, None), (None, None)], None, 360) == 0
+    assert covering_layer([(320, 180), (640, 360), (None, None)], None, 360) == 1
