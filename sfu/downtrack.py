@@ -27,6 +27,7 @@ from .core.rtp import (
     URI_ABS_SEND_TIME,
     URI_AUDIO_LEVEL,
     URI_MID,
+    URI_TRANSPORT_CC,
     abs_send_time,
     build_extensions,
     write_packet,
@@ -37,6 +38,7 @@ from .metrics import COUNTERS
 from .rtc.adapter import MediaInfo
 
 if TYPE_CHECKING:
+    from .core.twcc import SendHistory
     from .uptrack import SourcePacket, UpTrack
 
 __all__ = ["DownTrack", "ntp_now", "LayerListener"]
@@ -71,6 +73,12 @@ class DownTrack:
         on_layer_change: told of every change of the layer a video DownTrack forwards
             (the first one, switches, pause and resume), with the reason given to
             :meth:`set_target`.
+        transport_cc: the subscriber connection's transport-wide sequence numbers
+            (:class:`~sfu.core.twcc.SendHistory`), when the m-line negotiated the
+            extension: every packet sent (media, RTX, padding) is stamped with the next
+            one and recorded with its send time and size
+            (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2). Without it the
+            packets carry abs-send-time instead, for the subscriber's REMB.
 
     A single-encoding track starts on its only layer; a simulcast DownTrack forwards
     nothing until :meth:`set_target` picks a layer.
@@ -88,6 +96,7 @@ class DownTrack:
         send_rtcp: Callable[[bytes], bool],
         connected: Callable[[], bool] = lambda: True,
         on_layer_change: LayerListener | None = None,
+        transport_cc: SendHistory | None = None,
     ) -> None:
         codec = next(
             (c for c in media.codecs if c.mime_type.lower() == uptrack.codec.mime_type.lower()), None
@@ -108,12 +117,16 @@ class DownTrack:
             initial_timestamp=random.randrange(0x100000000),
         )
         self._mid_ext = (media.extensions[URI_MID], media.mid.encode()) if URI_MID in media.extensions else None
-        self._abs_send_time_id = media.extensions.get(URI_ABS_SEND_TIME)
+        twcc_id = media.extensions.get(URI_TRANSPORT_CC) if transport_cc is not None else None
+        self._history = transport_cc if twcc_id is not None else None
+        self._twcc_id = twcc_id
+        self.transport_cc = twcc_id is not None  # packets carry transport-wide sequence numbers
+        self._twcc_seq = 0  # the transport-wide sequence number of the packet just written
+        self._abs_send_time_id = media.extensions.get(URI_ABS_SEND_TIME) if twcc_id is None else None
         level_out = media.extensions.get(URI_AUDIO_LEVEL)
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, level_out) if level_in and level_out else None
-        self._template = self._extension_template()
-        self._mid_only = build_extensions([self._mid_ext] if self._mid_ext is not None else [])
+        self._one_byte = self._extension_headers()
         self._send_rtp = send_rtp
         self._connected = connected
         self._ready = False
@@ -145,45 +158,63 @@ class DownTrack:
         if not uptrack.simulcast:
             self.set_target(0, "bandwidth", 0.0, request=False)
 
-    def _extension_template(self) -> tuple[bytes, bytes] | None:
-        """Precomputed bytes around the one per-packet value (abs-send-time or audio
-        level), so the hot path writes ``head + value + tail`` (RFC 8285 §4.2)."""
-        elements = [self._mid_ext] if self._mid_ext is not None else []
-        if self._abs_send_time_id is not None:
-            variable = (self._abs_send_time_id, 3)
-        elif self._audio_level is not None:
-            variable = (self._audio_level[1], 1)
-        else:
+    def _extension_headers(self) -> tuple[bytes, bytes, bytes, bytes] | None:
+        """For the one-byte form (RFC 8285 §4.2, every id 1-14): the MID element, and
+        the header byte of each per-packet element (transport-wide sequence number,
+        abs-send-time, audio level; b"" when not negotiated). None: ids need the
+        two-byte form (the slow path)."""
+        ids = [i for i in (self._twcc_id, self._abs_send_time_id) if i is not None]
+        if self._mid_ext is not None:
+            ids.append(self._mid_ext[0])
+        if self._audio_level is not None:
+            ids.append(self._audio_level[1])
+        if any(not 1 <= i <= 14 for i in ids) or (self._mid_ext is not None and not 1 <= len(self._mid_ext[1]) <= 16):
             return None
-        ext_id, size = variable
-        if not 1 <= ext_id <= 14 or any(not 1 <= i <= 14 for i, _ in elements):
-            return None
-        body = b"".join(bytes(((i << 4) | (len(v) - 1),)) + v for i, v in elements)
-        body += bytes(((ext_id << 4) | (size - 1),))
-        padding = -(len(body) + size) % 4
-        words = (len(body) + size + padding) // 4
-        return b"\xbe\xde" + words.to_bytes(2, "big") + body, b"\x00" * padding
+        mid = bytes(((self._mid_ext[0] << 4) | (len(self._mid_ext[1]) - 1),)) + self._mid_ext[1] if self._mid_ext else b""
+        twcc = bytes(((self._twcc_id << 4) | 1,)) if self._twcc_id is not None else b""
+        ast = bytes(((self._abs_send_time_id << 4) | 2,)) if self._abs_send_time_id is not None else b""
+        level = bytes((self._audio_level[1] << 4,)) if self._audio_level is not None else b""
+        return mid, twcc, ast, level
 
-    def _extensions(self, source: SourcePacket, now_ms: float) -> bytes:
-        template = self._template
-        if template is not None:
-            if self._abs_send_time_id is not None:
-                return template[0] + abs_send_time(now_ms / 1000.0) + template[1]
-            level = source.packet.extensions.get(self._audio_level[0])  # type: ignore[index]
-            if level is None:
-                return self._mid_only
-            if len(level) == 1:
-                return template[0] + level + template[1]
+    def _extensions(self, source: SourcePacket, now_ms: float, cluster: int | None = None) -> bytes:
+        """The subscriber's extension block for one packet sent now: its MID, the next
+        transport-wide sequence number (recorded in the send history with ``cluster``,
+        the probe cluster of padding) or abs-send-time, and the publisher's audio level."""
+        level = None
+        if self._audio_level is not None:
+            level = source.packet.extensions.get(self._audio_level[0])
+        seq = None
+        if self._history is not None:
+            seq = self._twcc_seq = self._history.next(now_ms, cluster)
+        headers = self._one_byte
+        if headers is not None and (level is None or len(level) == 1):
+            mid, twcc, ast, level_header = headers
+            body = mid
+            if seq is not None:
+                body += twcc + seq.to_bytes(2, "big")
+            if ast:
+                body += ast + abs_send_time(now_ms / 1000.0)
+            if level is not None:
+                body += level_header + level
+            if not body:
+                return b""
+            pad = -len(body) % 4
+            return b"\xbe\xde" + ((len(body) + pad) >> 2).to_bytes(2, "big") + body + b"\x00" * pad
         elements = []
         if self._mid_ext is not None:
             elements.append(self._mid_ext)
+        if seq is not None:
+            elements.append((self._twcc_id, seq.to_bytes(2, "big")))
         if self._abs_send_time_id is not None:
             elements.append((self._abs_send_time_id, abs_send_time(now_ms / 1000.0)))
-        if self._audio_level is not None:
-            level = source.packet.extensions.get(self._audio_level[0])
-            if level is not None:
-                elements.append((self._audio_level[1], level))
+        if level is not None and self._audio_level is not None:
+            elements.append((self._audio_level[1], level))
         return build_extensions(elements)
+
+    def _sent(self, size: int) -> None:
+        """Record the size of the packet just sent in the transport-wide send history."""
+        if self._history is not None:
+            self._history.set_size(self._twcc_seq, size)
 
     @property
     def layer(self) -> int | None:
@@ -329,6 +360,7 @@ class DownTrack:
         )
         if self._send_rtp(data):
             size = len(data)
+            self._sent(size)
             self.packets_sent += 1
             self.octets_sent += packet.payload_end - packet.payload_offset
             self.bytes_sent += size
@@ -349,13 +381,15 @@ class DownTrack:
         if len(self._epoch_munging) > Forwarder.EPOCHS_KEPT + 1:
             del self._epoch_munging[min(self._epoch_munging)]
 
-    def _retransmission(self, out_seq: int, now_ms: float, layer: int, src: int, ts_offset: int, epoch: int) -> bytes | None:
+    def _retransmission(
+        self, out_seq: int, now_ms: float, layer: int, src: int, ts_offset: int, epoch: int, cluster: int | None = None
+    ) -> bytes | None:
         source = self.uptrack.layers[layer].cache.get(src)
         if source is None:
             return None
         packet = source.packet
         timestamp = (source.timestamp + ts_offset) & 0xFFFFFFFF
-        ext = self._extensions(source, now_ms)
+        ext = self._extensions(source, now_ms, cluster)
         head = None
         if self._munger is not None and packet.payload_end > packet.payload_offset:
             offsets = self._epoch_munging.get(epoch)
@@ -388,16 +422,18 @@ class DownTrack:
                 continue  # video from before a switch: the new layer's keyframe supersedes it
             data = self._retransmission(out_seq, now_ms, ref.layer, ref.sequence, ref.timestamp_offset, ref.epoch)
             if data is not None and self._send_rtp(data):
+                self._sent(len(data))
                 self.bytes_sent += len(data)
                 sent += 1
         COUNTERS.retransmissions_sent += sent
         return sent
 
-    def send_padding(self, budget_bytes: float, now_ms: float) -> int:
+    def send_padding(self, budget_bytes: float, now_ms: float, cluster: int | None = None) -> int:
         """Send about ``budget_bytes`` of padding (bandwidth probing): redundant RTX
         retransmissions of the newest packets sent (RFC 4588 §4; the subscriber drops
-        them as duplicates, its bandwidth estimator counts them). Unused budget carries
-        over to the next call while under one packet.
+        them as duplicates, its bandwidth estimator counts them), stamped as probe
+        ``cluster`` in the transport-wide send history. Unused budget carries over to
+        the next call while under one packet.
 
         Returns:
             bytes sent. Nothing without RTX, before the first packet, or while paused.
@@ -414,10 +450,11 @@ class DownTrack:
             ref = fwd.source_sequence(out_seq)
             if ref is None:
                 continue
-            data = self._retransmission(out_seq, now_ms, ref.layer, src, ref.timestamp_offset, ref.epoch)
+            data = self._retransmission(out_seq, now_ms, ref.layer, src, ref.timestamp_offset, ref.epoch, cluster)
             if data is None:
                 continue
             if self._send_rtp(data):
+                self._sent(len(data))
                 sent += len(data)
                 self._padding_credit -= len(data)
         self.bytes_sent += sent

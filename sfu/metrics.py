@@ -102,6 +102,12 @@ class MediaCounters:
         self.subscriber_bitrate = BucketHistogram(
             (100e3, 250e3, 500e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 30e6)
         )
+        # The server's downlink estimate per subscriber, at each allocation, bit/s.
+        self.downlink_estimate = BucketHistogram(
+            (100e3, 250e3, 500e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 30e6)
+        )
+        # transport-cc feedback packets: "received" from subscribers, "sent" to publishers.
+        self.transport_feedback: Counter[str] = Counter()
 
 
 COUNTERS = MediaCounters()
@@ -186,6 +192,16 @@ class MediaCollector(Collector):
         yield c.subscriber_bitrate.family(
             "sfu_subscriber_bandwidth_estimate_bits_per_second", "subscribers' bandwidth estimates (REMB), bit/s"
         )
+        yield c.downlink_estimate.family(
+            "sfu_downlink_estimate_bits_per_second",
+            "the server's estimate of each subscriber's downlink at each layer allocation (transport-cc or REMB), bit/s",
+        )
+        feedback = CounterMetricFamily(
+            "sfu_transport_feedback", "transport-cc feedback packets, by direction", labels=["direction"]
+        )
+        for direction in ("received", "sent"):
+            feedback.add_metric([direction], c.transport_feedback[direction])
+        yield feedback
 
         rooms, participants, tracks, downtracks = self._gauges()
         yield GaugeMetricFamily("sfu_rooms", "rooms with at least one participant", value=rooms)

@@ -1,8 +1,11 @@
 """RTCP parsing and building.
 
 RFC 3550 §6.4 (SR, RR, report blocks), §6.6 (BYE); RFC 4585 §6.2.1 (generic NACK),
-§6.3.1 (PLI); RFC 5104 §4.3.1 (FIR); draft-alvestrand-rmcat-remb §2.2 (REMB).
-Other packet types (SDES, APP, transport-cc, XR) are returned as :class:`UnknownRtcp`.
+§6.3.1 (PLI); RFC 5104 §4.3.1 (FIR); draft-alvestrand-rmcat-remb §2.2 (REMB);
+draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1 (transport-cc feedback, RTPFB
+FMT 15, decoded by :func:`sfu.core.twcc.parse_twcc` into :class:`~sfu.core.twcc.TwccFeedback`).
+Other packet types (SDES, APP, XR, other RTPFB/PSFB formats) are returned as
+:class:`UnknownRtcp`.
 
 NTP timestamps are 64-bit ints (32.32 fixed point seconds since 1900).
 """
@@ -12,25 +15,28 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from .twcc import TwccFeedback, parse_twcc
+
 __all__ = [
-    "ReportBlock",
-    "SenderReport",
-    "ReceiverReport",
     "Bye",
+    "Fir",
     "Nack",
     "Pli",
-    "Fir",
+    "ReceiverReport",
     "Remb",
-    "UnknownRtcp",
+    "ReportBlock",
     "RtcpPacket",
-    "parse_rtcp",
-    "build_sr",
-    "build_rr",
+    "SenderReport",
+    "TwccFeedback",
+    "UnknownRtcp",
+    "build_fir",
     "build_nack",
     "build_pli",
-    "build_fir",
     "build_remb",
+    "build_rr",
+    "build_sr",
     "nack_pairs",
+    "parse_rtcp",
 ]
 
 PT_SR = 200
@@ -40,6 +46,7 @@ PT_BYE = 203
 PT_RTPFB = 205
 PT_PSFB = 206
 FMT_NACK = 1
+FMT_TWCC = 15  # transport-cc (twcc.FMT_TWCC; twcc.py does not import this module)
 FMT_PLI = 1
 FMT_FIR = 4
 FMT_AFB = 15
@@ -127,14 +134,16 @@ class Remb:
 
 @dataclass(slots=True)
 class UnknownRtcp:
-    """An RTCP packet this module does not decode (SDES, APP, transport-cc, XR, ...)."""
+    """An RTCP packet this module does not decode (SDES, APP, XR, other feedback formats, ...)."""
 
     packet_type: int
     fmt: int
     data: bytes
 
 
-RtcpPacket = SenderReport | ReceiverReport | Bye | Nack | Pli | Fir | Remb | UnknownRtcp
+RtcpPacket = (
+    SenderReport | ReceiverReport | Bye | Nack | Pli | Fir | Remb | TwccFeedback | UnknownRtcp
+)
 
 
 def _parse_report_blocks(data: bytes, offset: int, count: int, end: int) -> list[ReportBlock]:
@@ -179,6 +188,8 @@ def _parse_one(pt: int, fmt: int, body: bytes) -> RtcpPacket:
                     if blp & (1 << bit):
                         lost.append((pid + bit + 1) & 0xFFFF)
             return Nack(sender, media, lost)
+        if pt == PT_RTPFB and fmt == FMT_TWCC:
+            return parse_twcc(sender, media, fci)
         if pt == PT_PSFB and fmt == FMT_PLI:
             return Pli(sender, media)
         if pt == PT_PSFB and fmt == FMT_FIR:

@@ -105,3 +105,44 @@ def test_nothing_is_forwarded_before_the_subscriber_is_connected():
     up.on_rtp(parse_rtp(rtp(2, 0, ssrc=0xAAAA, payload=vp8_payload(False))), 10)
     up.on_rtp(parse_rtp(rtp(3, 0, ssrc=0xAAAA, payload=vp8_payload(True))), 20)
     assert len(sent) == 1 and parse_rtp(sent[0]).payload == vp8_payload(True)
+
+
+def test_transport_cc_stamps_every_packet_media_rtx_and_padding():
+    """With transport-cc negotiated every packet sent carries the next transport-wide
+    sequence number (draft-holmer §2) instead of abs-send-time, and the send history
+    knows its size and, for padding, its probe cluster; two DownTracks of one
+    subscriber share one sequence space."""
+    from sfu.core.rtp import URI_TRANSPORT_CC
+    from sfu.core.twcc import SendHistory, TwccFeedback
+
+    history = SendHistory()
+    codec = CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97)
+    ups, dts, sent = [], [], []
+    for i, ssrc in enumerate((0xAAAA, 0xDDDD)):
+        up = UpTrack(f"TR_{i}", "PA_pub", "video", "camera", str(i), codec, {}, lambda s: None)
+        up.bind_ssrc(ssrc)
+        out_codec = CodecInfo(120, "video/VP8", 90000, rtx_payload_type=121)
+        media = MediaInfo(str(7 + i), "video", "sendonly", [out_codec], {URI_MID: 4, URI_ABS_SEND_TIME: 2, URI_TRANSPORT_CC: 3},
+                          ssrc=0xBB00 + i, rtx_ssrc=0xCC00 + i)
+        dt = DownTrack(up, "PA_sub", media, lambda d: sent.append(d) or True, lambda d: True, transport_cc=history)
+        up.downtracks.append(dt)
+        ups.append(up)
+        dts.append(dt)
+    assert all(dt.transport_cc for dt in dts)
+    for seq in range(10, 14):
+        for up, ssrc in zip(ups, (0xAAAA, 0xDDDD)):
+            up.on_rtp(parse_rtp(rtp(seq, seq * 3000, ssrc=ssrc, payload=vp8_payload(seq == 10))), seq)
+    first = parse_rtp(sent[0])
+    assert dts[0].on_nack([first.sequence_number], 50) == 1
+    before_padding = len(sent)
+    assert dts[1].send_padding(500, 60, cluster=7) > 0
+    packets = [parse_rtp(d) for d in sent]
+    numbers = [int.from_bytes(p.extensions[3], "big") for p in packets]
+    assert numbers == list(range(numbers[0], numbers[0] + len(packets)))  # one space, in send order
+    assert all(2 not in p.extensions for p in packets)  # no abs-send-time with transport-cc
+    assert all(p.extensions[4] in (b"7", b"8") for p in packets)
+    feedback = TwccFeedback(1, 2, numbers[0] & 0xFFFF, 0, 0, [(n & 0xFFFF, 1000 * i) for i, n in enumerate(numbers)])
+    results = history.on_feedback(feedback)
+    assert [r.size for r in results] == [len(d) for d in sent]
+    assert [r.cluster for r in results] == [None] * before_padding + [7] * (len(sent) - before_padding)
+    assert results[before_padding - 1].send_ms == 50 and results[-1].send_ms == 60
