@@ -102,7 +102,10 @@ def covering_layer(
 
     Args:
         sizes: (width, height) of each layer in pixels, lowest layer first; None where
-            not known yet (no keyframe seen).
+            not known yet (no keyframe seen). An unknown layer is taken to be half the
+            size of the known layer above it, or twice the one below (the usual
+            simulcast ratio), so that a late keyframe of a middle layer does not send
+            a subscriber past it.
         max_width, max_height: the tile's size; None for a side that is not capped.
 
     Returns:
@@ -111,13 +114,23 @@ def covering_layer(
     """
     if max_width is None and max_height is None:
         return None
-    known = [(i, w, h) for i, (w, h) in enumerate(sizes) if h is not None]
+    known = {i: (w, h) for i, (w, h) in enumerate(sizes) if h is not None}
     if not known:
         return None
-    for i, w, h in known:
+    estimated: list[tuple[int | None, float]] = []
+    for i in range(len(sizes)):
+        if i in known:
+            w, h = known[i]
+            estimated.append((w, h))
+            continue
+        nearest = min(known, key=lambda k: abs(k - i))
+        w, h = known[nearest]
+        scale = 2.0 ** (i - nearest)
+        estimated.append((None if w is None else int(w * scale), h * scale))
+    for i, (w, h) in enumerate(estimated):
         if (max_height is None or h >= max_height) and (max_width is None or w is None or w >= max_width):
             return i
-    return known[-1][0]
+    return len(sizes) - 1
 
 
 def _active(demand: TrackDemand) -> list[int]:

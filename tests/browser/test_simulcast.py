@@ -283,39 +283,38 @@ async def test_preferences_pause_and_lost_publisher_layer(sfu_server: str, open_
     assert resumed and resumed[-1]["rid"] == "h" and not resumed[-1]["paused"], resumed
     assert (await video_stats(mid, publisher_id))["frameHeight"] == 360
 
-    # The default page sends the tile's height in device pixels, and gets no taller
-    # layer (the lowest one when even that is taller).
+    # The default page sends the tile's size in device pixels, and gets the smallest
+    # layer that covers it (the largest when none does): never an upscaled picture.
     sent = await tiled.page.wait_for_function(
         "() => window.sfuSettingsSent.length && window.sfuSettingsSent", timeout=JOIN_TIMEOUT_MS
     )
     sent = await sent.json_value()
-    tile_height = await tiled.page.evaluate(
-        "(pid) => Math.round(document.querySelector(`[data-participant-id='${pid}'] video`)"
-        ".getBoundingClientRect().height * devicePixelRatio)", publisher_id,
+    tile_size_js = (
+        "(pid) => { const box = document.querySelector(`[data-participant-id='${pid}'] video`).getBoundingClientRect();"
+        " return {maxWidth: Math.round(box.width * devicePixelRatio), maxHeight: Math.round(box.height * devicePixelRatio)}; }"
     )
-    assert sent[-1]["settings"] == {"maxHeight": tile_height}, (sent, tile_height)
-    cap = tile_height
-    expected_height, expected_rid = max([(h, r) for h, r in ((180, "q"), (360, "h"), (720, "f")) if h <= cap],
-                                        default=(180, "q"))
+    tile_size = await tiled.page.evaluate(tile_size_js, publisher_id)
+    assert sent[-1]["settings"] == tile_size, (sent, tile_size)
+    layers = ((320, 180, "q"), (640, 360, "h"), (1280, 720, "f"))
+    _, expected_height, expected_rid = next(
+        ((w, h, r) for w, h, r in layers if w >= tile_size["maxWidth"] and h >= tile_size["maxHeight"]), layers[-1]
+    )
     await wait_stats(tiled, publisher_id, lambda s: s["frameHeight"] == expected_height, TOP_LAYER_TIMEOUT_S,
-                     f"decoding {expected_height} px for a {cap} px tile", publisher)
+                     f"decoding {expected_height} px for a {tile_size} tile", publisher)
     tiled_label = tiled.page.locator(f'[data-participant-id="{publisher_id}"] [data-layer]')
     await expect(tiled_label).to_have_attribute("data-layer", expected_rid)
 
     # The tile grows (one 1000 px wide column: 750 px tall): the page sends the new
-    # height once (debounced) and the server forwards the taller layer it allows.
+    # size once (debounced) and the server forwards the layer that covers it.
     await tiled.page.evaluate("() => { document.querySelector('#tiles').style.gridTemplateColumns = '1000px'; }")
     await tiled.page.wait_for_function(f"() => window.sfuSettingsSent.length > {len(sent)}", timeout=5_000)
     await asyncio.sleep(1.0)  # a second report would come within the debounce
     resent = (await tiled.page.evaluate("() => window.sfuSettingsSent"))[len(sent):]
-    new_cap = await tiled.page.evaluate(
-        "(pid) => Math.round(document.querySelector(`[data-participant-id='${pid}'] video`)"
-        ".getBoundingClientRect().height * devicePixelRatio)", publisher_id,
-    )
-    assert new_cap >= 720, new_cap
-    assert [r["settings"] for r in resent] == [{"maxHeight": new_cap}], (resent, new_cap)
+    new_size = await tiled.page.evaluate(tile_size_js, publisher_id)
+    assert new_size["maxHeight"] > 360, new_size
+    assert [r["settings"] for r in resent] == [new_size], (resent, new_size)
     await wait_stats(tiled, publisher_id, lambda s: s["frameHeight"] == 720, TOP_LAYER_TIMEOUT_S,
-                     f"decoding 720 px for a {new_cap} px tile", publisher)
+                     f"decoding 720 px for a {new_size} tile", publisher)
     await expect(tiled_label).to_have_attribute("data-layer", "f")
 
     # The publisher stops sending its top layer: the uncapped subscriber falls back to

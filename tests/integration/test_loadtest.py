@@ -77,7 +77,9 @@ def test_report_matches_the_servers_counters(start_server: Callable[..., ServerP
 
     published = report["roles"]["video_publisher"]["rtp_packets_sent"] + report["roles"]["audio_publisher"]["rtp_packets_sent"]
     server_received = report["server"]["rtp_packets_received"]
-    assert 0.97 * published - 20 <= server_received <= published, (published, server_received)
+    # The publishers' counters are read a moment before the server's: a packet or two
+    # sent in between counts at the server only.
+    assert 0.97 * published - 20 <= server_received <= published + 5, (published, server_received)
 
     assert subs["loss"] == 0.0
     for sub in report["subscribers"]:
@@ -142,7 +144,7 @@ def test_simulcast_bot_layers_reach_the_server(start_server: Callable[..., Serve
             await sub.wait_until(lambda: track_id in sub.subscriptions, timeout=10)
             await sub.next_event("layer_changed", timeout=10)
             await asyncio.sleep(1.5)
-            await sub.set_track_settings(track_id, max_height=100)
+            await sub.set_track_settings(track_id, max_height=90)  # q (160x90) covers it
             async with asyncio.timeout(10):
                 event = await sub.next_event("layer_changed")
                 while event["reason"] != "preference":  # an earlier change may still be queued

@@ -189,6 +189,8 @@ def test_covering_layer_picks_the_smallest_layer_that_covers_the_tile(width, hei
 
 def test_covering_layer_with_unknown_sizes():
     assert covering_layer([(None, None), (None, None)], 100, 100) is None
-    # Only q known: q does not cover 360, so the largest known (q) until h is seen.
-    assert covering_layer([(320, 180), (None, None), (None, None)], None, 360) == 0
-    assert covering_layer([(320, 180), (640, 360), (None, None)], None, 360) == 1
+    # Unknown layers are estimated at the usual 2x steps from the nearest known one.
+    assert covering_layer([(320, 180), (None, None), (None, None)], None, 360) == 1
+    assert covering_layer([(320, 180), (None, None), (1280, 720)], None, 360) == 1  # h's keyframe not seen yet
+    assert covering_layer([(None, None), (None, None), (1280, 720)], None, 100) == 0
+    assert covering_layer([(320, 180), (640, 360), (None, None)], None, 361) == 2
