@@ -880,6 +880,7 @@ class GccEstimator:
         "_lost",
         "_new_probes",
         "_probe_targets",
+        "_probe_ends",
         "delay_based_bps",
         "estimate",
         "loss_based_bps",
@@ -914,6 +915,7 @@ class GccEstimator:
         self._loss_ms: float | None = None
         self._loss_decrease_ms: float | None = None
         self._probe_targets: dict[int, tuple[float, float]] = {}  # cluster -> (target bit/s, started ms)
+        self._probe_ends: dict[int, float] = {}  # cluster -> when its sending ends (ms), if the caller said
         self._clusters: dict[int, _Cluster] = {}
         self._lost: dict[int, None] = {}  # recently reported lost sequence numbers (ordered set)
         self._guard_until_ms: float | None = None
@@ -935,11 +937,21 @@ class GccEstimator:
             self.rtt_ms = min(rtt_ms, 10_000.0)
             self._aimd.rtt_ms = self.rtt_ms
 
-    def start_probe(self, cluster: int, target_bps: float, now_ms: float) -> None:
-        """The caller is about to send probe cluster ``cluster`` at ``target_bps``."""
+    def start_probe(self, cluster: int, target_bps: float, now_ms: float, duration_ms: float | None = None) -> None:
+        """The caller is about to send probe cluster ``cluster`` at ``target_bps``,
+        for ``duration_ms`` when it says: then the cluster counts as over only once a
+        packet sent after its end is reported (a caller that pads in bursts every few
+        ms leaves gaps that would otherwise look like its end); else the end is
+        inferred from the cluster's own packet spacing."""
         targets = self._probe_targets
         targets.pop(cluster, None)
         targets[cluster] = (float(target_bps), float(now_ms))
+        ends = self._probe_ends
+        ends.pop(cluster, None)
+        if duration_ms is not None:
+            ends[cluster] = float(now_ms) + float(duration_ms)
+            while len(ends) > PROBE_HISTORY:
+                del ends[next(iter(ends))]
         while len(targets) > PROBE_HISTORY:
             del targets[next(iter(targets))]
         guarded = self._guard_until_ms is not None and now_ms <= self._guard_until_ms
@@ -981,10 +993,13 @@ class GccEstimator:
                 for c, open_cluster in list(clusters.items()):
                     if c == cluster:
                         continue
-                    if open_cluster.ended_by(send):
+                    end = self._probe_ends.get(c)
+                    if (send > end + PROBE_END_GAP_MS) if end is not None else open_cluster.ended_by(send):
                         self._finish_probe(c, clusters.pop(c), now_ms)
                     else:
                         open_cluster.add_other(send, arrival, size)
+            if cluster is not None and cluster in self.probe_results and cluster not in clusters:
+                cluster = None  # a straggler of a cluster already evaluated: plain media now
             if cluster is not None:
                 open_cluster = clusters.get(cluster)
                 if open_cluster is None:
@@ -1042,6 +1057,7 @@ class GccEstimator:
 
     def _finish_probe(self, cluster: int, open_cluster: _Cluster, now_ms: float) -> None:
         target, _ = self._probe_targets.pop(cluster, (0.0, 0.0))
+        self._probe_ends.pop(cluster, None)
         result = open_cluster.stats.result(cluster, target, now_ms)
         results = self.probe_results
         results.pop(cluster, None)

@@ -81,7 +81,7 @@ class ClusterProber:
         step: float = 2.0,
         quiet_ms: float = 1000.0,
         min_backoff_ms: float = 2000.0,
-        max_backoff_ms: float = 8000.0,
+        max_backoff_ms: float = 3000.0,
         result_timeout_ms: float = 1500.0,
     ) -> None:
         self.duration_ms = duration_ms
@@ -106,11 +106,16 @@ class ClusterProber:
         """A cluster is being sent or its result is awaited."""
         return self.cluster is not None or self._waiting is not None
 
-    def poll(self, now_ms: float, gcc: GccEstimator, desired_bps: float, can_pad: bool) -> None:
-        """End, evaluate or start a probe at ``now_ms``."""
+    def expire(self, now_ms: float) -> None:
+        """End the cluster being sent once its ``duration_ms`` is over (its result is
+        then awaited)."""
         if self.cluster is not None and now_ms - self._started_ms >= self.duration_ms:
             self._waiting = (self.cluster, now_ms)
             self.cluster = None
+
+    def poll(self, now_ms: float, gcc: GccEstimator, desired_bps: float, can_pad: bool) -> None:
+        """End, evaluate or start a probe at ``now_ms``."""
+        self.expire(now_ms)
         if self._waiting is not None:
             cluster, ended = self._waiting
             result = gcc.probe_results.get(cluster)
@@ -135,7 +140,7 @@ class ClusterProber:
         self._next_id += 1
         self._started_ms = now_ms
         self.target_bps = min(gcc.estimate * self.step, desired_bps * 1.2)
-        gcc.start_probe(self.cluster, self.target_bps, now_ms)
+        gcc.start_probe(self.cluster, self.target_bps, now_ms, self.duration_ms)
 
     def _fail(self, now_ms: float) -> None:
         self.failures += 1
@@ -248,6 +253,7 @@ class SubscriberController:
         self._measure_sent(now_ms, sent)
         if self.transport_cc:
             self._watch_floor_loss(now_ms)
+            self.prober.expire(now_ms)
             padding = self.prober.padding_bps(self.media_bps)
             cluster = self.prober.cluster
         else:
