@@ -161,11 +161,14 @@ class RoomRegistry:
     Args:
         max_participants: per room.
         publisher_bitrate: REMB sent to publishers (bit/s).
+        transport_cc: negotiate transport-wide congestion control with the clients
+            that offer it (see :class:`~sfu.rtc.adapter.SfuPeerConnection`).
     """
 
-    def __init__(self, max_participants: int = 50, publisher_bitrate: int = 2_500_000) -> None:
+    def __init__(self, max_participants: int = 50, publisher_bitrate: int = 2_500_000, transport_cc: bool = True) -> None:
         self.max_participants = max_participants
         self.publisher_bitrate = publisher_bitrate
+        self.transport_cc = transport_cc
         self.rooms: dict[str, Room] = {}
         self._ticker: asyncio.Task[None] | None = None
 
@@ -211,7 +214,9 @@ class RoomRegistry:
             room = self.rooms[room_name] = Room(room_name, self.max_participants)
         if len(room.participants) >= room.max_participants:
             raise RoomFull(f"room {room_name} is full ({room.max_participants} participants)")
-        participant = Participant(room, display_name, send_event, on_failed, self.publisher_bitrate, hidden)
+        participant = Participant(
+            room, display_name, send_event, on_failed, self.publisher_bitrate, hidden, self.transport_cc
+        )
         room.add(participant)
         self._ensure_ticker()
         return room, participant

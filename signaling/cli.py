@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not count RTP packets/bytes or sample forwarding latency (to measure what metrics cost)",
     )
+    serve.add_argument(
+        "--no-transport-cc",
+        action="store_true",
+        help="do not negotiate transport-wide congestion control: estimate subscribers' downlinks from REMB and "
+        "receiver reports only, send publishers REMB only (to compare)",
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
 
@@ -83,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     set_ice_addresses(ice_addresses(args.host, args.ice_address))
     COUNTERS.per_packet = not args.no_media_metrics
     uvloop.install()
-    registry = RoomRegistry(max_participants=args.max_participants, publisher_bitrate=args.publisher_bitrate)
+    registry = RoomRegistry(
+        max_participants=args.max_participants,
+        publisher_bitrate=args.publisher_bitrate,
+        transport_cc=not args.no_transport_cc,
+    )
     web.run_app(
         create_app(registry),
         host=args.host,
