@@ -27,8 +27,6 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from firefox import FirefoxPage, check_firefox
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
@@ -36,6 +34,8 @@ CHROMIUM = "/usr/bin/chromium"
 # make the repository importable however pytest was started.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from tests.browser.firefox import FirefoxPage, check_firefox  # noqa: E402  (needs REPO_ROOT on the path)
 
 # Flags a headless WebRTC participant needs on this machine (TESTING.md).
 CHROMIUM_FLAGS = [

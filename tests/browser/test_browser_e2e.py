@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.async_api import expect
 
-from pages import (
+from tests.browser.pages import (
     CHAT_LOG_JS,
     CHAT_TIMEOUT_MS,
     assert_receives_media,

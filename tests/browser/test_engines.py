@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from loadtest.bench_simulcast import VIDEO_STATS_JS
-from pages import (
+from tests.browser.pages import (
     assert_receives_media,
     join,
     leave,

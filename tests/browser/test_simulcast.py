@@ -19,8 +19,8 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from playwright.async_api import expect
 
 from loadtest.bench_simulcast import VIDEO_STATS_JS
-from pages import JOIN_TIMEOUT_MS, join
-from pages import new_room as _new_room
+from tests.browser.pages import JOIN_TIMEOUT_MS, join
+from tests.browser.pages import new_room as _new_room
 from tests.integration.shaping import shaped_port
 
 if TYPE_CHECKING:

@@ -14,8 +14,14 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
-from firefox import JS_DIR
-from pages import assert_receives_media, join, new_room, tile_name, wait_tile_gone
+from tests.browser.firefox import JS_DIR
+from tests.browser.pages import (
+    assert_receives_media,
+    join,
+    new_room,
+    tile_name,
+    wait_tile_gone,
+)
 
 if TYPE_CHECKING:
     from conftest import BrowserPage, OpenPage
