@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 TICK_MS = 20.0
 ALLOCATE_INTERVAL_MS = 250.0
 AUDIO_BITRATE = 40_000  # bit/s set aside per audio DownTrack
+DROP_REALLOCATE = 0.85  # an estimate that falls below 0.85x reallocates at once
 
 
 @dataclass(slots=True)
@@ -159,7 +160,14 @@ class Downlink:
             COUNTERS.transport_feedback["received"] += 1
             results = self.history.on_feedback(packet)
             if results:
-                self.control.on_transport_feedback(results, now_ms)
+                control = self.control
+                before = control.estimate
+                control.on_transport_feedback(results, now_ms)
+                after = control.estimate
+                if after < DROP_REALLOCATE * before:
+                    # Congestion: act now, not at the next allocation tick (up to 250 ms).
+                    logger.debug("participant %s: estimate %d -> %d bit/s", self.subscriber_id, before, after)
+                    self.allocate(now_ms)
         elif isinstance(packet, Pli):
             COUNTERS.plis_received += 1
             dt = self._by_ssrc.get(packet.media_ssrc)
@@ -251,6 +259,11 @@ class Downlink:
         after = self._probe_counts()
         COUNTERS.probes["success"] += after[0] - successes
         COUNTERS.probes["failure"] += after[1] - failures
+        if after != (successes, failures) and logger.isEnabledFor(logging.DEBUG):
+            results = control.gcc.probe_results
+            last = results[next(reversed(results))] if control.transport_cc and results else None
+            logger.debug("participant %s: probe %s, estimate %d bit/s: %s", self.subscriber_id,
+                         "succeeded" if after[0] > successes else "failed", control.estimate, last)
         COUNTERS.downlink_estimate.observe(control.estimate)
         for change in changes:
             dt = self.downtracks.get(change.key)  # type: ignore[arg-type]

@@ -35,7 +35,8 @@ __all__ = ["SentTotals", "Decision", "ClusterProber", "SubscriberController"]
 
 SEND_RATE_WINDOW_MS = 1000.0
 PEAK_WINDOW_MS = 1500.0  # covers one receiver-report interval of Chrome
-SETTLE_MS = 1000.0  # no probe this long after a layer change
+SETTLE_MS = 1000.0  # no padding probe this long after a layer change (fallback mode)
+CLUSTER_SETTLE_MS = 300.0  # no probe cluster this long after a layer change (keyframe bursts)
 NACK_WINDOW_MS = 300.0  # loss measured from NACKs over this window
 NACK_MIN_PACKETS = 20  # ... when at least this many video packets went out in it
 FLOOR_EVIDENCE = 1.3  # loss while sending at most 1.3x the floor is loss of the floor
@@ -67,11 +68,16 @@ class ClusterProber:
 
     A probe is a cluster of padding for ``duration_ms`` that brings what is sent up to
     a target rate: ``estimate * step`` (2x: one or two probes reach any layer), at most
-    ``desired * 1.2``. Its outcome is read from the transport-cc feedback by
+    ``desired * 1.2``. It is wanted while the tracks' wish (``desired``, margins
+    included) is within ``headroom`` (10 %) of the estimate or above it: a layer whose
+    measured rate hovers at the edge of the estimate is proven once rather than
+    waited for. Its outcome is read from the transport-cc feedback by
     :class:`~sfu.core.gcc.GccEstimator` (``probe_results``), which raises the estimate
     to a rate the link carried. A probe starts only when the tracks want more than the
-    estimate, ``quiet_ms`` after the last overuse, and after the back-off (2 s, doubled
-    after each failure up to ``max_backoff_ms``). A probe that gets no result within
+    estimate, ``quiet_ms`` after the last overuse, and after the back-off (1 s, doubled
+    after each failure up to ``max_backoff_ms``, 1.5 s: a failed probe of 2x for 200 ms
+    mostly queues in the bottleneck rather than drops, so trying again soon is cheap,
+    and a link that recovers is found within about 1.5 s). A probe that gets no result within
     ``result_timeout_ms`` counts as failed.
     """
 
@@ -80,11 +86,13 @@ class ClusterProber:
         duration_ms: float = 200.0,
         step: float = 2.0,
         quiet_ms: float = 1000.0,
-        min_backoff_ms: float = 2000.0,
-        max_backoff_ms: float = 3000.0,
+        min_backoff_ms: float = 1000.0,
+        max_backoff_ms: float = 1500.0,
         result_timeout_ms: float = 1500.0,
+        headroom: float = 1.1,
     ) -> None:
         self.duration_ms = duration_ms
+        self.headroom = headroom
         self.step = step
         self.quiet_ms = quiet_ms
         self.min_backoff_ms = min_backoff_ms
@@ -125,14 +133,14 @@ class ClusterProber:
                     self.successes += 1
                     self.verified_ms = now_ms
                     self._backoff_ms = self.min_backoff_ms
-                    self._next_ms = now_ms + 500.0
+                    self._next_ms = now_ms + 200.0  # the next step up may follow at once
                 else:
                     self._fail(now_ms)
             elif now_ms - ended > self.result_timeout_ms:
                 self._waiting = None
                 self._fail(now_ms)
             return
-        if self.cluster is not None or not can_pad or desired_bps <= gcc.estimate or now_ms < self._next_ms:
+        if self.cluster is not None or not can_pad or desired_bps * self.headroom <= gcc.estimate or now_ms < self._next_ms:
             return
         if gcc.overuse_ms is not None and now_ms - gcc.overuse_ms < self.quiet_ms:
             return
@@ -226,7 +234,7 @@ class SubscriberController:
     def on_layer_changed(self, now_ms: float) -> None:
         """A layer changed: no new probe until it has settled."""
         self.probe.defer(now_ms + SETTLE_MS)
-        self.prober.defer(now_ms + SETTLE_MS)
+        self.prober.defer(now_ms + CLUSTER_SETTLE_MS)
 
     # -- outputs ----------------------------------------------------------------------
 
