@@ -9,7 +9,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 
-__all__ = ["shaped_port", "set_rate", "candidate_port"]
+__all__ = ["shaped_port", "set_rate", "candidate_port", "random_loss"]
 
 
 def _tc(*args: str) -> None:
@@ -52,3 +52,25 @@ def candidate_port(sdp: str) -> int:
     if match is None:
         raise ValueError("no 127.0.0.1 host candidate in the SDP")
     return int(match.group(1))
+
+
+@contextlib.contextmanager
+def random_loss(probability: float, *, sport: int | None = None, dport: int | None = None) -> Iterator[None]:
+    """Drop UDP datagrams on ``lo`` from source port ``sport`` and/or to destination
+    port ``dport`` at random with ``probability`` (0..1): loss without a queue, the
+    way a lossy radio link loses (iptables ``statistic`` match, TESTING.md; this kernel
+    has no netem). The rule is deleted on exit, whatever happened.
+
+    Raises:
+        ValueError: neither port given.
+    """
+    if sport is None and dport is None:
+        raise ValueError("random_loss needs a port to match")
+    ports = (["--sport", str(sport)] if sport is not None else []) + (["--dport", str(dport)] if dport is not None else [])
+    rule = ["INPUT", "-i", "lo", "-p", "udp", *ports,
+            "-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}", "-j", "DROP"]
+    subprocess.run(["iptables", "-A", *rule], check=True, capture_output=True, text=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], capture_output=True)
