@@ -247,8 +247,11 @@ class LayerSelector:
             if a.layer == cur and started:
                 self._up_since.pop(d.key, None)
                 continue
-            if not started and a.layer is None and a.reason == LAYER_LOST:
-                continue  # the publisher's layers have not arrived yet: keep waiting
+            if a.layer is None and a.reason == LAYER_LOST:
+                # Nothing arrives from the publisher (not started yet, or a stall of
+                # every layer, e.g. a CPU-starved encoder): nothing better to switch
+                # to, and a pause would cost a keyframe when it comes back. Keep waiting.
+                continue
             # Immediate when the subscriber acted (raised its cap, ended its pause) or the
             # publisher lost a layer; not merely because the result sits at the cap.
             cap_raised = d.key in caps and caps[d.key] != d.max_layer

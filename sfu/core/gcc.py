@@ -134,6 +134,8 @@ PROBE_HISTORY = 16
 SEQ_RESET = 1 << 15  # a sequence number this far behind the highest seen: a restart
 LOST_MEMORY = 1024  # lost sequence numbers remembered, for a late arrival reported after
 
+_INF = math.inf
+
 
 class PacketResultLike(Protocol):
     """One packet of a transport-wide feedback batch (e.g. ``sfu.core.twcc``'s)."""
@@ -333,7 +335,8 @@ class InterArrival:
     None. A send gap above :data:`STREAM_TIMEOUT_MS` or arrival and send deltas more
     than :data:`CLOCK_JUMP_MS` apart (the receiver's clock jumped, e.g. backwards by
     seconds) start afresh and count in :attr:`resets`. A packet sent before the
-    current group is ignored.
+    current group is ignored. :meth:`add_many` does the same for a feedback batch at
+    once (the estimator's path: one call per batch, the state in local variables).
     """
 
     __slots__ = (
@@ -348,53 +351,70 @@ class InterArrival:
 
     def __init__(self) -> None:
         self.resets = 0
-        self._first_send: float | None = None
-        self._send = 0.0
-        self._first_arrival = 0.0
-        self._arrival = 0.0
-        self._prev_send: float | None = None
-        self._prev_arrival = 0.0
+        self._first_send: float | None = None  # the current group's first send time (ms)
+        self._send = 0.0  # ... its last (largest) send time (ms)
+        self._first_arrival = 0.0  # ... its first arrival (ms, receiver's clock)
+        self._arrival = 0.0  # ... its last arrival (ms)
+        self._prev_send: float | None = None  # the completed group before it: send time (ms)
+        self._prev_arrival = 0.0  # ... and arrival (ms)
 
     def add(self, send_ms: float, arrival_ms: float) -> tuple[float, float, float] | None:
+        """One received packet: the delta it completes, or None (see the class)."""
+        segments = self.add_many(((send_ms, arrival_ms),))
+        return segments[-1][0] if segments[-1] else None
+
+    def add_many(self, packets: Iterable[tuple[float, float]]) -> list[list[tuple[float, float, float]]]:
+        """Received packets ``(send_ms, arrival_ms)``, in sequence order: the group
+        deltas ``(send_delta_ms, arrival_delta_ms, send_ms)`` they complete, split at
+        each reset. The first list continues the current stream; each further list
+        follows one reset (it may be empty): the caller starts its delay pipeline
+        afresh once per further list."""
         first_send = self._first_send
-        if first_send is None:
-            self._start(send_ms, arrival_ms)
-            return None
-        if send_ms < first_send:
-            return None
-        send_delta = send_ms - self._send
-        if send_delta > STREAM_TIMEOUT_MS or abs(arrival_ms - self._arrival - send_delta) > CLOCK_JUMP_MS:
-            self.resets += 1
-            self._prev_send = None
-            self._start(send_ms, arrival_ms)
-            return None
-        if send_ms - first_send <= GROUP_MS or self._burst(send_ms, arrival_ms):
-            self._send = max(self._send, send_ms)
-            self._arrival = arrival_ms
-            return None
-        out = None
+        send = self._send
+        first_arrival = self._first_arrival
+        arrival = self._arrival
         prev_send = self._prev_send
-        if prev_send is not None:
-            out = (self._send - prev_send, self._arrival - self._prev_arrival, self._send)
-        self._prev_send = self._send
-        self._prev_arrival = self._arrival
-        self._start(send_ms, arrival_ms)
-        return out
-
-    def _start(self, send_ms: float, arrival_ms: float) -> None:
-        self._first_send = self._send = send_ms
-        self._first_arrival = self._arrival = arrival_ms
-
-    def _burst(self, send_ms: float, arrival_ms: float) -> bool:
-        arrival_delta = arrival_ms - self._arrival
-        send_delta = send_ms - self._send
-        if send_delta == 0.0:
-            return True
-        return (
-            arrival_delta - send_delta < 0.0
-            and arrival_delta <= BURST_DELTA_MS
-            and arrival_ms - self._first_arrival < MAX_BURST_MS
-        )
+        prev_arrival = self._prev_arrival
+        out: list[tuple[float, float, float]] = []
+        segments = [out]
+        for send_ms, arrival_ms in packets:
+            if first_send is not None:
+                if send_ms < first_send:
+                    continue  # sent before the current group
+                send_delta = send_ms - send
+                arrival_delta = arrival_ms - arrival
+                variation = arrival_delta - send_delta
+                if send_delta > STREAM_TIMEOUT_MS or variation > CLOCK_JUMP_MS or variation < -CLOCK_JUMP_MS:
+                    # A stream timeout, or the receiver's clock jumped: start afresh.
+                    self.resets += 1
+                    prev_send = None
+                    out = []
+                    segments.append(out)
+                elif (
+                    send_ms - first_send <= GROUP_MS
+                    or send_delta == 0.0
+                    or (variation < 0.0 and arrival_delta <= BURST_DELTA_MS and arrival_ms - first_arrival < MAX_BURST_MS)
+                ):
+                    # The same group: sent within 5 ms of its first packet, or a burst.
+                    if send_ms > send:  # noqa: PLR1730 (hot loop: cheaper than max())
+                        send = send_ms
+                    arrival = arrival_ms
+                    continue
+                else:
+                    # A new group: the current one is complete.
+                    if prev_send is not None:
+                        out.append((send - prev_send, arrival - prev_arrival, send))
+                    prev_send = send
+                    prev_arrival = arrival
+            first_send = send = send_ms
+            first_arrival = arrival = arrival_ms
+        self._first_send = first_send
+        self._send = send
+        self._first_arrival = first_arrival
+        self._arrival = arrival
+        self._prev_send = prev_send
+        self._prev_arrival = prev_arrival
+        return segments
 
 
 class TrendlineDetector:
@@ -432,6 +452,13 @@ class TrendlineDetector:
       a slight overload (a slope below 3 standard errors) is then still caught once
       it has queued 50 ms.
 
+    The fit keeps running sums over the window (O(1) per group: the oldest point's
+    terms are subtracted, the newest one's added), taken relative to the window's
+    first point and rebuilt from the points every few windows so that rounding does
+    not accumulate. :meth:`update_many` runs a whole feedback batch's deltas in one
+    call with the state in local variables (the estimator's path); :meth:`update` is
+    one delta of it.
+
     :attr:`state` is the last state; :attr:`signalled` is True when the last update
     declared over-use.
     """
@@ -439,13 +466,17 @@ class TrendlineDetector:
     __slots__ = (
         "_accumulated",
         "_deltas",
-        "_fit",
         "_last_threshold_ms",
         "_mean_delay",
         "_mins",
         "_over_count",
+        "_points",
+        "_pushes",
         "_smoothed",
+        "_sums",
         "_time_over",
+        "_x0",
+        "_y0",
         "gain",
         "modified_trend",
         "noise_z",
@@ -477,7 +508,14 @@ class TrendlineDetector:
         self._deltas = 0
         self._accumulated = 0.0
         self._smoothed = 0.0
-        self._fit = _WindowFit(self.window)
+        # The least-squares window: points (send time, smoothed delay, accumulated
+        # delay), all ms, and the sums over them of x, y, r, x², xy, xr, r², with x
+        # relative to x0 (the first point's send time) and y, r to y0 (its
+        # accumulated delay) as of the last rebuild; pushes since then.
+        self._points: deque[tuple[float, float, float]] = deque(maxlen=self.window)
+        self._x0 = self._y0 = 0.0
+        self._sums = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self._pushes = 0
         self._mins: deque[list[float]] = deque(maxlen=QUEUE_BUCKETS + 1)  # [bucket, min delay]
         self._mean_delay: float | None = None
         self._time_over = -1.0
@@ -486,159 +524,211 @@ class TrendlineDetector:
 
     def update(self, send_delta_ms: float, arrival_delta_ms: float, at_ms: float) -> str:
         """One group delta; ``at_ms``: the group's send time. Returns :attr:`state`."""
-        self.signalled = False
-        self._deltas = min(self._deltas + 1, 1000)
-        self._accumulated += arrival_delta_ms - send_delta_ms
-        self._smoothed = self.smoothing * self._smoothed + (1.0 - self.smoothing) * self._accumulated
-        accumulated = self._accumulated
-        fit = self._fit
-        fit.push(at_ms, self._smoothed, accumulated)
-        mins = self._mins
-        bucket = at_ms // QUEUE_BUCKET_MS
-        if mins and mins[-1][0] == bucket:
-            mins[-1][1] = min(mins[-1][1], self._smoothed)
-        else:
-            mins.append([bucket, self._smoothed])
-        while mins[0][0] < bucket - QUEUE_BUCKETS:
-            mins.popleft()
-        trend = self.trend
-        stderr = 0.0
-        if len(fit.points) == self.window:
-            line = fit.result()
-            if line is not None:
-                trend, stderr, self._mean_delay = line
-        self._detect(trend, stderr, send_delta_ms, at_ms)
+        self.update_many(((send_delta_ms, arrival_delta_ms, at_ms),))
         return self.state
+
+    def update_many(self, deltas: Iterable[tuple[float, float, float]]) -> bool:
+        """Group deltas ``(send_delta_ms, arrival_delta_ms, at_ms)`` in order, each as
+        :meth:`update`. Returns True when any of them declared over-use."""
+        smoothing = self.smoothing
+        keep = 1.0 - smoothing
+        window = self.window
+        gain = self.gain
+        noise_z = self.noise_z
+        count = self._deltas
+        accumulated = self._accumulated
+        smoothed = self._smoothed
+        points = self._points
+        n = len(points)
+        x0 = self._x0
+        y0 = self._y0
+        sx, sy, sr, sxx, sxy, sxr, srr = self._sums
+        pushes = self._pushes
+        mins = self._mins
+        latest = mins[-1] if mins else None  # the newest bucket, [bucket, min delay]
+        mean_delay = self._mean_delay
+        threshold = self.threshold
+        modified = self.modified_trend
+        previous = self.trend
+        time_over = self._time_over
+        over_count = self._over_count
+        last_at = self._last_threshold_ms
+        state = self.state
+        signalled = self.signalled
+        any_signalled = False
+        for send_delta, arrival_delta, at in deltas:
+            signalled = False
+            if count < 1000:
+                count += 1
+            accumulated += arrival_delta - send_delta
+            smoothed = smoothing * smoothed + keep * accumulated
+
+            # The window fit: the oldest point leaves, the new one enters.
+            if n == window:
+                ox, oy, o_r = points[0]
+                ox -= x0
+                oy -= y0
+                o_r -= y0
+                sx -= ox
+                sy -= oy
+                sr -= o_r
+                sxx -= ox * ox
+                sxy -= ox * oy
+                sxr -= ox * o_r
+                srr -= o_r * o_r
+            else:
+                n += 1
+            points.append((at, smoothed, accumulated))
+            pushes += 1
+            if pushes >= 4 * n or n == 1:
+                pushes = 0
+                x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr) = _window_sums(points)
+            else:
+                x = at - x0
+                y = smoothed - y0
+                r = accumulated - y0
+                sx += x
+                sy += y
+                sr += r
+                sxx += x * x
+                sxy += x * y
+                sxr += x * r
+                srr += r * r
+
+            # The lowest smoothed delay per one-second bucket of send time.
+            bucket = at // QUEUE_BUCKET_MS
+            if latest is None or latest[0] != bucket:
+                latest = [bucket, smoothed]
+                mins.append(latest)
+                while mins[0][0] < bucket - QUEUE_BUCKETS:
+                    mins.popleft()
+            elif smoothed < latest[1]:
+                latest[1] = smoothed
+
+            # The slope of y (a full window only; else, or when x does not vary, the
+            # trend stays). The jitter gate's standard error is computed only when the
+            # gate is reached (rarely: the trend must be above the threshold).
+            trend = previous
+            fitted = False
+            if n == window:
+                sxx_n = sxx - sx * sx / n
+                if not sxx_n <= 1e-9:  # (not "> 1e-9": a NaN goes on, as it always did)
+                    fitted = True
+                    trend = (sxy - sx * sy / n) / sxx_n
+                    mean_delay = sy / n + y0
+
+            # The over-use detector (§5.4).
+            if count < 2:
+                state = NORMAL
+                previous = trend
+                continue
+            modified = (TREND_MIN_DELTAS if count > TREND_MIN_DELTAS else count) * trend * gain  # noqa: FURB136 (hot loop)
+            if modified > threshold and (
+                trend > noise_z * (_slope_stderr(n, sx, sr, sxr, srr, sxx_n) if fitted else 0.0)
+                or _standing_queue(mean_delay, mins) > QUEUE_EVIDENCE_MS
+            ):
+                if time_over < 0.0:
+                    time_over = send_delta / 2.0
+                else:
+                    time_over += send_delta
+                over_count += 1
+                if time_over > OVERUSE_TIME_MS and over_count >= OVERUSE_COUNT and trend >= previous:
+                    time_over = 0.0
+                    over_count = 0
+                    state = OVERUSING
+                    signalled = any_signalled = True
+            elif modified < -threshold:
+                time_over = -1.0
+                over_count = 0
+                state = UNDERUSING
+            else:
+                time_over = -1.0
+                over_count = 0
+                state = NORMAL
+            previous = trend
+
+            # The adaptive threshold (§5.5), per ms of send time since the last update.
+            last = last_at
+            last_at = at
+            if last is None:
+                continue
+            magnitude = abs(modified)
+            if magnitude > threshold + MAX_ADAPT_OFFSET_MS:
+                continue  # a spike (e.g. a route change) does not teach the threshold
+            dt = at - last
+            if dt < 0.0:
+                dt = 0.0
+            elif dt > 100.0:
+                dt = 100.0
+            threshold += (K_DOWN if magnitude < threshold else K_UP) * (magnitude - threshold) * dt
+            if not threshold > THRESHOLD_MIN_MS:
+                threshold = THRESHOLD_MIN_MS
+            elif threshold > THRESHOLD_MAX_MS:
+                threshold = THRESHOLD_MAX_MS
+
+        self._deltas = count
+        self._accumulated = accumulated
+        self._smoothed = smoothed
+        self._x0 = x0
+        self._y0 = y0
+        self._sums = (sx, sy, sr, sxx, sxy, sxr, srr)
+        self._pushes = pushes
+        self._mean_delay = mean_delay
+        self.threshold = threshold
+        self.modified_trend = modified
+        self.trend = previous
+        self._time_over = time_over
+        self._over_count = over_count
+        self._last_threshold_ms = last_at
+        self.state = state
+        self.signalled = signalled
+        return any_signalled
 
     @property
     def queue_ms(self) -> float:
         """The standing queue (ms): the smoothed delay's mean over the window above its
         lowest value of the last :data:`QUEUE_BUCKETS` seconds (send time); 0 before
         the window is full. Smoothed, so receiver jitter hardly shows in it."""
-        if self._mean_delay is None or not self._mins:
-            return 0.0
-        return max(0.0, self._mean_delay - min(m for _, m in self._mins))
-
-    def _detect(self, trend: float, stderr: float, send_delta_ms: float, at_ms: float) -> None:
-        if self._deltas < 2:
-            self.state = NORMAL
-            self.trend = trend
-            return
-        modified = min(self._deltas, TREND_MIN_DELTAS) * trend * self.gain
-        self.modified_trend = modified
-        if modified > self.threshold and (trend > self.noise_z * stderr or self.queue_ms > QUEUE_EVIDENCE_MS):
-            if self._time_over < 0.0:
-                self._time_over = send_delta_ms / 2.0
-            else:
-                self._time_over += send_delta_ms
-            self._over_count += 1
-            if self._time_over > OVERUSE_TIME_MS and self._over_count >= OVERUSE_COUNT and trend >= self.trend:
-                self._time_over = 0.0
-                self._over_count = 0
-                self.state = OVERUSING
-                self.signalled = True
-        elif modified < -self.threshold:
-            self._time_over = -1.0
-            self._over_count = 0
-            self.state = UNDERUSING
-        else:
-            self._time_over = -1.0
-            self._over_count = 0
-            self.state = NORMAL
-        self.trend = trend
-        self._adapt_threshold(modified, at_ms)
-
-    def _adapt_threshold(self, modified: float, at_ms: float) -> None:
-        last = self._last_threshold_ms
-        self._last_threshold_ms = at_ms
-        if last is None:
-            return
-        magnitude = abs(modified)
-        if magnitude > self.threshold + MAX_ADAPT_OFFSET_MS:
-            return  # a spike (e.g. a route change) does not teach the threshold
-        k = K_DOWN if magnitude < self.threshold else K_UP
-        dt = min(max(at_ms - last, 0.0), 100.0)
-        threshold = self.threshold + k * (magnitude - self.threshold) * dt
-        self.threshold = min(THRESHOLD_MAX_MS, max(THRESHOLD_MIN_MS, threshold))
+        return _standing_queue(self._mean_delay, self._mins)
 
 
-class _WindowFit:
-    """Least squares over a sliding window of points ``(x, y, r)`` with running sums
-    (O(1) per point; rebuilt from the points every few windows, relative to the first
-    point, so rounding does not accumulate): the slope of ``y`` over ``x``, the
-    standard error of the slope of ``r`` over ``x`` and the mean of ``y``."""
+def _standing_queue(mean_delay: float | None, mins: deque[list[float]]) -> float:
+    """:attr:`TrendlineDetector.queue_ms` from the window's mean delay and the
+    per-bucket minima (ms)."""
+    if mean_delay is None or not mins:
+        return 0.0
+    return max(0.0, mean_delay - min(m for _, m in mins))
 
-    __slots__ = ("_pushes", "_sr", "_srr", "_sx", "_sxr", "_sxx", "_sxy", "_sy", "_x0", "_y0", "points")
 
-    def __init__(self, size: int) -> None:
-        self.points: deque[tuple[float, float, float]] = deque(maxlen=size)
-        self._x0 = self._y0 = 0.0
-        self._sx = self._sy = self._sr = self._sxx = self._sxy = self._sxr = self._srr = 0.0
-        self._pushes = 0
+def _slope_stderr(n: int, sx: float, sr: float, sxr: float, srr: float, sxx_n: float) -> float:
+    """The standard error of the least-squares slope of r over x (the jitter gate of
+    :class:`TrendlineDetector`), from the window's sums and ``sxx_n`` = Σ(x - x̄)² > 0."""
+    sxr_n = sxr - sx * sr / n
+    slope_r = sxr_n / sxx_n
+    residual = max(srr - sr * sr / n - slope_r * sxr_n, 0.0)
+    return math.sqrt(residual / (n - 2) / sxx_n) if n > 2 else 0.0
 
-    def push(self, x: float, y: float, r: float) -> None:
-        points = self.points
-        x0, y0 = self._x0, self._y0
-        if len(points) == points.maxlen:
-            ox, oy, o_r = points[0]
-            ox -= x0
-            oy -= y0
-            o_r -= y0
-            self._sx -= ox
-            self._sy -= oy
-            self._sr -= o_r
-            self._sxx -= ox * ox
-            self._sxy -= ox * oy
-            self._sxr -= ox * o_r
-            self._srr -= o_r * o_r
-        points.append((x, y, r))
-        self._pushes += 1
-        if self._pushes >= 4 * len(points) or len(points) == 1:
-            self._rebuild()
-            return
+
+def _window_sums(
+    points: deque[tuple[float, float, float]],
+) -> tuple[float, float, tuple[float, float, float, float, float, float, float]]:
+    """The least-squares sums of :class:`TrendlineDetector`'s window rebuilt from its
+    points: ``(x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr))``, x relative to the first
+    point's send time and y, r to its accumulated delay."""
+    x0, _, y0 = points[0]
+    sx = sy = sr = sxx = sxy = sxr = srr = 0.0
+    for x, y, r in points:
         x -= x0
         y -= y0
         r -= y0
-        self._sx += x
-        self._sy += y
-        self._sr += r
-        self._sxx += x * x
-        self._sxy += x * y
-        self._sxr += x * r
-        self._srr += r * r
-
-    def _rebuild(self) -> None:
-        self._pushes = 0
-        x0, _, y0 = self.points[0]
-        self._x0, self._y0 = x0, y0
-        sx = sy = sr = sxx = sxy = sxr = srr = 0.0
-        for x, y, r in self.points:
-            x -= x0
-            y -= y0
-            r -= y0
-            sx += x
-            sy += y
-            sr += r
-            sxx += x * x
-            sxy += x * y
-            sxr += x * r
-            srr += r * r
-        self._sx, self._sy, self._sr = sx, sy, sr
-        self._sxx, self._sxy, self._sxr, self._srr = sxx, sxy, sxr, srr
-
-    def result(self) -> tuple[float, float, float] | None:
-        """``(slope of y, standard error of the slope of r, mean of y)``; None when
-        x does not vary."""
-        n = len(self.points)
-        sx = self._sx
-        sxx = self._sxx - sx * sx / n
-        if sxx <= 1e-9:
-            return None
-        sxr = self._sxr - sx * self._sr / n
-        slope_r = sxr / sxx
-        residual = max(self._srr - self._sr * self._sr / n - slope_r * sxr, 0.0)
-        stderr = math.sqrt(residual / (n - 2) / sxx) if n > 2 else 0.0
-        return (self._sxy - sx * self._sy / n) / sxx, stderr, self._sy / n + self._y0
+        sx += x
+        sy += y
+        sr += r
+        sxx += x * x
+        sxy += x * y
+        sxr += x * r
+        srr += r * r
+    return x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr)
 
 
 class AimdRateControl:
@@ -782,24 +872,38 @@ class AckedBitrate:
         self._behind = 0
 
     def add(self, arrival_ms: float, size: int) -> None:
-        if arrival_ms > self._head:
-            self._head = arrival_ms
-            self._behind = 0
-        elif arrival_ms < self._head - ACK_WINDOW_MS:
-            self._behind += 1
-            if self._behind < 3:
-                return
-            self._behind = 0
-            self._packets.clear()
-            self._bytes = 0
-            self._head = arrival_ms
-        else:
-            self._behind = 0
-        packets = self._packets
-        packets.append((arrival_ms, size))
-        self._bytes += size
-        if len(packets) > ACK_MAX_PACKETS:
-            self._bytes -= packets.popleft()[1]
+        """One received packet: its arrival (ms, the receiver's clock) and bytes."""
+        self.add_many(((arrival_ms, size),))
+
+    def add_many(self, packets: Iterable[tuple[float, int]]) -> None:
+        """Received packets ``(arrival_ms, size)`` in sequence order, each as :meth:`add`
+        (the tuples are kept as they are)."""
+        window = self._packets
+        head = self._head
+        behind = self._behind
+        total = self._bytes
+        for packet in packets:
+            arrival_ms = packet[0]
+            if arrival_ms > head:
+                head = arrival_ms
+                behind = 0
+            elif arrival_ms < head - ACK_WINDOW_MS:
+                behind += 1
+                if behind < 3:
+                    continue  # a straggler
+                behind = 0  # the receiver's clock went back: start afresh
+                window.clear()
+                total = 0
+                head = arrival_ms
+            else:
+                behind = 0
+            window.append(packet)
+            total += packet[1]
+            if len(window) > ACK_MAX_PACKETS:
+                total -= window.popleft()[1]
+        self._head = head
+        self._behind = behind
+        self._bytes = total
 
     def update(self) -> float | None:
         """Prune the window and refresh :attr:`bps`."""
@@ -879,8 +983,8 @@ class GccEstimator:
         "_loss_ms",
         "_lost",
         "_new_probes",
-        "_probe_targets",
         "_probe_ends",
+        "_probe_targets",
         "delay_based_bps",
         "estimate",
         "loss_based_bps",
@@ -959,34 +1063,43 @@ class GccEstimator:
         self._guard_until_ms = now_ms + PROBE_GUARD_MAX_MS  # shortened when the result comes
 
     def on_feedback(self, results: Sequence[PacketResultLike], now_ms: float) -> None:
-        """One batch of transport-wide feedback, received at ``now_ms`` (our clock)."""
-        items = list(results)
-        if any(items[i].sequence > items[i + 1].sequence for i in range(len(items) - 1)):
-            items.sort(key=_sequence)
-        inter = self._inter
-        detector = self._detector
-        acked = self._acked
+        """One batch of transport-wide feedback, received at ``now_ms`` (our clock).
+
+        One pass over the results (in sequence order: duplicates, late arrivals,
+        losses, probe clusters) collects the received packets; the acknowledged
+        bitrate, the inter-arrival groups and the trendline detector then take them in
+        one call each, and the controllers run once per batch."""
+        items = results if isinstance(results, (list, tuple)) else list(results)
+        sequences = [r.sequence for r in items]
+        if sequences != sorted(sequences):
+            items = sorted(items, key=_sequence)  # stable: duplicates keep their order
         clusters = self._clusters
-        resets = inter.resets
+        lost_seqs = self._lost
+        received: list[tuple[float, float]] = []  # (send_ms, arrival_ms): the delay groups
+        arrivals: list[tuple[float, int]] = []  # (arrival_ms, size): the acked bitrate
         expected = lost = recovered = 0
         highest = self._highest
         for r in items:
             seq = r.sequence
             if highest is not None and seq <= highest and seq > highest - SEQ_RESET:
                 arrival = r.arrival_ms
-                if arrival is not None and seq in self._lost and math.isfinite(arrival):
+                if arrival is not None and seq in lost_seqs and -_INF < arrival < _INF:
                     # Reported lost before, arrived late after all: not a loss; the
                     # receiver got its bytes (too late for the delay groups).
-                    del self._lost[seq]
+                    del lost_seqs[seq]
                     recovered += 1
-                    acked.add(arrival, max(0, r.size))
+                    size = r.size
+                    arrivals.append((arrival, max(0, size)))
                 continue
             highest = seq
             send = r.send_ms
             arrival = r.arrival_ms
-            if not math.isfinite(send) or (arrival is not None and not math.isfinite(arrival)):
+            # Finite times only (the chained comparisons are False for inf and NaN).
+            if not (-_INF < send < _INF) or (arrival is not None and not (-_INF < arrival < _INF)):
                 continue
-            size = max(0, r.size)
+            size = r.size
+            if not size > 0:
+                size = 0
             expected += 1
             cluster = r.cluster
             if clusters and (cluster not in clusters or len(clusters) > 1):
@@ -1010,28 +1123,31 @@ class GccEstimator:
                 open_cluster.add_tagged(send, arrival, size)
             if arrival is None:
                 lost += 1
-                lost_seqs = self._lost
                 lost_seqs[seq] = None
                 if len(lost_seqs) > LOST_MEMORY:
                     del lost_seqs[next(iter(lost_seqs))]
                 continue
-            acked.add(arrival, size)
-            delta = inter.add(send, arrival)
-            if inter.resets != resets:
-                resets = inter.resets
-                detector = self._detector = TrendlineDetector()
-            if delta is not None:
-                detector.update(delta[0], delta[1], delta[2])
-                if detector.signalled:
-                    self.overuse_ms = now_ms
+            arrivals.append((arrival, size))
+            received.append((send, arrival))
         self._highest = highest
+        if arrivals:
+            self._acked.add_many(arrivals)
+        if received:
+            signalled = False
+            for i, deltas in enumerate(self._inter.add_many(received)):
+                if i:  # the inter-arrival stream restarted: so does the delay pipeline
+                    self._detector = TrendlineDetector()
+                if deltas and self._detector.update_many(deltas):
+                    signalled = True
+            if signalled:
+                self.overuse_ms = now_ms
         for c in [c for c, open_cluster in clusters.items() if now_ms - open_cluster.last_tagged >= PROBE_TIMEOUT_MS]:
             self._finish_probe(c, clusters.pop(c), now_ms)
         self._loss_lost -= recovered  # may go below 0: the next samples make up for it
         if expected == 0:
             return  # nothing new: nothing to control
-        self.state = detector.state
-        acked_bps = acked.update()
+        self.state = self._detector.state
+        acked_bps = self._acked.update()
         floor = self._floor(now_ms)
         aimd = self._aimd
         aimd.update(self.state, acked_bps, now_ms, floor)

@@ -100,15 +100,17 @@ async def test_two_participants_exchange_media_and_mute(sfu_server: str, open_pa
     await expect(tile(bob, alice_id).locator(".name")).to_have_text("Alice")
     await asyncio.gather(assert_receives_media(alice, [bob_id]), assert_receives_media(bob, [alice_id]))
 
-    # The server's RTCP reaches Chrome as a publisher: REMB sets its available
-    # bitrate (--publisher-bitrate, 2.5 Mbit/s by default; without REMB Chrome stays
-    # near 300 kbit/s) and RRs echo its SRs (LSR/DLSR), so it measures a round-trip time.
-    for _ in range(50):  # the first RR that can echo an SR comes ~1 s after the first SR
+    # The server's RTCP reaches Chrome as a publisher: its transport-cc feedback runs
+    # Chrome's own congestion control, which finds the loopback link wide (without
+    # feedback Chrome stays near 300 kbit/s), capped by the REMB (--publisher-bitrate,
+    # 2.5 Mbit/s by default); and RRs echo its SRs (LSR/DLSR), so it measures a
+    # round-trip time.
+    for _ in range(75):  # the first RR that can echo an SR comes ~1 s after the first SR
         feedback = await alice.page.evaluate(PUBLISHER_FEEDBACK_JS)
-        if feedback["available"] == 2_500_000 and feedback["videoRtt"] is not None:
+        if feedback["available"] and feedback["available"] >= 600_000 and feedback["videoRtt"] is not None:
             break
         await asyncio.sleep(0.2)
-    assert feedback["available"] == 2_500_000, feedback
+    assert feedback["available"] and 600_000 <= feedback["available"] <= 2_500_000, feedback
     assert feedback["videoRtt"] is not None and feedback["videoRtt"] < 0.5, feedback
 
     # As a subscriber Chrome gets SRs derived from the publisher's (for lip sync): it

@@ -194,3 +194,17 @@ def test_covering_layer_with_unknown_sizes():
     assert covering_layer([(320, 180), (None, None), (1280, 720)], None, 360) == 1  # h's keyframe not seen yet
     assert covering_layer([(None, None), (None, None), (1280, 720)], None, 100) == 0
     assert covering_layer([(320, 180), (640, 360), (None, None)], None, 361) == 2
+
+
+def test_a_stall_of_every_layer_keeps_the_current_layer():
+    """When nothing at all arrives from the publisher for a while (every layer lost,
+    e.g. a CPU-starved encoder), the track keeps its layer instead of pausing: there is
+    nothing better to switch to, and a pause would cost a keyframe when media comes back."""
+    sel = LayerSelector()
+    (change,) = sel.select(0.0, 2_000_000, [TrackDemand("a", [Q, H, F])])
+    assert change.layer == 2
+    assert sel.select(100.0, 2_000_000, [TrackDemand("a", [None, None, None])]) == []
+    assert sel.layers["a"] == 2
+    # A single layer lost still moves the track to what is sent.
+    (change,) = sel.select(200.0, 2_000_000, [TrackDemand("a", [Q, H, None])])
+    assert (change.layer, change.reason) == (1, LAYER_LOST)
