@@ -5,6 +5,14 @@ One UpTrack with N DownTracks; each DownTrack sends through the same code as the
 nobody reads). Prints CPU µs per forwarded packet and the share of each stage.
 
     python -m loadtest.bench_hotpath --subscribers 10 --packets 20000
+    python -m loadtest.bench_hotpath --subscribers 10 --transport-cc [--feedback]
+
+``--transport-cc`` stamps every packet with the subscriber connection's transport-wide
+sequence number and records it in its send history (as for Chrome and Firefox);
+``--feedback`` also feeds each subscriber, every 50 packets (50 ms of the virtual
+clock), the transport-cc feedback a receiver would send for them (every packet
+arrived 20 ms after it was sent) through the send history and the GCC estimator, so
+that the CPU per forwarded packet includes what the whole transport-cc loop costs.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import time
 
 from pylibsrtp import Policy, Session
 
-from sfu.core.rtp import URI_ABS_SEND_TIME, URI_MID, parse_rtp
+from sfu.core.gcc import GccEstimator
+from sfu.core.rtp import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC, parse_rtp
+from sfu.core.twcc import SendHistory, TwccFeedback
 from sfu.downtrack import DownTrack
 from sfu.metrics import COUNTERS
 from sfu.rtc.adapter import CodecInfo, MediaInfo
@@ -44,6 +54,8 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=20000)
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
     parser.add_argument("--no-metrics", action="store_true", help="no per-packet counting (as sfu serve --no-media-metrics)")
+    parser.add_argument("--transport-cc", action="store_true", help="stamp transport-wide sequence numbers (send history)")
+    parser.add_argument("--feedback", action="store_true", help="with --transport-cc: also process feedback (history + GCC)")
     args = parser.parse_args()
     COUNTERS.per_packet = not args.no_metrics
 
@@ -68,17 +80,41 @@ def main() -> None:
 
     up = UpTrack("TR", "PA", "video", "camera", "0", CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97), {URI_MID: 1}, lambda s: None)
     up.bind_ssrc(0xAAAA)
+    histories: list[SendHistory] = []
     for i in range(args.subscribers):
+        extensions = {URI_MID: 1, URI_ABS_SEND_TIME: 3}
+        history = None
+        if args.transport_cc:
+            extensions[URI_TRANSPORT_CC] = 5
+            history = SendHistory()
+            histories.append(history)
         media = MediaInfo(str(i + 1), "video", "sendonly", [CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97)],
-                          {URI_MID: 1, URI_ABS_SEND_TIME: 3}, ssrc=1000 + i, rtx_ssrc=2000 + i)
-        up.downtracks.append(DownTrack(up, f"S{i}", media, make_send(), lambda d: True))
+                          extensions, ssrc=1000 + i, rtx_ssrc=2000 + i)
+        up.downtracks.append(DownTrack(up, f"S{i}", media, make_send(), lambda d: True, transport_cc=history))
+    estimators = [GccEstimator() for _ in histories] if args.feedback else []
+    reported = [0] * len(histories)
     raw = _packets(args.packets)
+
+    def feedback(now: float) -> None:
+        """What each subscriber's receiver reports of the packets since its last
+        feedback: every one arrived 20 ms after it was sent (sent at 1 per ms)."""
+        for i, (history, estimator) in enumerate(zip(histories, estimators)):
+            newest = history.newest_sequence
+            if newest is None:
+                continue
+            first = reported[i] or newest - 49
+            packets = [(seq & 0xFFFF, int((seq - first) * 1000 + 20_000)) for seq in range(first, newest + 1)]
+            reported[i] = newest + 1
+            results = history.on_feedback(TwccFeedback(1, 2, first & 0xFFFF, 0, 0, packets))
+            estimator.on_feedback(results, now)
 
     def run() -> None:
         now = 0.0
-        for data in raw:
+        for n, data in enumerate(raw):
             up.on_rtp(parse_rtp(data), now)
             now += 1.0
+            if estimators and n % 50 == 49:
+                feedback(now)
 
     profiler = cProfile.Profile() if args.profile else None
     t0 = time.process_time()
@@ -89,7 +125,9 @@ def main() -> None:
         profiler.disable()
     cpu = time.process_time() - t0
     forwarded = args.packets * args.subscribers
-    print(f"subscribers={args.subscribers} packets_in={args.packets} forwarded={forwarded} metrics={'off' if args.no_metrics else 'on'}")
+    mode = "feedback" if args.feedback else "stamped" if args.transport_cc else "off"
+    print(f"subscribers={args.subscribers} packets_in={args.packets} forwarded={forwarded} "
+          f"metrics={'off' if args.no_metrics else 'on'} transport-cc={mode}")
     print(f"CPU per forwarded packet: {cpu / forwarded * 1e6:.2f} µs  ({forwarded / cpu:,.0f} forwarded packets/s per core)")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(12)

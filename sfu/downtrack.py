@@ -126,7 +126,7 @@ class DownTrack:
         level_out = media.extensions.get(URI_AUDIO_LEVEL)
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, level_out) if level_in and level_out else None
-        self._one_byte = self._extension_headers()
+        self._templates = self._extension_templates()
         self._send_rtp = send_rtp
         self._connected = connected
         self._ready = False
@@ -158,11 +158,14 @@ class DownTrack:
         if not uptrack.simulcast:
             self.set_target(0, "bandwidth", 0.0, request=False)
 
-    def _extension_headers(self) -> tuple[bytes, bytes, bytes, bytes] | None:
-        """For the one-byte form (RFC 8285 §4.2, every id 1-14): the MID element, and
-        the header byte of each per-packet element (transport-wide sequence number,
-        abs-send-time, audio level; b"" when not negotiated). None: ids need the
-        two-byte form (the slow path)."""
+    def _extension_templates(self) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] | None:
+        """Precomputed bytes around the per-packet values of the one-byte form (RFC 8285
+        §4.2; every id 1-14): the block is the MID element, then one value that
+        changes per packet (the transport-wide sequence number, else abs-send-time,
+        else none), then the audio level when the source packet has one. Returns
+        ``((head, tail), (head, middle, tail))`` for a packet without and with the
+        audio level, so the hot path writes ``head + value + tail``; None when ids
+        need the two-byte form (the slow path)."""
         ids = [i for i in (self._twcc_id, self._abs_send_time_id) if i is not None]
         if self._mid_ext is not None:
             ids.append(self._mid_ext[0])
@@ -171,42 +174,53 @@ class DownTrack:
         if any(not 1 <= i <= 14 for i in ids) or (self._mid_ext is not None and not 1 <= len(self._mid_ext[1]) <= 16):
             return None
         mid = bytes(((self._mid_ext[0] << 4) | (len(self._mid_ext[1]) - 1),)) + self._mid_ext[1] if self._mid_ext else b""
-        twcc = bytes(((self._twcc_id << 4) | 1,)) if self._twcc_id is not None else b""
-        ast = bytes(((self._abs_send_time_id << 4) | 2,)) if self._abs_send_time_id is not None else b""
-        level = bytes((self._audio_level[1] << 4,)) if self._audio_level is not None else b""
-        return mid, twcc, ast, level
+        if self._twcc_id is not None:
+            value_header, value_size = bytes(((self._twcc_id << 4) | 1,)), 2
+        elif self._abs_send_time_id is not None:
+            value_header, value_size = bytes(((self._abs_send_time_id << 4) | 2,)), 3
+        else:
+            value_header, value_size = b"", 0
+        level_header = bytes((self._audio_level[1] << 4,)) if self._audio_level is not None else b""
+
+        def block(body_size: int) -> tuple[bytes, bytes]:
+            padding = -body_size % 4
+            return b"\xbe\xde" + ((body_size + padding) >> 2).to_bytes(2, "big"), b"\x00" * padding
+
+        plain_size = len(mid) + len(value_header) + value_size
+        word, pad = block(plain_size)
+        plain = (word + mid + value_header, pad) if plain_size else (b"", b"")
+        word, pad = block(plain_size + 2)
+        with_level = (word + mid + value_header, level_header, pad)
+        return plain, with_level
 
     def _extensions(self, source: SourcePacket, now_ms: float, cluster: int | None = None) -> bytes:
         """The subscriber's extension block for one packet sent now: its MID, the next
         transport-wide sequence number (recorded in the send history with ``cluster``,
         the probe cluster of padding) or abs-send-time, and the publisher's audio level."""
-        level = None
-        if self._audio_level is not None:
-            level = source.packet.extensions.get(self._audio_level[0])
-        seq = None
-        if self._history is not None:
-            seq = self._twcc_seq = self._history.next(now_ms, cluster)
-        headers = self._one_byte
-        if headers is not None and (level is None or len(level) == 1):
-            mid, twcc, ast, level_header = headers
-            body = mid
-            if seq is not None:
-                body += twcc + seq.to_bytes(2, "big")
-            if ast:
-                body += ast + abs_send_time(now_ms / 1000.0)
-            if level is not None:
-                body += level_header + level
-            if not body:
-                return b""
-            pad = -len(body) % 4
-            return b"\xbe\xde" + ((len(body) + pad) >> 2).to_bytes(2, "big") + body + b"\x00" * pad
+        history = self._history
+        if history is not None:
+            seq = self._twcc_seq = history.next(now_ms, cluster)
+            value = seq.to_bytes(2, "big")
+        elif self._abs_send_time_id is not None:
+            value = abs_send_time(now_ms / 1000.0)
+        else:
+            value = b""
+        level = source.packet.extensions.get(self._audio_level[0]) if self._audio_level is not None else None
+        templates = self._templates
+        if templates is not None:
+            if level is None:
+                head, tail = templates[0]
+                return head + value + tail if head else b""
+            if len(level) == 1:
+                head, middle, tail = templates[1]
+                return head + value + middle + level + tail
         elements = []
         if self._mid_ext is not None:
             elements.append(self._mid_ext)
-        if seq is not None:
-            elements.append((self._twcc_id, seq.to_bytes(2, "big")))
-        if self._abs_send_time_id is not None:
-            elements.append((self._abs_send_time_id, abs_send_time(now_ms / 1000.0)))
+        if history is not None:
+            elements.append((self._twcc_id, value))
+        elif self._abs_send_time_id is not None:
+            elements.append((self._abs_send_time_id, value))
         if level is not None and self._audio_level is not None:
             elements.append((self._audio_level[1], level))
         return build_extensions(elements)
