@@ -38,6 +38,13 @@ Pipeline (one :meth:`GccEstimator.on_feedback` per feedback batch):
 The target rate (:attr:`GccEstimator.estimate`) is the smaller of the delay-based and
 the loss-based estimates. Pure: no clock is read, every time is a parameter in ms;
 every window and dict is bounded, and no input raises.
+
+Cost: this runs for every subscriber, on the packet-forwarding CPU budget. Each stage
+takes a whole feedback batch in one call (``add_many`` / ``update_many``) and loops
+over it with its state in local variables; the per-packet and per-group work is plain
+arithmetic on floats (no per-packet method calls or attribute lookups), and the
+controllers run once per batch. The single-packet methods (:meth:`InterArrival.add`,
+:meth:`TrendlineDetector.update`, :meth:`AckedBitrate.add`) are batches of one.
 """
 
 from __future__ import annotations
@@ -134,7 +141,9 @@ PROBE_HISTORY = 16
 SEQ_RESET = 1 << 15  # a sequence number this far behind the highest seen: a restart
 LOST_MEMORY = 1024  # lost sequence numbers remembered, for a late arrival reported after
 
-_INF = math.inf
+# A point of the trendline window: send time, smoothed and accumulated delay (ms), then
+# the least-squares terms x, y, r, x², xy, xr, r² relative to the window's origin.
+_Point = tuple[float, float, float, float, float, float, float, float, float, float]
 
 
 class PacketResultLike(Protocol):
@@ -393,7 +402,11 @@ class InterArrival:
                 elif (
                     send_ms - first_send <= GROUP_MS
                     or send_delta == 0.0
-                    or (variation < 0.0 and arrival_delta <= BURST_DELTA_MS and arrival_ms - first_arrival < MAX_BURST_MS)
+                    or (
+                        variation < 0.0
+                        and arrival_delta <= BURST_DELTA_MS
+                        and arrival_ms - first_arrival < MAX_BURST_MS
+                    )
                 ):
                     # The same group: sent within 5 ms of its first packet, or a burst.
                     if send_ms > send:  # noqa: PLR1730 (hot loop: cheaper than max())
@@ -452,12 +465,14 @@ class TrendlineDetector:
       a slight overload (a slope below 3 standard errors) is then still caught once
       it has queued 50 ms.
 
-    The fit keeps running sums over the window (O(1) per group: the oldest point's
-    terms are subtracted, the newest one's added), taken relative to the window's
-    first point and rebuilt from the points every few windows so that rounding does
-    not accumulate. :meth:`update_many` runs a whole feedback batch's deltas in one
-    call with the state in local variables (the estimator's path); :meth:`update` is
-    one delta of it.
+    The fit keeps running sums over the window, O(1) per group: each point keeps its
+    least-squares terms, so the oldest point's are subtracted as they were added and
+    the newest one's added. They are relative to the window's oldest point, and
+    rebuilt from the points every 4 windows so that rounding does not accumulate. The
+    standard error (the gate) and the window's mean delay (:attr:`queue_ms`) are only
+    computed when needed. :meth:`update_many` runs a whole feedback batch's deltas in
+    one call with the state in local variables (the estimator's path: it runs for
+    every subscriber); :meth:`update` is one delta of it.
 
     :attr:`state` is the last state; :attr:`signalled` is True when the last update
     declared over-use.
@@ -505,14 +520,15 @@ class TrendlineDetector:
         self.signalled = False
         self.trend = 0.0
         self.modified_trend = 0.0
-        self._deltas = 0
+        self._deltas = 0.0  # deltas so far, up to TREND_MIN_DELTAS (a float: it weighs the trend)
         self._accumulated = 0.0
         self._smoothed = 0.0
-        # The least-squares window: points (send time, smoothed delay, accumulated
-        # delay), all ms, and the sums over them of x, y, r, x², xy, xr, r², with x
-        # relative to x0 (the first point's send time) and y, r to y0 (its
-        # accumulated delay) as of the last rebuild; pushes since then.
-        self._points: deque[tuple[float, float, float]] = deque(maxlen=self.window)
+        # The least-squares window: per point (x, y, r) = (send time, smoothed delay,
+        # accumulated delay), all ms, then its terms x, y, r, x², xy, xr, r² relative
+        # to the origin (x0, y0) = (the oldest point's send time, its accumulated
+        # delay) as of the last rebuild; ``_sums``: the sums of those terms;
+        # ``_pushes``: points added since.
+        self._points: deque[_Point] = deque(maxlen=self.window)
         self._x0 = self._y0 = 0.0
         self._sums = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         self._pushes = 0
@@ -533,6 +549,8 @@ class TrendlineDetector:
         smoothing = self.smoothing
         keep = 1.0 - smoothing
         window = self.window
+        size = float(window)  # (a float divides faster than an int, to the same result)
+        rebuild_at = 4 * window
         gain = self.gain
         noise_z = self.noise_z
         count = self._deltas
@@ -545,8 +563,10 @@ class TrendlineDetector:
         sx, sy, sr, sxx, sxy, sxr, srr = self._sums
         pushes = self._pushes
         mins = self._mins
-        latest = mins[-1] if mins else None  # the newest bucket, [bucket, min delay]
-        mean_delay = self._mean_delay
+        latest = mins[-1] if mins else None  # the newest bucket, [bucket, min delay] ...
+        latest_bucket = latest[0] if latest else None  # ... and its bucket
+        fit_sy: float | None = None  # sy and y0 of the last fit in this batch (the mean delay)
+        fit_y0 = sxx_n = 0.0
         threshold = self.threshold
         modified = self.modified_trend
         previous = self.trend
@@ -558,46 +578,51 @@ class TrendlineDetector:
         any_signalled = False
         for send_delta, arrival_delta, at in deltas:
             signalled = False
-            if count < 1000:
-                count += 1
+            if count < TREND_MIN_DELTAS:
+                count += 1.0
             accumulated += arrival_delta - send_delta
             smoothed = smoothing * smoothed + keep * accumulated
 
             # The window fit: the oldest point leaves, the new one enters.
+            x = at - x0
+            y = smoothed - y0
+            r = accumulated - y0
+            xx = x * x
+            xy = x * y
+            xr = x * r
+            rr = r * r
+            point = (at, smoothed, accumulated, x, y, r, xx, xy, xr, rr)
             if n == window:
-                ox, oy, o_r = points[0]
-                ox -= x0
-                oy -= y0
-                o_r -= y0
+                _, _, _, ox, oy, o_r, oxx, oxy, oxr, orr = points[0]
                 sx -= ox
                 sy -= oy
                 sr -= o_r
-                sxx -= ox * ox
-                sxy -= ox * oy
-                sxr -= ox * o_r
-                srr -= o_r * o_r
+                sxx -= oxx
+                sxy -= oxy
+                sxr -= oxr
+                srr -= orr
             else:
                 n += 1
-            points.append((at, smoothed, accumulated))
+            points.append(point)  # (the oldest one drops out)
             pushes += 1
-            if pushes >= 4 * n or n == 1:
+            # Rebuild every 4 windows, and at the first point (the origin). (Before the
+            # window is full, pushes < n: only the first point rebuilds, as with 4 x n.)
+            if pushes >= rebuild_at or n == 1:
+                x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr) = _rebuild_window(points)
                 pushes = 0
-                x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr) = _window_sums(points)
             else:
-                x = at - x0
-                y = smoothed - y0
-                r = accumulated - y0
                 sx += x
                 sy += y
                 sr += r
-                sxx += x * x
-                sxy += x * y
-                sxr += x * r
-                srr += r * r
+                sxx += xx
+                sxy += xy
+                sxr += xr
+                srr += rr
 
             # The lowest smoothed delay per one-second bucket of send time.
             bucket = at // QUEUE_BUCKET_MS
-            if latest is None or latest[0] != bucket:
+            if bucket != latest_bucket:
+                latest_bucket = bucket
                 latest = [bucket, smoothed]
                 mins.append(latest)
                 while mins[0][0] < bucket - QUEUE_BUCKETS:
@@ -606,26 +631,28 @@ class TrendlineDetector:
                 latest[1] = smoothed
 
             # The slope of y (a full window only; else, or when x does not vary, the
-            # trend stays). The jitter gate's standard error is computed only when the
-            # gate is reached (rarely: the trend must be above the threshold).
+            # trend stays). The jitter gate's standard error and the mean delay are
+            # computed only when needed (the trend above the threshold).
             trend = previous
             fitted = False
             if n == window:
-                sxx_n = sxx - sx * sx / n
+                sxx_n = sxx - sx * sx / size
                 if not sxx_n <= 1e-9:  # (not "> 1e-9": a NaN goes on, as it always did)
+                    trend = (sxy - sx * sy / size) / sxx_n
                     fitted = True
-                    trend = (sxy - sx * sy / n) / sxx_n
-                    mean_delay = sy / n + y0
+                    fit_sy = sy
+                    fit_y0 = y0
 
             # The over-use detector (§5.4).
             if count < 2:
                 state = NORMAL
                 previous = trend
                 continue
-            modified = (TREND_MIN_DELTAS if count > TREND_MIN_DELTAS else count) * trend * gain  # noqa: FURB136 (hot loop)
+            modified = count * trend * gain  # count: min(deltas, TREND_MIN_DELTAS)
             if modified > threshold and (
                 trend > noise_z * (_slope_stderr(n, sx, sr, sxr, srr, sxx_n) if fitted else 0.0)
-                or _standing_queue(mean_delay, mins) > QUEUE_EVIDENCE_MS
+                or _standing_queue(self._mean_delay if fit_sy is None else fit_sy / size + fit_y0, mins)
+                > QUEUE_EVIDENCE_MS
             ):
                 if time_over < 0.0:
                     time_over = send_delta / 2.0
@@ -652,7 +679,7 @@ class TrendlineDetector:
             last_at = at
             if last is None:
                 continue
-            magnitude = abs(modified)
+            magnitude = modified if modified >= 0.0 else -modified
             if magnitude > threshold + MAX_ADAPT_OFFSET_MS:
                 continue  # a spike (e.g. a route change) does not teach the threshold
             dt = at - last
@@ -673,7 +700,8 @@ class TrendlineDetector:
         self._y0 = y0
         self._sums = (sx, sy, sr, sxx, sxy, sxr, srr)
         self._pushes = pushes
-        self._mean_delay = mean_delay
+        if fit_sy is not None:
+            self._mean_delay = fit_sy / size + fit_y0
         self.threshold = threshold
         self.modified_trend = modified
         self.trend = previous
@@ -709,25 +737,38 @@ def _slope_stderr(n: int, sx: float, sr: float, sxr: float, srr: float, sxx_n: f
     return math.sqrt(residual / (n - 2) / sxx_n) if n > 2 else 0.0
 
 
-def _window_sums(
-    points: deque[tuple[float, float, float]],
+def _rebuild_window(
+    points: deque[_Point],
 ) -> tuple[float, float, tuple[float, float, float, float, float, float, float]]:
-    """The least-squares sums of :class:`TrendlineDetector`'s window rebuilt from its
-    points: ``(x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr))``, x relative to the first
-    point's send time and y, r to its accumulated delay."""
-    x0, _, y0 = points[0]
+    """Rebuild :class:`TrendlineDetector`'s window in place relative to its oldest
+    point's send time and accumulated delay. Returns ``(x0, y0, (sx, sy, sr, sxx,
+    sxy, sxr, srr))``."""
+    first = points[0]
+    x0 = first[0]
+    y0 = first[2]
     sx = sy = sr = sxx = sxy = sxr = srr = 0.0
-    for x, y, r in points:
-        x -= x0
-        y -= y0
-        r -= y0
+    rebuilt = []
+    for point in points:
+        xa = point[0]
+        ya = point[1]
+        ra = point[2]
+        x = xa - x0
+        y = ya - y0
+        r = ra - y0
+        xx = x * x
+        xy = x * y
+        xr = x * r
+        rr = r * r
         sx += x
         sy += y
         sr += r
-        sxx += x * x
-        sxy += x * y
-        sxr += x * r
-        srr += r * r
+        sxx += xx
+        sxy += xy
+        sxr += xr
+        srr += rr
+        rebuilt.append((xa, ya, ra, x, y, r, xx, xy, xr, rr))
+    points.clear()
+    points.extend(rebuilt)
     return x0, y0, (sx, sy, sr, sxx, sxy, sxr, srr)
 
 
@@ -899,8 +940,8 @@ class AckedBitrate:
                 behind = 0
             window.append(packet)
             total += packet[1]
-            if len(window) > ACK_MAX_PACKETS:
-                total -= window.popleft()[1]
+        while len(window) > ACK_MAX_PACKETS:
+            total -= window.popleft()[1]
         self._head = head
         self._behind = behind
         self._bytes = total
@@ -909,8 +950,10 @@ class AckedBitrate:
         """Prune the window and refresh :attr:`bps`."""
         packets = self._packets
         start = self._head - ACK_WINDOW_MS
+        total = self._bytes
         while packets and packets[0][0] < start:
-            self._bytes -= packets.popleft()[1]
+            total -= packets.popleft()[1]
+        self._bytes = total
         if len(packets) >= 2:
             first_arrival, first_size = packets[0]
             span = self._head - first_arrival
@@ -1077,30 +1120,28 @@ class GccEstimator:
         lost_seqs = self._lost
         received: list[tuple[float, float]] = []  # (send_ms, arrival_ms): the delay groups
         arrivals: list[tuple[float, int]] = []  # (arrival_ms, size): the acked bitrate
-        expected = lost = recovered = 0
+        lost = recovered = 0
         highest = self._highest
         for r in items:
             seq = r.sequence
             if highest is not None and seq <= highest and seq > highest - SEQ_RESET:
                 arrival = r.arrival_ms
-                if arrival is not None and seq in lost_seqs and -_INF < arrival < _INF:
+                if arrival is not None and seq in lost_seqs and arrival - arrival == 0.0:
                     # Reported lost before, arrived late after all: not a loss; the
                     # receiver got its bytes (too late for the delay groups).
                     del lost_seqs[seq]
                     recovered += 1
-                    size = r.size
-                    arrivals.append((arrival, max(0, size)))
+                    arrivals.append((arrival, max(0, r.size)))
                 continue
             highest = seq
             send = r.send_ms
             arrival = r.arrival_ms
-            # Finite times only (the chained comparisons are False for inf and NaN).
-            if not (-_INF < send < _INF) or (arrival is not None and not (-_INF < arrival < _INF)):
+            # Finite times only (x - x is 0 for a finite x, NaN for inf and NaN).
+            if send - send != 0.0 or (arrival is not None and arrival - arrival != 0.0):
                 continue
             size = r.size
             if not size > 0:
                 size = 0
-            expected += 1
             cluster = r.cluster
             if clusters and (cluster not in clusters or len(clusters) > 1):
                 for c, open_cluster in list(clusters.items()):
@@ -1111,9 +1152,9 @@ class GccEstimator:
                         self._finish_probe(c, clusters.pop(c), now_ms)
                     else:
                         open_cluster.add_other(send, arrival, size)
-            if cluster is not None and cluster in self.probe_results and cluster not in clusters:
-                cluster = None  # a straggler of a cluster already evaluated: plain media now
-            if cluster is not None:
+            # A tagged packet counts in its cluster, unless that was evaluated already
+            # (a straggler: plain media now).
+            if cluster is not None and (cluster in clusters or cluster not in self.probe_results):
                 open_cluster = clusters.get(cluster)
                 if open_cluster is None:
                     open_cluster = clusters[cluster] = _Cluster()
@@ -1130,6 +1171,7 @@ class GccEstimator:
             arrivals.append((arrival, size))
             received.append((send, arrival))
         self._highest = highest
+        expected = len(received) + lost  # the new results with finite times
         if arrivals:
             self._acked.add_many(arrivals)
         if received:
@@ -1141,8 +1183,12 @@ class GccEstimator:
                     signalled = True
             if signalled:
                 self.overuse_ms = now_ms
-        for c in [c for c, open_cluster in clusters.items() if now_ms - open_cluster.last_tagged >= PROBE_TIMEOUT_MS]:
-            self._finish_probe(c, clusters.pop(c), now_ms)
+        if clusters:
+            timed_out = [
+                c for c, open_cluster in clusters.items() if now_ms - open_cluster.last_tagged >= PROBE_TIMEOUT_MS
+            ]
+            for c in timed_out:
+                self._finish_probe(c, clusters.pop(c), now_ms)
         self._loss_lost -= recovered  # may go below 0: the next samples make up for it
         if expected == 0:
             return  # nothing new: nothing to control
