@@ -374,7 +374,8 @@ class DownTrack:
         )
         if self._send_rtp(data):
             size = len(data)
-            self._sent(size)
+            if self._history is not None:
+                self._history.set_size(self._twcc_seq, size)
             self.packets_sent += 1
             self.octets_sent += packet.payload_end - packet.payload_offset
             self.bytes_sent += size

@@ -184,6 +184,13 @@ class Forwarder:
         so are the last packets of a layer being left.
         """
         if layer == self.layer:
+            epoch = self._epoch
+            if seq > epoch.highest_src and not padding_only:
+                # The common case, inline: the next packet of the current layer.
+                epoch.highest_src = seq
+                out_ts = timestamp + epoch.ts_offset
+                self.last_out_timestamp = out_ts
+                return Translation((seq + epoch.seg_offset[-1]) & 0xFFFF, out_ts & 0xFFFFFFFF)
             return self.translate(seq, timestamp, keyframe, padding_only)
         if layer != self.target:
             return DropReason.OTHER_LAYER

@@ -531,6 +531,7 @@ class SendHistory:
         sizes = self._size
         clusters = self._cluster
         results: list[PacketResult] = []
+        new = tuple.__new__  # PacketResult without its generated __new__: ~0.3 µs less per result
         for seq16, arrival_us in feedback.packets:
             delta = (seq16 - newest) & 0xFFFF
             if delta >= 0x8000:
@@ -547,7 +548,7 @@ class SendHistory:
                     continue
                 state[i] = _REPORTED_LOST
                 self._in_flight -= sizes[i]
-                results.append(PacketResult(seq, send_ms[i], sizes[i], None, clusters[i]))
+                results.append(new(PacketResult, (seq, send_ms[i], sizes[i], None, clusters[i])))
             else:
                 if previous == _REPORTED_RECEIVED:
                     continue
@@ -555,9 +556,7 @@ class SendHistory:
                     self._in_flight -= sizes[i]
                 state[i] = _REPORTED_RECEIVED
                 results.append(
-                    PacketResult(
-                        seq, send_ms[i], sizes[i], (arrival_us + offset_us) / 1000.0, clusters[i]
-                    )
+                    new(PacketResult, (seq, send_ms[i], sizes[i], (arrival_us + offset_us) / 1000.0, clusters[i]))
                 )
         return results
 
