@@ -20,7 +20,10 @@ Private names used (checked by ``tests/unit/test_adapter_contract.py``):
 ``RTCRtpSender._ssrc``, ``_rtx_ssrc``, ``_stream_id``, ``_track_id``;
 ``RTCDtlsTransport._handle_rtp_data``, ``_handle_rtcp_data``, ``_tx_srtp``, ``transport``;
 ``RTCDtlsTransport._rx_srtp``; ``RTCIceTransport._connection``;
-``aioice.Connection._nominated`` and ``data_received``; pylibsrtp's ``Session._srtp``,
+``aioice.Connection._nominated``, ``_check_list`` and ``data_received``;
+``aioice.ice.StunProtocol.datagram_received`` (wrapped process-wide by
+:func:`harden_ice`), its ``receiver`` and ``local_candidate``;
+``aioice.ice.CandidatePair.state``/``remote_addr``; pylibsrtp's ``Session._srtp``,
 ``_cdata``, ``_buffer`` and its cffi ``lib.srtp_protect``; and the module
 function ``aioice.ice.get_host_addresses`` (replaced by :func:`set_ice_addresses`).
 """
@@ -54,6 +57,7 @@ from ..core.rtp import URI_TRANSPORT_CC
 from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
 from ..core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
+from ..metrics import COUNTERS
 
 _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
@@ -69,6 +73,7 @@ __all__ = [
     "SfuPeerConnection",
     "parse_offer",
     "disable_media_engines",
+    "harden_ice",
     "install_tap",
     "set_ice_addresses",
 ]
@@ -250,6 +255,80 @@ def _disable_transceiver(transceiver: RTCRtpTransceiver) -> None:
     transceiver.sender.send = _noop_send  # type: ignore[method-assign]
 
 
+# RFC 7983 §7: what the first byte of a datagram on an ICE/DTLS/SRTP port says it is.
+_STUN_LAST = 3
+_DTLS_FIRST, _DTLS_LAST = 20, 63
+_RTP_FIRST, _RTP_LAST = 128, 191
+_MIN_DTLS = 13  # a DTLS record header (RFC 6347 §4.1)
+_MIN_RTCP = 8  # an RTCP header and the sender SSRC (RFC 3550 §6.4)
+_MIN_RTP = 12  # the fixed RTP header (RFC 3550 §5.1)
+_VALIDATE_EVERY_S = 0.2  # an unknown source recomputes the valid addresses at most this often
+_SUCCEEDED = aioice.ice.CandidatePair.State.SUCCEEDED
+_stun_datagram_received = aioice.ice.StunProtocol.datagram_received
+
+
+def _drop(reason: str) -> None:
+    COUNTERS.dropped[reason] += 1
+
+
+def _source_is_valid(connection: Any, addr: tuple[Any, ...]) -> bool:
+    """Whether ``addr`` is the remote address of a candidate pair of ``connection``
+    whose connectivity check succeeded (RFC 8445 §7.2.5.3.3: media only flows on valid
+    pairs). The set is cached on the connection and recomputed on a miss, at most every
+    ``_VALIDATE_EVERY_S``."""
+    valid = connection.__dict__.get("_sfu_valid_sources")
+    if valid is not None and addr in valid:
+        return True
+    now = time.monotonic()
+    if now - connection.__dict__.get("_sfu_valid_at", 0.0) < _VALIDATE_EVERY_S and valid is not None:
+        return False
+    valid = {pair.remote_addr for pair in connection._check_list if pair.state is _SUCCEEDED}
+    connection._sfu_valid_sources = valid
+    connection._sfu_valid_at = now
+    return addr in valid
+
+
+def _guarded_datagram_received(self: Any, data: bytes, addr: tuple[Any, ...]) -> None:
+    """aioice's ``StunProtocol.datagram_received``, guarded where the bytes enter
+    (RFC 7983 demultiplexing): STUN goes to aioice, which checks its integrity; DTLS,
+    RTP and RTCP are taken only from the address of a pair whose check succeeded (an
+    ICE-validated peer) and only when long enough to be parsed; the rest is dropped and
+    counted (``sfu_rtp_packets_dropped_total``: ``short_datagram``, ``unknown_datagram``,
+    ``unvalidated_source``). Non-STUN datagrams skip aioice's attempt to parse them as
+    STUN (an exception per packet)."""
+    if not data:
+        _drop("short_datagram")
+        return
+    first = data[0]
+    if first <= _STUN_LAST:
+        _stun_datagram_received(self, data, addr)
+        return
+    n = len(data)
+    if _DTLS_FIRST <= first <= _DTLS_LAST:
+        if n < _MIN_DTLS:
+            _drop("short_datagram")
+            return
+    elif _RTP_FIRST <= first <= _RTP_LAST:
+        if n < _MIN_RTCP or (n < _MIN_RTP and not 192 <= data[1] <= 223):
+            _drop("short_datagram")
+            return
+    else:
+        _drop("unknown_datagram")
+        return
+    connection = self.receiver
+    if not _source_is_valid(connection, (addr[0], addr[1])):
+        _drop("unvalidated_source")
+        return
+    connection.data_received(data, self.local_candidate.component)
+
+
+def harden_ice() -> None:
+    """Guard every aioice socket of the process (idempotent; see
+    :func:`_guarded_datagram_received`). Called by :class:`SfuPeerConnection` and
+    :func:`install_tap`."""
+    aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign]
+
+
 def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
     """Route the decrypted RTP/RTCP of ``dtls`` to ``handler``.
 
@@ -279,9 +358,13 @@ def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
     queued = connection.data_received
 
     def data_received(data: bytes, component: int) -> None:
+        # Lengths and sources were checked by the guarded protocol (harden_ice).
         srtp = dtls._rx_srtp
-        if srtp is None or not 127 < data[0] < 192:
-            queued(data, component)
+        if not _RTP_FIRST <= data[0] <= _RTP_LAST:
+            queued(data, component)  # DTLS: aiortc's handshake and SCTP
+            return
+        if srtp is None:
+            _drop("before_srtp")  # RTP before the DTLS handshake gave keys
             return
         try:
             if 192 <= data[1] <= 223:  # RTCP packet types (RFC 5761 §4)
@@ -289,7 +372,7 @@ def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
             else:
                 on_rtp(srtp.unprotect(data), monotonic() * 1000.0)
         except pylibsrtp.Error:
-            logger.debug("SRTP unprotect failed; packet dropped")
+            _drop("srtp_failed")  # counted, never logged per packet
 
     connection.data_received = data_received
 
@@ -324,6 +407,7 @@ def install_tap(pc: RTCPeerConnection, handler: RtcHandler) -> None:
 
     Call right after constructing the connection (before any negotiation).
     """
+    harden_ice()
     for transceiver in pc.getTransceivers():
         _tap_transport(transceiver.receiver.transport, handler)
     _wrap_create_transceiver(pc, lambda t: _tap_transport(t.receiver.transport, handler))

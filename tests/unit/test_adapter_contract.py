@@ -38,6 +38,12 @@ def test_pinned_version_and_private_members_exist():
         assert asyncio.iscoroutinefunction(getattr(RTCDtlsTransport, name))
     assert asyncio.iscoroutinefunction(RTCRtpReceiver.receive)
     assert asyncio.iscoroutinefunction(RTCRtpSender.send)
+    import aioice.ice
+
+    assert callable(aioice.ice.StunProtocol.datagram_received)
+    assert aioice.ice.CandidatePair.State.SUCCEEDED
+    assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
+    assert "_check_list" in aioice.ice.Connection(ice_controlling=False).__dict__
 
 
 class Collector:
