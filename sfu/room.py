@@ -25,7 +25,7 @@ __all__ = ["Room", "RoomRegistry", "RoomFull", "InvalidRoomName", "ROOM_NAME"]
 logger = logging.getLogger(__name__)
 
 SPEAKER_INTERVAL_MS = 300.0
-ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the whole name (fullmatch)
 
 
 class RoomFull(Exception):
@@ -207,7 +207,7 @@ class RoomRegistry:
             InvalidRoomName: the name breaks the rules.
             RoomFull: the room is at its limit.
         """
-        if not ROOM_NAME.match(room_name):
+        if not isinstance(room_name, str) or not ROOM_NAME.fullmatch(room_name):
             raise InvalidRoomName("room must be 1-64 characters of A-Z a-z 0-9 _ -")
         room = self.rooms.get(room_name)
         if room is None:

@@ -350,6 +350,7 @@ async def test_others_see_participant_left(server: ServerProcess, how: str) -> N
         ('{"type": "join", "room": "", "name": "A"}', "invalid_room", "join"),
         ('{"type": "join", "room": "' + "r" * 65 + '", "name": "A"}', "invalid_room", "join"),
         ('{"type": "join", "room": "caf\u00e9", "name": "A"}', "invalid_room", "join"),
+        ('{"type": "join", "room": "demo\\n", "name": "A"}', "invalid_room", "join"),  # not the room "demo"
         ('{"type": "join", "room": "ok"}', "bad_message", "join"),
         ('{"type": "join", "room": "ok", "name": "   "}', "bad_message", "join"),
         ('{"type": "join", "room": "ok", "name": "' + "n" * 65 + '"}', "bad_message", "join"),
