@@ -513,6 +513,14 @@ class DownTrack:
         layer = self.forwarder.layer
         return self.uptrack.layers[layer].rid if layer is not None else None
 
+    def on_source_restart(self, layer: int) -> None:
+        """The publisher restarted the numbering of ``layer``: if it is the one
+        forwarded, stop and start it again as a new epoch at its next keyframe (the
+        subscriber's numbering goes on without a jump)."""
+        if self.forwarder.layer == layer and not self.closed:
+            self._leave_layer()
+            self.uptrack.request_keyframe(self._left_at_ms, layer)
+
     def on_keyframe_request(self, now_ms: float) -> None:
         """The subscriber sent PLI or FIR: ask the publisher for a keyframe of the layer
         forwarded (coalesced upstream)."""

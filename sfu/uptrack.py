@@ -21,7 +21,7 @@ from .core.packet_cache import PacketCache
 from .core.receive_stats import ReceiveStats
 from .core.rtcp import ReportBlock, SenderReport
 from .core.rtp import URI_AUDIO_LEVEL, RtpPacket
-from .core.seqnum import Unwrapper
+from .core.seqnum import SequenceValidator, Unwrapper
 from .metrics import COUNTERS, LATENCY_SAMPLE_EVERY
 from .rtc.adapter import CodecInfo
 
@@ -86,8 +86,9 @@ class Layer:
         self.width: int | None = None
         self.height: int | None = None
         self.last_media_ms: float | None = None
-        self.seq = Unwrapper(16)
+        self.seq = SequenceValidator(self._restarted)
         self.ts = Unwrapper(32)
+        self.restarts = 0  # accepted restarts of the source numbering (RFC 3550 §A.1)
         self._rate_bytes = 0
         self._rate_ms: float | None = None
 
@@ -96,8 +97,21 @@ class Layer:
         if self.ssrc != ssrc:
             self.ssrc = ssrc
             self.stats = ReceiveStats(ssrc, self.clock_rate)
-            self.seq = Unwrapper(16)
+            self.seq = SequenceValidator(self._restarted)
             self.ts = Unwrapper(32)
+
+    def _restarted(self) -> None:
+        """The publisher restarted this stream's numbering (two packets in sequence
+        after a jump, RFC 3550 §A.1): reception statistics, NACK state and timestamps
+        start over, and every DownTrack on this layer starts again at its next keyframe."""
+        self.restarts += 1
+        if self.ssrc is not None:
+            self.stats = ReceiveStats(self.ssrc, self.clock_rate)
+        if self.nack is not None:
+            self.nack = NackGenerator()
+        self.ts = Unwrapper(32)
+        for downtrack in list(self.downtracks):
+            downtrack.on_source_restart(self.index)
 
     def update_rate(self, now_ms: float) -> None:
         """Measure the bitrate over the time since the last call (every ~500 ms)."""
@@ -222,7 +236,10 @@ class UpTrack:
         """Handle one media packet of ``layer`` (layer 0 by default; hot path)."""
         if layer is None:
             layer = self.layers[0]
-        seq = layer.seq.unwrap(packet.sequence_number)
+        seq = layer.seq.accept(packet.sequence_number)
+        if seq is None:
+            COUNTERS.dropped["sequence_jump"] += 1  # on probation (RFC 3550 §A.1)
+            return
         cache = layer.cache
         if seq in cache:
             COUNTERS.dropped["duplicate"] += 1

@@ -146,3 +146,31 @@ def test_transport_cc_stamps_every_packet_media_rtx_and_padding():
     assert [r.size for r in results] == [len(d) for d in sent]
     assert [r.cluster for r in results] == [None] * before_padding + [7] * (len(sent) - before_padding)
     assert results[before_padding - 1].send_ms == 50 and results[-1].send_ms == 60
+
+
+def test_a_stray_packet_far_ahead_does_not_freeze_the_track_and_a_restart_continues():
+    """One packet ~30,000 sequence numbers ahead is dropped (RFC 3550 §A.1 probation)
+    and the normal packets after it are forwarded (they were all dropped as too old
+    before); a real restart of the publisher's numbering (two in sequence) goes on
+    at its next keyframe with the subscriber's numbering continuing by one."""
+    from sfu.metrics import COUNTERS
+
+    up, dt, sent, _, plis = make()
+    for seq in range(100, 106):
+        up.on_rtp(parse_rtp(rtp(seq, seq * 3000, ssrc=0xAAAA, payload=vp8_payload(seq == 100))), seq)
+    assert len(sent) == 6
+    before = COUNTERS.dropped["sequence_jump"]
+    up.on_rtp(parse_rtp(rtp(30_100, 0, ssrc=0xAAAA, payload=vp8_payload(False))), 106)
+    for seq in range(106, 110):
+        up.on_rtp(parse_rtp(rtp(seq, seq * 3000, ssrc=0xAAAA, payload=vp8_payload(False))), seq)
+    assert COUNTERS.dropped["sequence_jump"] == before + 1
+    assert len(sent) == 10  # the track goes on
+    last = parse_rtp(sent[-1]).sequence_number
+    # The publisher restarts at 50,000: a delta frame, then a keyframe.
+    up.on_rtp(parse_rtp(rtp(50_000, 7, ssrc=0xAAAA, payload=vp8_payload(False))), 200)
+    up.on_rtp(parse_rtp(rtp(50_001, 8, ssrc=0xAAAA, payload=vp8_payload(False))), 201)
+    assert up.layers[0].restarts == 1 and len(sent) == 10  # waits for the keyframe
+    assert plis, "no keyframe request after the restart"
+    up.on_rtp(parse_rtp(rtp(50_002, 3009, ssrc=0xAAAA, payload=vp8_payload(True))), 202)
+    up.on_rtp(parse_rtp(rtp(50_003, 6009, ssrc=0xAAAA, payload=vp8_payload(False))), 203)
+    assert [parse_rtp(d).sequence_number for d in sent[10:]] == [(last + 1) & 0xFFFF, (last + 2) & 0xFFFF]

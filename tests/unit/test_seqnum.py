@@ -49,3 +49,42 @@ def test_seq_newer():
     assert seq_newer(1, 65535)
     assert not seq_newer(65535, 1)
     assert not seq_newer(7, 7)
+
+
+def test_validator_accepts_order_gaps_and_late_packets():
+    from sfu.core.seqnum import SequenceValidator
+
+    v = SequenceValidator()
+    first = v.accept(65530)
+    assert [v.accept(s) for s in (65531, 65535, 2, 1, 100)] == [first + 1, first + 5, first + 8, first + 7, first + 106]
+    assert v.accept(2) == first + 8  # a duplicate keeps its number
+    assert v.accept((100 - 500) & 0xFFFF) == first + 106 - 500  # late within the misorder window
+
+
+def test_a_single_stray_packet_far_ahead_does_not_move_the_stream():
+    """RFC 3550 §A.1 probation: one packet 30,000 ahead is not accepted, and the normal
+    packets after it go on (before, every one was dropped as too old)."""
+    from sfu.core.seqnum import SequenceValidator
+
+    restarts = []
+    v = SequenceValidator(lambda: restarts.append(True))
+    base = v.accept(1000)
+    assert v.accept(31_000) is None
+    assert [v.accept(s) for s in range(1001, 1004)] == [base + 1, base + 2, base + 3]
+    assert v.accept((1003 - 2000) & 0xFFFF) is None  # far behind: a stray too
+    assert v.accept(1004) == base + 4
+    assert restarts == []
+
+
+def test_two_packets_in_sequence_after_a_jump_are_a_restart():
+    from sfu.core.seqnum import SequenceValidator
+
+    restarts = []
+    v = SequenceValidator(lambda: restarts.append(True))
+    base = v.accept(1000)
+    assert v.accept(40_000) is None
+    restarted = v.accept(40_001)
+    assert restarts == [True] and v.restarts == 1
+    assert restarted > base and restarted & 0xFFFF == 40_001
+    assert v.accept(40_002) == restarted + 1
+    assert v.accept(1001) is None  # the old numbering is over
