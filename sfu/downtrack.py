@@ -48,6 +48,12 @@ LayerListener = Callable[["DownTrack", "int | None", "int | None", str], None]
 changes; a layer is an index, None when paused (or, as previous, before the start)."""
 
 PADDING_PACKETS = 16  # how far back redundant padding retransmissions reach
+NACK_MAX_PER_PACKET = 128  # sequence numbers of one NACK handled at most
+RESEND_PER_S = 400.0  # retransmissions per second per DownTrack at most (a 4 Mbit/s video's packet rate)
+RESEND_BURST = 200  # ... with bursts up to this many
+RESEND_SLOTS_MASK = 1023  # when each of the last 1,024 output numbers was resent
+RESEND_MIN_INTERVAL_MS = 10.0  # never resend one packet sooner than this ...
+RESEND_DEFAULT_RTT_MS = 100.0  # ... nor within a round trip (this until one is measured)
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
@@ -155,6 +161,9 @@ class DownTrack:
         self._last_ts_offset = 0
         self._munging_pending = False
         self._padding_credit = 0.0
+        self._resend_tokens = float(RESEND_BURST)
+        self._resend_refill_ms = 0.0
+        self._resent_at: list[tuple[int, float]] = [(-1, 0.0)] * (RESEND_SLOTS_MASK + 1)  # by out seq & mask
         if not uptrack.simulcast:
             self.set_target(0, "bandwidth", 0.0, request=False)
 
@@ -422,16 +431,36 @@ class DownTrack:
 
         Video packets from before the last switch or resume are not resent (the
         keyframe that started the current epoch supersedes them), nor anything while
-        the DownTrack waits for a keyframe.
+        the DownTrack waits for a keyframe. Work is bounded: the first
+        ``NACK_MAX_PER_PACKET`` numbers of a NACK, ``RESEND_PER_S`` retransmissions a
+        second (bursts of ``RESEND_BURST``), and none of a packet already resent within
+        a round trip; the rest are counted (``sfu_rtcp_nack_refused_total``).
 
         Returns:
-            how many packets were retransmitted (the rest were no longer cached).
+            how many packets were retransmitted (the rest were refused or no longer cached).
         """
         sent = 0
         fwd = self.forwarder
         if fwd.layer is None and fwd.needs_keyframe:
             return 0  # paused or waiting for a keyframe: it supersedes what was lost
-        for out_seq in lost:
+        # Bounded work (a hostile NACK may name every sequence number, or the same one
+        # again and again): at most NACK_MAX_PER_PACKET per NACK, a budget of
+        # retransmissions per second, and no packet again within a round trip.
+        elapsed = now_ms - self._resend_refill_ms
+        self._resend_refill_ms = now_ms
+        self._resend_tokens = min(RESEND_BURST, self._resend_tokens + elapsed * RESEND_PER_S / 1000.0)
+        guard = max(self.rtt_ms or RESEND_DEFAULT_RTT_MS, RESEND_MIN_INTERVAL_MS)
+        resent = self._resent_at
+        refused = 0
+        for out_seq in lost[:NACK_MAX_PER_PACKET]:
+            slot = out_seq & RESEND_SLOTS_MASK
+            previous = resent[slot]
+            if previous[0] == out_seq and now_ms - previous[1] < guard:
+                refused += 1
+                continue  # resent within a round trip: that copy is still on its way
+            if self._resend_tokens < 1.0:
+                refused += 1
+                continue
             ref = fwd.source_sequence(out_seq)
             if ref is None or (fwd.needs_keyframe and ref.epoch != fwd.epoch):
                 continue  # video from before a switch: the new layer's keyframe supersedes it
@@ -439,7 +468,12 @@ class DownTrack:
             if data is not None and self._send_rtp(data):
                 self._sent(len(data))
                 self.bytes_sent += len(data)
+                self._resend_tokens -= 1.0
+                resent[slot] = (out_seq, now_ms)
                 sent += 1
+        refused += max(0, len(lost) - NACK_MAX_PER_PACKET)
+        if refused:
+            COUNTERS.nack_refused += refused
         COUNTERS.retransmissions_sent += sent
         return sent
 

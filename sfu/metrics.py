@@ -79,6 +79,7 @@ class MediaCounters:
         self.kinds = {"audio": KindCounters(), "video": KindCounters()}
         self.dropped: Counter[str] = Counter()
         self.nacks_received = 0
+        self.nack_refused = 0  # NACKed sequence numbers not resent: over the bounds
         self.nacks_sent = 0
         self.retransmissions_sent = 0
         self.plis_received = 0
@@ -162,6 +163,7 @@ class MediaCollector(Collector):
             ("sfu_rtcp_nacks_received", "NACK packets received from subscribers", c.nacks_received),
             ("sfu_rtcp_nacks_sent", "NACK packets sent to publishers", c.nacks_sent),
             ("sfu_rtp_retransmissions_sent", "packets retransmitted to subscribers", c.retransmissions_sent),
+            ("sfu_rtcp_nack_refused", "NACKed packets not resent: over a bound (per NACK, per second, within a round trip)", c.nack_refused),
             ("sfu_rtcp_plis_received", "PLIs received from subscribers", c.plis_received),
             ("sfu_rtcp_firs_received", "FIRs received from subscribers", c.firs_received),
             ("sfu_rtcp_plis_sent", "PLIs sent to publishers", c.plis_sent),

@@ -27,6 +27,8 @@ lagging REMB does not undo a loss-based drop. Pure: time is a parameter (ms).
 
 from __future__ import annotations
 
+from collections import deque
+
 __all__ = ["BandwidthEstimator", "ProbeController", "LOSS_HIGH", "LOSS_LOW"]
 
 LOSS_HIGH = 0.10
@@ -74,7 +76,7 @@ class BandwidthEstimator:
         self.floor_bps = 0.0
         self.delay_ms: float | None = None  # last RTT sample showing a queue (see on_rtt)
         self.last_rtt_ms: float | None = None  # when the last RTT sample came
-        self._rtts: list[tuple[float, float]] = []
+        self._rtts: deque[tuple[float, float]] = deque()  # (ms, RTT ms), RTTs increasing
         self._loss_reaction_ms: float | None = None
         self._floor_reaction_ms: float | None = None  # a loss reaction stopped at the floor
         self._first_ms: float | None = None
@@ -151,11 +153,16 @@ class BandwidthEstimator:
         ``max(40 ms, baseline / 2)`` above the minimum of the last 10 s marks a queue
         (:attr:`delay_ms`). Only differences count, so a constant clock offset in the
         sample does not matter."""
+        # The window minimum in O(1) memory per distinct value and amortized O(1) time:
+        # a monotonic queue (a sample that a later, smaller one outlives can never be
+        # the minimum again), so a flood of report blocks costs no scan.
         rtts = self._rtts
+        while rtts and rtts[-1][1] >= rtt_ms:
+            rtts.pop()
         rtts.append((now_ms, rtt_ms))
         while now_ms - rtts[0][0] > RTT_WINDOW_MS:
-            del rtts[0]
-        baseline = min(r for _, r in rtts)
+            rtts.popleft()
+        baseline = rtts[0][1]
         self.last_rtt_ms = now_ms
         if rtt_ms > baseline + max(DELAY_GROWTH_MS, 0.5 * baseline):
             self.delay_ms = now_ms

@@ -174,3 +174,26 @@ def test_a_stray_packet_far_ahead_does_not_freeze_the_track_and_a_restart_contin
     up.on_rtp(parse_rtp(rtp(50_002, 3009, ssrc=0xAAAA, payload=vp8_payload(True))), 202)
     up.on_rtp(parse_rtp(rtp(50_003, 6009, ssrc=0xAAAA, payload=vp8_payload(False))), 203)
     assert [parse_rtp(d).sequence_number for d in sent[10:]] == [(last + 1) & 0xFFFF, (last + 2) & 0xFFFF]
+
+
+def test_nack_work_is_bounded():
+    """A NACK naming every sequence number resends at most 128 of them; the same
+    packet NACKed again within a round trip is not resent again; over a second at most
+    ~400 retransmissions go out however many NACKs come (RFC 4585 §6.2.1 feedback from a
+    hostile or broken subscriber costs the server a bounded amount)."""
+    from sfu.metrics import COUNTERS
+
+    up, dt, sent, _, _ = make()
+    for seq in range(1000, 1500):
+        up.on_rtp(parse_rtp(rtp(seq, seq * 3000, ssrc=0xAAAA, payload=vp8_payload(seq == 1000))), 0)
+    first = parse_rtp(sent[0]).sequence_number
+    outs = [(first + i) & 0xFFFF for i in range(500)]
+    refused = COUNTERS.nack_refused
+    assert dt.on_nack(outs * 3, 10.0) == 128  # one NACK: at most 128 looked at
+    assert COUNTERS.nack_refused > refused
+    assert dt.on_nack(outs[:5], 20.0) == 0  # resent 10 ms ago: within a round trip
+    assert dt.on_nack(outs[:5], 200.0) == 5  # a round trip later: again
+    total = 0
+    for i in range(100):  # 100 NACKs of 128 fresh numbers in one second
+        total += dt.on_nack(outs[(i * 7) % 372 : (i * 7) % 372 + 128], 300.0 + i * 10)
+    assert total <= 200 + 400 + 10, total
