@@ -163,12 +163,21 @@ class RoomRegistry:
         publisher_bitrate: REMB sent to publishers (bit/s).
         transport_cc: negotiate transport-wide congestion control with the clients
             that offer it (see :class:`~sfu.rtc.adapter.SfuPeerConnection`).
+        connect_timeout: seconds a participant's media connection may take to come
+            up after its first answer; the signaling side removes it after that.
     """
 
-    def __init__(self, max_participants: int = 50, publisher_bitrate: int = 2_500_000, transport_cc: bool = True) -> None:
+    def __init__(
+        self,
+        max_participants: int = 50,
+        publisher_bitrate: int = 2_500_000,
+        transport_cc: bool = True,
+        connect_timeout: float = 30.0,
+    ) -> None:
         self.max_participants = max_participants
         self.publisher_bitrate = publisher_bitrate
         self.transport_cc = transport_cc
+        self.connect_timeout = connect_timeout
         self.rooms: dict[str, Room] = {}
         self._ticker: asyncio.Task[None] | None = None
 

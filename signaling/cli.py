@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not count RTP packets/bytes or sample forwarding latency (to measure what metrics cost)",
     )
     serve.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a participant's media connection may take to come up after its first answer (default 30)",
+    )
+    serve.add_argument(
         "--no-transport-cc",
         action="store_true",
         help="do not negotiate transport-wide congestion control: estimate subscribers' downlinks from REMB and "
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         max_participants=args.max_participants,
         publisher_bitrate=args.publisher_bitrate,
         transport_cc=not args.no_transport_cc,
+        connect_timeout=args.connect_timeout,
     )
     web.run_app(
         create_app(registry),

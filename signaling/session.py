@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from sfu.participant import OfferError, Participant
+from sfu.rtc.adapter import TooManyCandidates
 from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry
 
 from .metrics import SignalingMetrics
@@ -46,6 +47,7 @@ class Session:
         self.participant: Participant | None = None
         self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._closing = False
+        self._connect_timer: asyncio.TimerHandle | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message for the client (events arrive in the order they were sent).
@@ -97,6 +99,8 @@ class Session:
                     break
         finally:
             self.metrics.websocket_connections.dec()
+            if self._connect_timer is not None:
+                self._connect_timer.cancel()
             await self._leave()
             self._close_soon()
             try:
@@ -153,13 +157,29 @@ class Session:
         )
 
     def _on_peer_failed(self) -> None:
+        """The PeerConnection failed (ICE or DTLS) or closed by itself: tell the client
+        why, then end the session (the participant leaves; the others are told)."""
         logger.info("session %s: PeerConnection closed or failed", self._who())
+        self.send(error_message("connection_failed", "the media connection to the server failed (ICE or DTLS)"))
+        self._close_soon()
+
+    def _check_connected(self) -> None:
+        """``registry.connect_timeout`` after the first answer: a participant whose
+        media connection is still not up is told and removed."""
+        participant = self.participant
+        if participant is None or self._closing or participant.connection.connection_state == "connected":
+            return
+        timeout = self.registry.connect_timeout
+        logger.info("session %s: not connected %.0f s after the answer", self._who(), timeout)
+        self.send(error_message("connection_failed", f"no media connection within {timeout:.0f} s"))
         self._close_soon()
 
     async def _on_offer(self, msg: dict[str, Any]) -> None:
         participant = self._joined("offer")
         answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
         self.send({"type": "answer", "sdp": answer, "tracks": tracks})
+        if self._connect_timer is None:
+            self._connect_timer = asyncio.get_running_loop().call_later(self.registry.connect_timeout, self._check_connected)
         if self._join_started is not None:
             self.metrics.join_duration.observe(time.monotonic() - self._join_started)
             self._join_started = None
@@ -170,6 +190,8 @@ class Session:
         participant = self._joined("candidate")
         try:
             await participant.connection.add_ice_candidate(msg.get("candidate"))
+        except TooManyCandidates as exc:
+            raise ProtocolError("too_many_candidates", str(exc), "candidate") from exc
         except ValueError as exc:
             raise ProtocolError("bad_message", str(exc), "candidate") from exc
 

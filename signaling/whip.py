@@ -31,13 +31,12 @@ from .metrics import SignalingMetrics
 from .protocol import MAX_NAME_CHARS, MAX_SDP_BYTES
 from .sdpfrag import MAX_FRAGMENT_BYTES, ice_credentials, parse_ice_fragment
 
-__all__ = ["HttpSessions", "HttpSession", "add_routes", "CONNECT_TIMEOUT_S", "MAX_HTTP_SESSIONS"]
+__all__ = ["HttpSessions", "HttpSession", "add_routes", "MAX_HTTP_SESSIONS"]
 
 logger = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
-CONNECT_TIMEOUT_S = 30.0  # a session whose PeerConnection is not connected by then ends
 MAX_HTTP_SESSIONS = 500  # WHIP + WHEP sessions per process
 MAX_SESSION_CANDIDATES = 128  # trickled candidates per session
 ROOM_FULL_RETRY_S = 10
@@ -86,7 +85,8 @@ class HttpSessions:
         registry: the rooms.
         metrics: the room service's metrics (sessions and refusals are counted).
         max_sessions: sessions at once; more are refused with ``503``.
-        connect_timeout: seconds for a new session's PeerConnection to connect.
+        connect_timeout: seconds for a new session's PeerConnection to connect (the
+            registry's ``connect_timeout`` by default).
     """
 
     def __init__(
@@ -94,12 +94,12 @@ class HttpSessions:
         registry: RoomRegistry,
         metrics: SignalingMetrics,
         max_sessions: int = MAX_HTTP_SESSIONS,
-        connect_timeout: float = CONNECT_TIMEOUT_S,
+        connect_timeout: float | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.max_sessions = max_sessions
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = registry.connect_timeout if connect_timeout is None else connect_timeout
         self.sessions: dict[str, HttpSession] = {}
         self._ending: set[asyncio.Task[None]] = set()
 

@@ -63,6 +63,8 @@ _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
 __all__ = [
     "AIORTC_VERSION",
+    "MAX_REMOTE_CANDIDATES",
+    "TooManyCandidates",
     "RtpSendPath",
     "client_send_path",
     "check_aiortc_version",
@@ -84,6 +86,11 @@ logger = logging.getLogger(__name__)
 _MAX_PROTECT_INPUT = 1500 - pylibsrtp.SRTP_MAX_TRAILER_LEN
 
 AIORTC_VERSION = "1.16.0"
+MAX_REMOTE_CANDIDATES = 64  # trickled ICE candidates per connection
+
+
+class TooManyCandidates(ValueError):
+    """A client trickled more than :data:`MAX_REMOTE_CANDIDATES` ICE candidates."""
 
 
 def check_aiortc_version() -> None:
@@ -538,6 +545,7 @@ class SfuPeerConnection:
         self.media: dict[str, MediaInfo] = {}
         self.rejected_mids: list[str] = []  # of the last offer: no codec the SFU can forward
         self.transport_cc = transport_cc
+        self.remote_candidates = 0  # trickled candidates added (bounded)
 
     # -- negotiation -----------------------------------------------------------------
 
@@ -669,25 +677,55 @@ class SfuPeerConnection:
             )
 
     async def add_ice_candidate(self, candidate: dict[str, Any] | None) -> None:
-        """Add a trickled candidate (browser ``RTCIceCandidate.toJSON()`` shape).
+        """Add a trickled candidate (browser ``RTCIceCandidate.toJSON()`` shape), or,
+        for None or an empty ``candidate``, the end of candidates (RFC 8838 §9: once
+        every pair has failed after it, ICE fails and the connection says so).
+
+        At most :data:`MAX_REMOTE_CANDIDATES` per connection: each one makes the
+        server send connectivity checks to an address the client chose.
 
         Raises:
-            ValueError: the candidate line cannot be parsed.
+            ValueError: the candidate is not of that shape (a string ``candidate`` of at
+                most 1,024 characters, a string or null ``sdpMid``, an integer or null
+                ``sdpMLineIndex``) or cannot be parsed.
+            TooManyCandidates: over the limit.
         """
-        if not candidate or not candidate.get("candidate"):
+        if candidate is None:
+            await self._end_of_candidates()
             return
-        line = candidate["candidate"]
+        if not isinstance(candidate, dict):
+            raise ValueError("a candidate must be an object or null")
+        line = candidate.get("candidate")
+        mid = candidate.get("sdpMid")
+        index = candidate.get("sdpMLineIndex")
+        if not isinstance(line, str) or len(line) > 1024:
+            raise ValueError("'candidate' must be a string of at most 1024 characters")
+        if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
+            raise ValueError("'sdpMid' must be a string of at most 64 characters or null")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024):
+            raise ValueError("'sdpMLineIndex' must be an integer 0-1023 or null")
+        if not line:
+            await self._end_of_candidates()
+            return
+        if self.remote_candidates >= MAX_REMOTE_CANDIDATES:
+            raise TooManyCandidates(f"more than {MAX_REMOTE_CANDIDATES} ICE candidates")
         if line.startswith("candidate:"):
             line = line[len("candidate:") :]
         try:
             parsed = aiortc_sdp.candidate_from_sdp(line)
         except Exception as exc:
-            raise ValueError(f"bad ICE candidate: {exc}") from exc
-        parsed.sdpMid = candidate.get("sdpMid")
-        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+            raise ValueError(f"bad ICE candidate: {str(exc)[:100]}") from exc
+        parsed.sdpMid = mid
+        parsed.sdpMLineIndex = index
         ice = self._ice_transport()
         if ice is not None:
+            self.remote_candidates += 1
             await ice.addRemoteCandidate(parsed)
+
+    async def _end_of_candidates(self) -> None:
+        ice = self._ice_transport()
+        if ice is not None:
+            await ice.addRemoteCandidate(None)
 
     def _ice_transport(self) -> Any:
         """The one ICE transport of this max-bundle connection (RFC 8843 §5), or None
