@@ -9,7 +9,10 @@ key; the server opens that channel (DCEP, RFC 8832) when the receiver has none.
 Backpressure per receiver channel: lossy channels drop beyond
 :data:`LOSSY_BUFFER_BYTES` buffered; reliable channels are closed towards a receiver
 beyond :data:`RELIABLE_BUFFER_BYTES` and the receiver is told (``data_overflow``), so a
-reliable stream never has a silent gap and server memory stays bounded.
+reliable stream never has a silent gap and server memory stays bounded. All of one
+receiver's channels together hold at most :data:`PARTICIPANT_BUFFER_BYTES`, and a
+participant has at most :data:`MAX_CHANNELS` channels (more are closed, counted and
+refused with ``too_many_channels``).
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ from .core.envelope import (
     encode_delivery,
 )
 from .metrics import COUNTERS
+from .ratelog import RateLimitedLog
 
 __all__ = [
     "ChannelKey",
     "DataChannels",
     "LOSSY_BUFFER_BYTES",
+    "MAX_CHANNELS",
+    "PARTICIPANT_BUFFER_BYTES",
     "RELIABLE_BUFFER_BYTES",
     "RESERVED_PREFIX",
     "channel_key",
@@ -41,7 +47,11 @@ logger = logging.getLogger(__name__)
 
 LOSSY_BUFFER_BYTES = 64 * 1024  # real-time state: ~0.5 s of 1,000 small messages/s, not seconds
 RELIABLE_BUFFER_BYTES = 4 * 1024 * 1024
+PARTICIPANT_BUFFER_BYTES = 8 * 1024 * 1024  # all of one receiver's channels together
+MAX_CHANNELS = 16  # DataChannels per participant (its own and those the server opened)
 RESERVED_PREFIX = "_sfu"
+
+_errors = RateLimitedLog(logger)
 
 # (label, ordered, maxRetransmits, maxPacketLifeTime in ms)
 ChannelKey = tuple[str, bool, "int | None", "int | None"]
@@ -102,6 +112,15 @@ class DataChannels:
         key = channel_key(channel)
         if key[0].startswith(RESERVED_PREFIX):
             return
+        if key not in self._channels and len(self._channels) >= MAX_CHANNELS:
+            self._drop("too_many_channels")
+            self._send_event({"type": "error", "code": "too_many_channels", "requestType": "data", "label": key[0][:64],
+                              "message": f"at most {MAX_CHANNELS} DataChannels per participant"})
+            try:
+                channel.close()
+            except Exception:
+                logger.debug("closing a refused channel failed", exc_info=True)
+            return
         self._channels[key] = channel
         self._overflowed.discard(key)
 
@@ -120,17 +139,24 @@ class DataChannels:
                 self._drop_pending(key)
 
     def _received(self, key: ChannelKey, message: str | bytes) -> None:
-        COUNTERS.dc_messages_received += 1
-        COUNTERS.dc_bytes_received += _size(message)
+        """A message from the participant (called by aiortc's SCTP code: nothing may
+        escape from here into it, or the participant's connection would be torn down)."""
         try:
-            outgoing = decode_client_message(message)
-        except EnvelopeError as exc:
-            COUNTERS.dc_dropped[exc.code] += 1
-            self._send_event(
-                {"type": "error", "code": exc.code, "message": str(exc), "requestType": "data", "label": key[0]}
-            )
-            return
-        self._on_message(self.participant_id, key, outgoing)
+            COUNTERS.dc_messages_received += 1
+            COUNTERS.dc_bytes_received += _size(message)
+            try:
+                outgoing = decode_client_message(message)
+            except EnvelopeError as exc:
+                COUNTERS.dc_dropped[exc.code] += 1
+                self._send_event(
+                    {"type": "error", "code": exc.code, "message": str(exc), "requestType": "data", "label": key[0]}
+                )
+                return
+            self._on_message(self.participant_id, key, outgoing)
+        except Exception:  # a fault of ours: counted, logged rarely, the others go on
+            COUNTERS.dc_dropped["internal"] += 1
+            _errors.log("received", logging.ERROR, "participant %s: a DataChannel message failed", self.participant_id,
+                        exc_info=True)
 
     def deliver(self, key: ChannelKey, message: str | bytes) -> str | None:
         """Send an encoded delivery envelope to this participant on channel ``key``.
@@ -143,13 +169,15 @@ class DataChannels:
             return self._drop("overflowed")
         channel = self._channels.get(key)
         if channel is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                return self._drop("too_many_channels")
             channel = self._open_channel(*key)
             if channel is None:
                 return self._drop("no_channel")
             self.add(channel)
         if channel.readyState == "open":
             buffered = channel.bufferedAmount
-            if not self._room_for(key, buffered):
+            if not self._room_for(key, buffered) or self._total_buffered() >= PARTICIPANT_BUFFER_BYTES:
                 return self._backpressure(key, channel)
             try:
                 channel.send(message)
@@ -160,12 +188,20 @@ class DataChannels:
             return None
         if channel.readyState == "connecting":
             pending_bytes = self._pending_bytes.get(key, 0)
-            if not self._room_for(key, pending_bytes):
+            if not self._room_for(key, pending_bytes) or self._total_buffered() >= PARTICIPANT_BUFFER_BYTES:
                 return self._backpressure(key, channel)
             self._pending.setdefault(key, deque()).append(message)
             self._pending_bytes[key] = pending_bytes + _size(message)
             return None
         return self._drop("closed")
+
+    def _total_buffered(self) -> int:
+        """Bytes waiting for this receiver on all its channels (at most MAX_CHANNELS)."""
+        total = sum(self._pending_bytes.values())
+        for channel in self._channels.values():
+            if channel.readyState == "open":
+                total += channel.bufferedAmount
+        return total
 
     @staticmethod
     def _room_for(key: ChannelKey, buffered: int) -> bool:

@@ -176,3 +176,43 @@ def test_participant_without_sctp_is_skipped_and_counted():
     before = COUNTERS.dc_dropped["no_channel"]
     a.emit("message", json.dumps({"data": "x"}))
     assert COUNTERS.dc_dropped["no_channel"] == before + 1
+
+
+def test_channels_per_participant_are_bounded():
+    """A participant opening more than MAX_CHANNELS channels gets the rest closed and
+    is told; the server opens no channel beyond the bound towards a receiver."""
+    from sfu.datachannel import MAX_CHANNELS
+
+    room = Room("A", "B")
+    a = room.members["A"]
+    channels = [FakeChannel(f"c{i}") for i in range(MAX_CHANNELS + 3)]
+    for channel in channels:
+        a.add(channel)
+    assert len(a.labels) == MAX_CHANNELS
+    assert [c.readyState for c in channels[MAX_CHANNELS:]] == ["closed"] * 3
+    refusals = [e for e in room.events["A"] if e.get("code") == "too_many_channels"]
+    assert len(refusals) == 3
+    # B receives on server-opened channels: at most MAX_CHANNELS of them.
+    for channel in channels[:MAX_CHANNELS]:
+        channel.emit("message", json.dumps({"data": "x"}))
+    assert len(room.opened["B"]) == MAX_CHANNELS
+    before = COUNTERS.dc_dropped["too_many_channels"]
+    assert room.members["B"].deliver(("one more", True, None, None), "{}") == "too_many_channels"
+    assert COUNTERS.dc_dropped["too_many_channels"] == before + 1
+    assert len(room.opened["B"]) == MAX_CHANNELS
+
+
+def test_a_fault_in_a_message_handler_stays_with_that_message():
+    """An exception while handling one message (here a failing fan-out) is counted and
+    does not escape into the transport's code; the next message goes through."""
+
+    def broken(sender, key, outgoing):
+        raise RuntimeError("boom")
+
+    events = []
+    channels = DataChannels("A", lambda *a: None, broken, events.append)
+    channel = FakeChannel("chat")
+    channels.add(channel)
+    before = COUNTERS.dc_dropped["internal"]
+    channel.emit("message", json.dumps({"data": "x"}))  # must not raise
+    assert COUNTERS.dc_dropped["internal"] == before + 1
