@@ -34,6 +34,7 @@ __all__ = ["Participant", "OfferError", "SOURCES", "TICK_MS", "TrackSettings"]
 logger = logging.getLogger(__name__)
 
 SOURCES = ("camera", "microphone", "screen", "screen_audio", "custom")
+MAX_MEDIA_SECTIONS = 256  # audio/video m-lines of one participant's PeerConnection
 
 
 class OfferError(Exception):
@@ -148,8 +149,17 @@ class Participant:
             try:
                 offer = parse_offer(sdp)
             except ValueError as exc:
-                raise OfferError("bad_sdp", str(exc)) from exc
+                raise OfferError("bad_sdp", str(exc)[:200]) from exc
+            if len(offer) > MAX_MEDIA_SECTIONS:
+                raise OfferError("bad_sdp", f"more than {MAX_MEDIA_SECTIONS} audio/video m-lines")
+            # Bindings exist only for m-lines of the offer (each offer lists them all):
+            # what names no m-line is ignored, and bindings of m-lines gone are dropped.
+            offered = {m.mid for m in offer}
+            for mid in [mid for mid in self._bindings if mid not in offered]:
+                del self._bindings[mid]
             for mid, spec in tracks.items():
+                if mid not in offered:
+                    continue
                 if "subscribe" in spec:
                     self._bindings[mid] = _Binding(publish=False, track_id=spec["subscribe"])
                 else:

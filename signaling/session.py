@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from sfu.participant import OfferError, Participant
+from sfu.ratelog import RateLimitedLog
 from sfu.rtc.adapter import TooManyCandidates
 from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry
 
@@ -25,8 +26,11 @@ from .protocol import ProtocolError, error_message, parse_message
 __all__ = ["Session"]
 
 logger = logging.getLogger(__name__)
+_faults = RateLimitedLog(logger)
 
-SEND_QUEUE_LIMIT = 1000
+SEND_QUEUE_LIMIT = 1000  # messages waiting for a slow client at most ...
+SEND_QUEUE_BYTES = 4 * 1024 * 1024  # ... and bytes
+MAX_ERROR_TEXT = 200  # characters of an error message (they may quote what the client sent)
 
 
 class Session:
@@ -45,24 +49,34 @@ class Session:
         self._join_started: float | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
-        self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[str | None] = asyncio.Queue()  # JSON frames
+        self._queued_bytes = 0
         self._closing = False
         self._connect_timer: asyncio.TimerHandle | None = None
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message for the client (events arrive in the order they were sent).
 
-        A client so far behind that its queue passes ``SEND_QUEUE_LIMIT`` is disconnected.
+        A client so far behind that its queue passes ``SEND_QUEUE_LIMIT`` messages or
+        ``SEND_QUEUE_BYTES`` is disconnected. Error texts are cut to ``MAX_ERROR_TEXT``.
         """
         if self._closing:
             return
         if message.get("type") == "error":
             self.metrics.signaling_errors.labels(code=message.get("code", "")).inc()
-        if self._outgoing.qsize() >= SEND_QUEUE_LIMIT:
+            text = message.get("message")
+            if isinstance(text, str) and len(text) > MAX_ERROR_TEXT:
+                message = {**message, "message": text[: MAX_ERROR_TEXT - 3] + "..."}
+            request_type = message.get("requestType")
+            if isinstance(request_type, str) and len(request_type) > 32:  # an unknown type, as the client sent it
+                message = {**message, "requestType": request_type[:32]}
+        frame = json.dumps(message)
+        if self._outgoing.qsize() >= SEND_QUEUE_LIMIT or self._queued_bytes + len(frame) > SEND_QUEUE_BYTES:
             logger.warning("session %s: send queue full, closing", self._who())
             self._close_soon()
             return
-        self._outgoing.put_nowait(message)
+        self._queued_bytes += len(frame)
+        self._outgoing.put_nowait(frame)
 
     def _who(self) -> str:
         return self.participant.id if self.participant else "(not joined)"
@@ -74,11 +88,12 @@ class Session:
 
     async def _writer(self) -> None:
         while True:
-            message = await self._outgoing.get()
-            if message is None:
+            frame = await self._outgoing.get()
+            if frame is None:
                 break
+            self._queued_bytes -= len(frame)
             try:
-                await self.ws.send_str(json.dumps(message))
+                await self.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
                 break
         await self.ws.close()
@@ -125,8 +140,11 @@ class Session:
             self.send(error_message(exc.code, exc.message, exc.request_type))
         except OfferError as exc:
             self.send(error_message(exc.code, exc.message, "offer"))
+        except RecursionError:  # JSON nested too deep for the parser
+            self.send(error_message("bad_json", "the message is nested too deeply", request_type))
         except Exception:  # a server fault must not end the session
-            logger.exception("session %s: %s failed", self._who(), request_type)
+            _faults.log(f"handle {request_type}", logging.ERROR, "session %s: %s failed", self._who(), request_type,
+                        exc_info=True)
             self.send(error_message("internal", "the server failed to handle this message", request_type))
 
     def _joined(self, kind: str) -> Participant:

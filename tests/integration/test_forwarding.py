@@ -366,6 +366,20 @@ async def test_bad_message_before_join_is_answered_and_join_still_works(
         assert reply["room"] == "after-error"
 
 
+async def test_error_replies_do_not_echo_what_the_client_sent(server: ServerProcess) -> None:
+    """A huge unknown type, or JSON nested a thousand levels deep, gets a short error
+    reply (never the input back, never `internal`), and the connection goes on."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.ws_url) as ws:
+        reply = await exchange(ws, json.dumps({"type": "x" * 200_000}))
+        assert reply["code"] == "unknown_type" and len(json.dumps(reply)) < 400, len(json.dumps(reply))
+        reply = await exchange(ws, "[" * 5000 + "]" * 5000)
+        assert reply["code"] == "bad_json", reply
+        reply = await exchange(ws, '{"type": "join", "room": "r", "name": ' + "[" * 5000 + "]" * 5000 + "}")
+        assert reply["code"] in ("bad_json", "bad_message"), reply
+        assert (await exchange(ws, {"type": "ping"}))["type"] == "pong"
+    assert "Traceback" not in server.log_path.read_text(errors="replace"), server.log_tail()
+
+
 async def test_bad_requests_after_join_are_answered_and_offers_still_work(server: ServerProcess) -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:

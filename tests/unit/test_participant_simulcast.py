@@ -145,3 +145,21 @@ async def test_offer_with_a_codec_the_server_cannot_forward_is_rejected_cleanly(
         assert len(published) == 1 and tracks["0"]["direction"] == "publish"
     finally:
         await p.close()
+
+
+async def test_bindings_exist_only_for_offered_m_lines():
+    """An offer's `tracks` naming thousands of mids its SDP does not have leaves
+    nothing behind: bindings are kept only for the offer's own m-lines (memory per
+    connection stays bounded whatever the client sends)."""
+    set_ice_addresses(["127.0.0.1"])
+    room = Room("r", 10)
+    p = Participant(room, "pub", lambda e: None)
+    room.add(p)
+    try:
+        offer = await simulcast_offer(["q"])
+        junk = {str(i): {"subscribe": f"TR_{i:08x}"} for i in range(1, 5000)}
+        for _ in range(3):
+            await p.handle_offer(offer, {"0": {"publish": {"source": "camera"}}, **junk})
+        assert set(p._bindings) <= {"0"}
+    finally:
+        await p.close()
