@@ -33,12 +33,23 @@ REGISTRY_KEY = web.AppKey("registry", RoomRegistry)
 METRICS_KEY = web.AppKey("metrics", CollectorRegistry)
 SIGNALING_METRICS_KEY = web.AppKey("signaling_metrics", SignalingMetrics)
 LAG_TASK_KEY = web.AppKey("lag_task", asyncio.Task)
+SESSIONS_KEY = web.AppKey("sessions", set)
+SHUTTING_DOWN_KEY = web.AppKey("shutting_down", list)
+SHUTDOWN_GRACE_S = 1.0  # time for the server_shutdown events and close frames to leave
 
 
-async def _ws(request: web.Request) -> web.WebSocketResponse:
+async def _ws(request: web.Request) -> web.StreamResponse:
+    if request.app[SHUTTING_DOWN_KEY]:
+        return web.Response(status=503, text="the server is shutting down\n", headers={"Retry-After": "5"})
     ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=1024 * 1024)
     await ws.prepare(request)
-    await Session(ws, request.app[REGISTRY_KEY], request.app[SIGNALING_METRICS_KEY]).run()
+    session = Session(ws, request.app[REGISTRY_KEY], request.app[SIGNALING_METRICS_KEY])
+    sessions = request.app[SESSIONS_KEY]
+    sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        sessions.discard(session)
     return ws
 
 
@@ -66,6 +77,15 @@ async def _start_lag_watch(app: web.Application) -> None:
 
 
 async def _shutdown(app: web.Application) -> None:
+    """SIGTERM/SIGINT (aiohttp's graceful exit; the listening sockets are closed
+    already): no new joins, every participant is told (``server_shutdown``) and its
+    WebSocket closed with 1001 (going away), then every PeerConnection is closed."""
+    app[SHUTTING_DOWN_KEY].append(True)
+    sessions = list(app[SESSIONS_KEY])
+    for session in sessions:
+        session.shutdown()
+    if sessions:
+        await asyncio.wait([asyncio.ensure_future(s.closed.wait()) for s in sessions], timeout=SHUTDOWN_GRACE_S)
     app[LAG_TASK_KEY].cancel()
     await app[REGISTRY_KEY].close()
 
@@ -75,6 +95,8 @@ def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) ->
     app = web.Application()
     registry = registry or RoomRegistry()
     app[REGISTRY_KEY] = registry
+    app[SESSIONS_KEY] = set()
+    app[SHUTTING_DOWN_KEY] = []
     disable_created_metrics()  # no *_created series next to every counter and histogram
     metrics = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         ssl_context=ssl_context,
         print=lambda msg: logging.getLogger("sfu").info(msg.strip()),
+        shutdown_timeout=2.0,  # what is still open after the shutdown handlers is cut (exit within 5 s)
     )
+    logging.getLogger("sfu").info("stopped")
     return 0
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.participant import OfferError, Participant
 from sfu.ratelog import RateLimitedLog
@@ -52,7 +52,9 @@ class Session:
         self._outgoing: asyncio.Queue[str | None] = asyncio.Queue()  # JSON frames
         self._queued_bytes = 0
         self._closing = False
+        self._close_code = WSCloseCode.OK
         self._connect_timer: asyncio.TimerHandle | None = None
+        self.closed = asyncio.Event()  # set once the WebSocket is closed
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message for the client (events arrive in the order they were sent).
@@ -81,10 +83,17 @@ class Session:
     def _who(self) -> str:
         return self.participant.id if self.participant else "(not joined)"
 
-    def _close_soon(self) -> None:
+    def _close_soon(self, code: int = WSCloseCode.OK) -> None:
         if not self._closing:
             self._closing = True
+            self._close_code = code
             self._outgoing.put_nowait(None)
+
+    def shutdown(self) -> None:
+        """The server is shutting down: tell the client (``server_shutdown``) and close
+        the WebSocket with 1001 (going away) once that has been sent."""
+        self.send({"type": "server_shutdown", "message": "the server is shutting down; join again later"})
+        self._close_soon(WSCloseCode.GOING_AWAY)
 
     async def _writer(self) -> None:
         while True:
@@ -96,7 +105,10 @@ class Session:
                 await self.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
                 break
-        await self.ws.close()
+        try:
+            await self.ws.close(code=self._close_code)
+        finally:
+            self.closed.set()
 
     async def run(self) -> None:
         """Serve the connection until it closes, then remove the participant."""

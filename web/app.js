@@ -109,11 +109,19 @@ async function enterRoom({ room, name, publish }) {
     showLayer(client, e.detail.trackId);
   });
   client.addEventListener('error', (e) => setStatus(`Error: ${e.detail.message}`));
+  client.addEventListener('servershutdown', () => {
+    setStatus('The server is shutting down. Rejoin in a moment.');
+    $('#rejoin').hidden = false;
+  });
   client.addEventListener('closed', (e) => {
-    // Before the join completes, the join's own error is the better message.
-    if (e.detail.reason !== 'left' && client.participantId) setStatus(`Disconnected: ${e.detail.reason}`);
+    // Before the join completes, the join's own error is the better message; after a
+    // shutdown notice, that notice is.
+    if (e.detail.reason !== 'left' && client.participantId && !client.serverShutdown) {
+      setStatus(`Disconnected: ${e.detail.reason}`);
+    }
     setChatEnabled(false);
   });
+  $('#rejoin').addEventListener('click', () => location.reload());
   wireChat(client, name);
 
   let localStream = null;

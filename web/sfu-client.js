@@ -134,6 +134,8 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  *   negotiation failed. DataChannel errors (`data_too_large`, `bad_data`, and
  *   `bad_envelope` for a malformed message from the server) name the channel in
  *   `label`; it is null otherwise.
+ * - `servershutdown` `{message}`: the server is shutting down (it closes the
+ *   connection right after; `closed` follows). Join again later with a new client.
  * - `closed` `{reason}`: the connection ended (after `leave()` or when it dropped).
  */
 export class SfuClient extends EventTarget {
@@ -170,6 +172,8 @@ export class SfuClient extends EventTarget {
     this.layers = new Map();
     /** @type {string | null} The room's active speaker (participant id), if any. */
     this.activeSpeaker = null;
+    /** Whether the server said it is shutting down (`servershutdown`). */
+    this.serverShutdown = false;
 
     this._defaultChannel = defaultChannel;
     /** Every DataChannel we listen on (ours and the server's), open or opening. */
@@ -449,6 +453,10 @@ export class SfuClient extends EventTarget {
         break;
       case 'layer_changed':
         this._onLayerChanged(msg);
+        break;
+      case 'server_shutdown':
+        this.serverShutdown = true;
+        this._emit('servershutdown', { message: typeof msg.message === 'string' ? msg.message : 'the server is shutting down' });
         break;
       case 'active_speaker':
         if (typeof msg.participantId === 'string') {
