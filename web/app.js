@@ -108,7 +108,11 @@ async function enterRoom({ room, name, publish }) {
     window.sfuLayerEvents.push(e.detail);
     showLayer(client, e.detail.trackId);
   });
-  client.addEventListener('error', (e) => setStatus(`Error: ${e.detail.message}`));
+  let failed = false; // the server said the media connection failed: keep saying that
+  client.addEventListener('error', (e) => {
+    if (e.detail.code === 'connection_failed') failed = true;
+    setStatus(`Error: ${e.detail.message}`);
+  });
   client.addEventListener('servershutdown', () => {
     setStatus('The server is shutting down. Rejoin in a moment.');
     $('#rejoin').hidden = false;
@@ -116,7 +120,7 @@ async function enterRoom({ room, name, publish }) {
   client.addEventListener('closed', (e) => {
     // Before the join completes, the join's own error is the better message; after a
     // shutdown notice, that notice is.
-    if (e.detail.reason !== 'left' && client.participantId && !client.serverShutdown) {
+    if (e.detail.reason !== 'left' && client.participantId && !client.serverShutdown && !failed) {
       setStatus(`Disconnected: ${e.detail.reason}`);
     }
     setChatEnabled(false);

@@ -176,8 +176,9 @@ OpenPage = Callable[..., Awaitable[BrowserPage]]
 
 @pytest.fixture
 async def open_page() -> AsyncIterator[OpenPage]:
-    """Factory: `await open_page(url, label, engine="chromium")` starts a fresh browser
-    (`chromium` or `firefox`) and opens `url`."""
+    """Factory: `await open_page(url, label, engine="chromium", init_script=None)`
+    starts a fresh browser (`chromium` or `firefox`) and opens `url`; Chromium runs
+    `init_script` in the page before the page's own scripts."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is not installed (.ci/run installs the Debian package chromium)")
     processes: list[tuple[subprocess.Popen, str]] = []
@@ -185,7 +186,7 @@ async def open_page() -> AsyncIterator[OpenPage]:
     firefoxes: list[FirefoxPage] = []
     async with async_playwright() as playwright:
 
-        async def _open(url: str, label: str, engine: str = "chromium") -> BrowserPage:
+        async def _open(url: str, label: str, engine: str = "chromium", init_script: str | None = None) -> BrowserPage:
             if engine == "firefox":
                 missing = check_firefox()
                 if missing:
@@ -207,6 +208,8 @@ async def open_page() -> AsyncIterator[OpenPage]:
             context = browser.contexts[0]
             page = context.pages[0] if context.pages else await context.new_page()
             participant = BrowserPage(page, label)
+            if init_script is not None:  # runs in the page before its own scripts
+                await page.add_init_script(init_script)
             await page.goto(url)
             return participant
 
