@@ -151,7 +151,8 @@ def allocate(budget_bps: float, demands: Sequence[TrackDemand], up_margin: float
     Returns:
         key -> Allocation for every demand. Reasons: ``paused`` (the subscriber paused
         it), ``publisher_layer_lost`` (its current layer, or every layer, is not being
-        sent), ``preference`` (it gets the best layer its cap allows, below the best
+        sent, or a better layer within the cap is not sent and everything sent within
+        it fits), ``preference`` (it gets the best layer its cap allows, below the best
         one sent), else ``bandwidth``.
     """
     out: dict[Hashable, Allocation] = {}
@@ -191,7 +192,13 @@ def allocate(budget_bps: float, demands: Sequence[TrackDemand], up_margin: float
     for d in order:
         layer = layers[d.key]
         active = _active(d)
+        bitrates = d.layer_bitrates
+        wanted = len(bitrates) - 1 if d.max_layer is None else min(d.max_layer, len(bitrates) - 1)
         if d.current is not None and d.current not in active and layer != d.current:
+            reason = LAYER_LOST
+        elif layer is not None and layer == ceilings[d.key] and any(b is None for b in bitrates[layer + 1 : wanted + 1]):
+            # The best layer sent within the cap, below one the publisher does not send
+            # (not started yet, or stopped by its encoder): not the link's doing.
             reason = LAYER_LOST
         elif layer is not None and layer == ceilings[d.key] and layer < active[-1]:
             reason = PREFERENCE
@@ -255,7 +262,8 @@ class LayerSelector:
             # Immediate when the subscriber acted (raised its cap, ended its pause) or the
             # publisher lost a layer; not merely because the result sits at the cap.
             cap_raised = d.key in caps and caps[d.key] != d.max_layer
-            immediate = a.reason == LAYER_LOST or cap_raised or self._reasons.get(d.key) == PAUSED
+            lost_current = cur is not None and d.layer_bitrates[cur] is None
+            immediate = lost_current or cap_raised or self._reasons.get(d.key) == PAUSED
             if going_up and started and not immediate and not verified:
                 since = self._up_since.setdefault(d.key, now_ms)
                 if now_ms - since < self.up_stable_ms:

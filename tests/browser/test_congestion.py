@@ -110,7 +110,8 @@ async def test_four_participants_on_loopback_keep_their_layers(sfu_server: str, 
     while not all(await asyncio.gather(*(settled(p) for p, _ in pages))):
         if time.monotonic() > deadline:
             states = await asyncio.gather(*(p.page.evaluate(TILES_JS) for p, _ in pages))
-            pytest.fail(f"the tiles did not all get their covering layers: {states}")
+            sent = await asyncio.gather(*(p.page.evaluate(OUTBOUND_JS) for p, _ in pages))
+            pytest.fail(f"the tiles did not all get their covering layers: {states}; the publishers sent {sent}")
         await asyncio.sleep(0.5)
 
     before = [await p.page.evaluate(TILES_JS) for p, _ in pages]

@@ -81,6 +81,14 @@ def test_preference_cap_paused_and_lost_layers():
     assert (lost.layer, lost.reason) == (1, LAYER_LOST)
     skip = allocate(10_000_000, [demand("v", bitrates=[Q, None, F], current=0)])["v"]
     assert skip.layer == 2
+    # Only the lowest layer sent yet (the publisher's encoder has not started the others):
+    # what the subscriber gets is the publisher's doing, not the link's.
+    start = allocate(10_000_000, [demand("v", bitrates=[Q, None, None])])["v"]
+    assert (start.layer, start.reason) == (0, LAYER_LOST)
+    capped = allocate(10_000_000, [demand("v", bitrates=[Q, None, F], max_layer=1)])["v"]
+    assert (capped.layer, capped.reason) == (0, LAYER_LOST)
+    short = allocate(Q * 1.2, [demand("v", bitrates=[Q, H, None])])["v"]
+    assert (short.layer, short.reason) == (0, BANDWIDTH)  # h is sent but does not fit
     none = allocate(10_000_000, [demand("v", bitrates=[None, None, None])])["v"]
     assert (none.layer, none.reason) == (None, LAYER_LOST)
 
@@ -134,7 +142,7 @@ def test_selector_preference_and_layer_loss_act_at_once():
     state["paused"] = True
     assert run(sel, [(2300, 5_000_000)], demands) == [(2300, None, PAUSED)]
     state["paused"] = False
-    assert run(sel, [(2400, 5_000_000)], demands) == [(2400, 1, BANDWIDTH)]
+    assert run(sel, [(2400, 5_000_000)], demands) == [(2400, 1, LAYER_LOST)]  # f is still not sent
     state["cap"] = 0
     assert run(sel, [(2500, 5_000_000)], demands) == [(2500, 0, PREFERENCE)]
 
@@ -208,3 +216,19 @@ def test_a_stall_of_every_layer_keeps_the_current_layer():
     # A single layer lost still moves the track to what is sent.
     (change,) = sel.select(200.0, 2_000_000, [TrackDemand("a", [Q, H, None])])
     assert (change.layer, change.reason) == (1, LAYER_LOST)
+
+
+def test_selector_a_layer_the_publisher_starts_late_is_taken_after_holding():
+    """Chrome starts its simulcast layers one by one as its own estimate grows: the first
+    layer is taken at once, a later one (still below a layer not sent) only after the
+    allocation held for up_stable_ms, like any step up."""
+    sel = LayerSelector(up_stable_ms=2000)
+    state = {"bitrates": [Q, None, None]}
+
+    def demands():
+        return [demand("v", bitrates=state["bitrates"])]
+
+    assert run(sel, [(0, 5_000_000)], demands) == [(0, 0, LAYER_LOST)]
+    state["bitrates"] = [Q, H, None]
+    assert run(sel, [(500 + 250 * i, 5_000_000) for i in range(7)], demands) == []
+    assert run(sel, [(2500, 5_000_000)], demands) == [(2500, 1, LAYER_LOST)]
