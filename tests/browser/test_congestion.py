@@ -67,6 +67,24 @@ async def bandwidth_downs(base_url: str) -> float:
     return total
 
 
+async def server_view(base_url: str) -> list[str]:
+    """The server's side of every video track, one line each (for failure messages):
+    per publisher layer its bit rate, packets and keyframes received and keyframe
+    requests sent; per subscriber the layer forwarded and the target."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/admin/rooms") as response:
+        rooms = await response.json()
+    lines = []
+    for participant in (p for room in rooms.get("rooms", rooms) if isinstance(room, dict) for p in room.get("participants", [])):
+        for up in participant.get("published", []):
+            if up.get("kind") == "video":
+                layers = [(l["rid"], l["bitrate"], l["packetsReceived"], l["keyframesReceived"], l["keyframeRequestsSent"]) for l in up["layers"]]
+                lines.append(f"{participant['id']} publishes {up['id']}: {layers}")
+        for down in participant.get("subscribed", []):
+            if down.get("kind") == "video":
+                lines.append(f"{participant['id']} gets {down['trackId']}: layer {down['layer']} target {down['targetLayer']} ({down['reason']})")
+    return lines
+
+
 def covering(size: dict) -> str:
     """The rid of the smallest layer that covers a tile of ``size`` (the server's rule)."""
     width, height = size.get("maxWidth"), size.get("maxHeight")
@@ -111,7 +129,8 @@ async def test_four_participants_on_loopback_keep_their_layers(sfu_server: str, 
         if time.monotonic() > deadline:
             states = await asyncio.gather(*(p.page.evaluate(TILES_JS) for p, _ in pages))
             sent = await asyncio.gather(*(p.page.evaluate(OUTBOUND_JS) for p, _ in pages))
-            pytest.fail(f"the tiles did not all get their covering layers: {states}; the publishers sent {sent}")
+            server = "\n".join(await server_view(sfu_server))
+            pytest.fail(f"the tiles did not all get their covering layers: {states}; the publishers sent {sent}; the server:\n{server}")
         await asyncio.sleep(0.5)
 
     before = [await p.page.evaluate(TILES_JS) for p, _ in pages]
