@@ -153,7 +153,7 @@ class Downlink:
             COUNTERS.nacks_received += 1
             dt = self._by_ssrc.get(packet.media_ssrc)
             if dt is not None:
-                dt.on_nack(packet.lost, now_ms)
+                dt.on_nack(packet.lost, now_ms, packet.omitted)
                 if dt.kind == "video":
                     self.control.on_nack(len(packet.lost), now_ms)
         elif isinstance(packet, TwccFeedback):

@@ -426,7 +426,7 @@ class DownTrack:
             )
         return write_packet(packet, self.ssrc, self.payload_type, out_seq, timestamp, packet.marker, ext, head)
 
-    def on_nack(self, lost: list[int], now_ms: float) -> int:
+    def on_nack(self, lost: list[int], now_ms: float, omitted: int = 0) -> int:
         """Retransmit what the subscriber NACKed (16-bit output sequence numbers).
 
         Video packets from before the last switch or resume are not resent (the
@@ -435,6 +435,12 @@ class DownTrack:
         ``NACK_MAX_PER_PACKET`` numbers of a NACK, ``RESEND_PER_S`` retransmissions a
         second (bursts of ``RESEND_BURST``), and none of a packet already resent within
         a round trip; the rest are counted (``sfu_rtcp_nack_refused_total``).
+
+        Args:
+            lost: the NACKed sequence numbers, in the NACK's order.
+            now_ms: arrival time, ms.
+            omitted: how many more the NACK named (:attr:`sfu.core.rtcp.Nack.omitted`):
+                refused and counted.
 
         Returns:
             how many packets were retransmitted (the rest were refused or no longer cached).
@@ -471,7 +477,7 @@ class DownTrack:
                 self._resend_tokens -= 1.0
                 resent[slot] = (out_seq, now_ms)
                 sent += 1
-        refused += max(0, len(lost) - NACK_MAX_PER_PACKET)
+        refused += max(0, len(lost) - NACK_MAX_PER_PACKET) + omitted
         if refused:
             COUNTERS.nack_refused += refused
         COUNTERS.retransmissions_sent += sent

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .twcc import TwccFeedback, parse_twcc
 
 __all__ = [
+    "NACK_MAX_LOST",
     "Bye",
     "Fir",
     "Nack",
@@ -50,6 +51,7 @@ FMT_TWCC = 15  # transport-cc (twcc.FMT_TWCC; twcc.py does not import this modul
 FMT_PLI = 1
 FMT_FIR = 4
 FMT_AFB = 15
+NACK_MAX_LOST = 1024  # sequence numbers a parsed NACK lists at most (Nack.omitted counts the rest)
 
 _REPORT_BLOCK = struct.Struct("!IB3sIIII")
 
@@ -100,11 +102,17 @@ class Bye:
 
 @dataclass(slots=True)
 class Nack:
-    """Generic NACK (RFC 4585 §6.2.1): the lost 16-bit sequence numbers of ``media_ssrc``."""
+    """Generic NACK (RFC 4585 §6.2.1): the lost 16-bit sequence numbers of ``media_ssrc``.
+
+    ``omitted``: sequence numbers the packet named beyond the first
+    :data:`NACK_MAX_LOST` (a parsed NACK lists at most that many; the rest are only
+    counted, so that a hostile NACK naming thousands costs no more than a normal one).
+    """
 
     sender_ssrc: int
     media_ssrc: int
     lost: list[int]
+    omitted: int = 0
 
 
 @dataclass(slots=True)
@@ -180,14 +188,20 @@ def _parse_one(pt: int, fmt: int, body: bytes) -> RtcpPacket:
         sender, media = struct.unpack_from("!II", body, 0)
         fci = body[8:]
         if pt == PT_RTPFB and fmt == FMT_NACK:
-            lost = []
-            for i in range(0, len(fci) - 3, 4):
-                pid, blp = struct.unpack_from("!HH", fci, i)
+            lost: list[int] = []
+            omitted = 0
+            for pid, blp in struct.iter_unpack("!HH", fci[: len(fci) & ~3]):
+                if len(lost) >= NACK_MAX_LOST:
+                    omitted += 1 + blp.bit_count()
+                    continue
                 lost.append(pid)
                 for bit in range(16):
                     if blp & (1 << bit):
                         lost.append((pid + bit + 1) & 0xFFFF)
-            return Nack(sender, media, lost)
+            if len(lost) > NACK_MAX_LOST:
+                omitted += len(lost) - NACK_MAX_LOST
+                del lost[NACK_MAX_LOST:]
+            return Nack(sender, media, lost, omitted)
         if pt == PT_RTPFB and fmt == FMT_TWCC:
             return parse_twcc(sender, media, fci)
         if pt == PT_PSFB and fmt == FMT_PLI:

@@ -3,6 +3,7 @@
 import pytest
 
 from sfu.core.rtcp import (
+    NACK_MAX_LOST,
     Bye,
     Fir,
     Nack,
@@ -36,6 +37,21 @@ def test_nack_round_trip_packs_bitmask():
     assert sorted(nack.lost) == sorted(lost)
     # PID 65534 carries 65535, 0 and 5 in its bitmask across the wrap; 100 needs its own
     assert len(nack_pairs(lost)) == 2
+
+
+def test_a_nack_naming_thousands_lists_the_first_ones_and_counts_the_rest():
+    """A hostile NACK may name every sequence number a datagram can: the parsed NACK
+    lists the first NACK_MAX_LOST in the packet's order and counts the others."""
+    named = [(60000 + i) & 0xFFFF for i in range(4800)]  # crosses the wrap
+    (nack,) = parse_rtcp(build_nack(Nack(1, 2, named)))
+    assert nack.lost == named[:NACK_MAX_LOST]
+    assert nack.omitted == len(named) - NACK_MAX_LOST
+    # Sparse: a pair per number, the bound reached in the middle of nothing
+    sparse = [i * 20 for i in range(NACK_MAX_LOST + 7)]
+    (nack,) = parse_rtcp(build_nack(Nack(1, 2, sparse)))
+    assert (nack.lost, nack.omitted) == (sparse[:NACK_MAX_LOST], 7)
+    (small,) = parse_rtcp(build_nack(Nack(1, 2, [5, 6, 40])))
+    assert (small.lost, small.omitted) == ([5, 6, 40], 0)
 
 
 @pytest.mark.parametrize("bitrate", [0, 1, 150_000, 2_500_000, 2**18 - 1, 2**18, 10**9])
