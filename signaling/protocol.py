@@ -84,6 +84,8 @@ def parse_message(text: str) -> dict[str, Any]:
         msg = json.loads(text)
     except (ValueError, TypeError) as exc:
         raise ProtocolError("bad_json", f"not JSON: {exc}") from exc
+    except RecursionError as exc:  # json's C scanner recurses once per nesting level
+        raise ProtocolError("bad_json", "the message is nested too deeply") from exc
     if not isinstance(msg, dict):
         raise ProtocolError("bad_json", "a message must be a JSON object")
     kind = msg.get("type")

@@ -152,8 +152,6 @@ class Session:
             self.send(error_message(exc.code, exc.message, exc.request_type))
         except OfferError as exc:
             self.send(error_message(exc.code, exc.message, "offer"))
-        except RecursionError:  # JSON nested too deep for the parser
-            self.send(error_message("bad_json", "the message is nested too deeply", request_type))
         except Exception:  # a server fault must not end the session
             _faults.log(f"handle {request_type}", logging.ERROR, "session %s: %s failed", self._who(), request_type,
                         exc_info=True)

@@ -84,7 +84,7 @@ def decode_client_message(message: str | bytes) -> Outgoing:
         EnvelopeError: ``data_too_large`` beyond :data:`MAX_ENVELOPE_BYTES` bytes,
             ``bad_data`` for anything that is not an envelope.
     """
-    size = len(message.encode()) if isinstance(message, str) else len(message)
+    size = len(message.encode("utf-8", "surrogatepass")) if isinstance(message, str) else len(message)
     if size > MAX_ENVELOPE_BYTES:
         raise EnvelopeError("data_too_large", f"message of {size} bytes exceeds {MAX_ENVELOPE_BYTES} bytes")
     if isinstance(message, str):
@@ -92,6 +92,8 @@ def decode_client_message(message: str | bytes) -> Outgoing:
             envelope = json.loads(message)
         except ValueError as exc:
             raise EnvelopeError("bad_data", f"a text message must be a JSON envelope: {exc}") from exc
+        except RecursionError as exc:  # json's C scanner recurses once per nesting level
+            raise EnvelopeError("bad_data", "the envelope is nested too deeply") from exc
         to, topic = _header_fields(envelope)
         data = envelope.get("data")
         if not isinstance(data, str):
@@ -110,6 +112,8 @@ def decode_client_message(message: str | bytes) -> Outgoing:
             header = json.loads(message[2 : 2 + header_len].decode())
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError("bad_data", f"the binary header must be UTF-8 JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise EnvelopeError("bad_data", "the binary header is nested too deeply") from exc
         to, topic = _header_fields(header)
     return Outgoing(bytes(message[2 + header_len :]), to, topic)
 

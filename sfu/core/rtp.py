@@ -132,8 +132,8 @@ def _parse_extensions(data: bytes, start: int, end: int, profile: int) -> dict[i
         # RFC 8285 §4.2: ID (4 bits) | L (4 bits, length - 1); ID 0 is padding, 15 stops.
         while i < end:
             b = data[i]
-            if b == 0:
-                i += 1
+            if b < 0x10:
+                i += 1  # ID 0: a padding byte, whatever its length field says (as libwebrtc)
                 continue
             ext_id = b >> 4
             if ext_id == 15:

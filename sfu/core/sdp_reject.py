@@ -26,6 +26,16 @@ def _mimes(section: list[str]) -> list[str]:
     return out
 
 
+def _media_fields(section: list[str]) -> list[str] | None:
+    """The m-line's fields (``kind port proto fmt...``) of an audio or video m-section
+    that is not rejected already (port 0) and has at least kind, port and proto;
+    None for any other (left as it is)."""
+    parts = section[0][2:].split()
+    if len(parts) < 3 or parts[0] not in ("audio", "video") or parts[1] == "0":
+        return None
+    return parts
+
+
 def unsupported_mids(offer_sdp: str, supported: dict[str, set[str]]) -> list[str]:
     """Mids of audio/video m-lines (not already rejected with port 0) whose codecs
     include none of ``supported[kind]`` (lower-case mime types like ``video/vp8``;
@@ -34,8 +44,8 @@ def unsupported_mids(offer_sdp: str, supported: dict[str, set[str]]) -> list[str
     out = []
     _, media = split_sections(offer_sdp)
     for section in media:
-        parts = section[0][2:].split()
-        if len(parts) < 2 or parts[0] not in ("audio", "video") or parts[1] == "0":
+        parts = _media_fields(section)
+        if parts is None:
             continue
         mimes = [m for m in _mimes(section) if not m.endswith(aux)]
         if not any(m in supported.get(parts[0], set()) for m in mimes):
@@ -51,9 +61,10 @@ def hide_unsupported(offer_sdp: str, mids: list[str], stand_in: dict[str, str]) 
     ``inactive``."""
     session, media = split_sections(offer_sdp)
     for i, section in enumerate(media):
-        if section_mid(section) not in mids:
+        parts = _media_fields(section)
+        if parts is None or parts[0] not in stand_in or section_mid(section) not in mids:
             continue
-        kind, port, proto = section[0][2:].split()[:3]
+        kind, port, proto = parts[:3]
         kept = [
             line
             for line in section[1:]

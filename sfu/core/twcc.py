@@ -571,7 +571,10 @@ class TwccReceiver:
 
     Args:
         sender_ssrc: our SSRC, written as the feedback's packet sender.
-        max_window: sequence numbers tracked (a power of two, at most 32768).
+        max_window: sequence numbers tracked (a power of two, at most 32768). The
+            default, 1,024, is 17,000 packets a second at one feedback per 60 ms, and
+            bounds what one feedback costs to build (~0.5 ms when a hostile sender
+            jumps its sequence numbers by a window every time; 2 ms at 4,096).
         max_packet_bytes: size limit of each feedback packet built.
     """
 
@@ -589,7 +592,7 @@ class TwccReceiver:
     )
 
     def __init__(
-        self, sender_ssrc: int, max_window: int = 4096, *, max_packet_bytes: int = 1200
+        self, sender_ssrc: int, max_window: int = 1024, *, max_packet_bytes: int = 1200
     ) -> None:
         if max_window <= 0 or max_window & (max_window - 1) or max_window > 0x8000:
             raise ValueError("TwccReceiver max_window must be a power of two <= 32768")

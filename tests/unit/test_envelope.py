@@ -54,6 +54,10 @@ def test_binary_without_header():
         b"\x00\x09{}",
         b"\x00\x02\xff\xfe",
         binary(["list"], b""),
+        "[" * 5000,  # nested deeper than json's recursion limit
+        '{"data": "x", "to": ' + "[" * 5000 + "]" * 5000 + "}",
+        struct.pack("!H", 5000) + b"[" * 5000,
+        '{"data": "x"}\udc80',  # a lone surrogate outside the JSON value
     ],
 )
 def test_malformed_envelopes_are_bad_data(message):

@@ -33,6 +33,16 @@ def test_two_byte_extensions_round_trip():
     assert p.extensions == {1: b"a", 20: long_value}
 
 
+def test_one_byte_id_0_is_one_padding_byte_whatever_its_length_field():
+    """RFC 8285 §4.2: ID 0 is padding; a byte 0x0L is skipped alone (as libwebrtc does),
+    never read as an element, so a rebuilt packet never carries an ID 0."""
+    header = bytes([0x80 | 0x10, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2])
+    block = bytes([0x10, 0x30, 0x03, 0x00, 0x21, 0x41, 0x42, 0x00])  # id 1 "0", 0x03, 0x00, id 2 "AB", pad
+    p = parse_rtp(header + b"\xbe\xde\x00\x02" + block + b"pl")
+    assert p.extensions == {1: b"0", 2: b"AB"}
+    assert 0 not in p.extensions and p.payload == b"pl"
+
+
 @pytest.mark.parametrize(
     "data",
     [
