@@ -92,7 +92,7 @@ class Downlink:
                 self.history,
             )
         except ValueError:
-            logger.warning("participant %s: m-line %s cannot carry %s", self.subscriber_id, info.mid, up.codec.mime_type)
+            logger.warning("participant %s: m-line %r cannot carry %s", self.subscriber_id, info.mid, up.codec.mime_type)
             return None
         if dt.transport_cc:
             self.control.transport_cc = True
@@ -307,7 +307,7 @@ class Downlink:
             direction = "up" if layer > previous else "down"
         COUNTERS.layer_switches[(direction, reason)] += 1
         logger.info(
-            "participant %s: mid %s layer %s -> %s (%s, %s; estimate %d bit/s)",
+            "participant %s: mid %r layer %s -> %s (%s, %s; estimate %d bit/s)",
             self.subscriber_id, dt.mid, previous, layer, direction, reason, self.control.estimate,
         )
         info = dt.uptrack.layers[layer] if layer is not None else None

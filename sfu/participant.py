@@ -225,9 +225,9 @@ class Participant:
                     if self.connection.prepare_send(m, up.codec.mime_type, up.publisher_id, up.id, new_stream):
                         subscriptions[m.mid] = up
                         continue
-                    logger.info("participant %s: mid %s offers no %s for %s", self.id, m.mid, up.codec.mime_type, up.id)
+                    logger.info("participant %s: mid %r offers no %s for %s", self.id, m.mid, up.codec.mime_type, up.id)
                 else:
-                    logger.info("participant %s: mid %s subscribes to unknown track %s", self.id, m.mid, binding.track_id)
+                    logger.info("participant %s: mid %r subscribes to unknown track %r", self.id, m.mid, binding.track_id)
                 self.connection.prepare_inactive(m)
             elif binding is None and (m.direction == "recvonly" or not self.can_publish):
                 # Nothing to send on it, or nothing this participant may publish.
@@ -252,7 +252,7 @@ class Participant:
                 if info.direction == "sendonly":
                     self.downlink.add(up, info)
                 else:
-                    logger.warning("participant %s: mid %s negotiated %s, not sendonly", self.id, m.mid, info.direction)
+                    logger.warning("participant %s: mid %r negotiated %s, not sendonly", self.id, m.mid, info.direction)
             # Publications.
             existing = self.uplink.by_mid.get(m.mid)
             if info.direction == "recvonly":

@@ -82,7 +82,7 @@ class Uplink:
             self._rid_extension_id = simulcast.rid_extension_id
             self._rrid_extension_id = simulcast.rrid_extension_id
             if simulcast.rejected:
-                logger.info("participant %s: mid %s simulcast rids %s not received", self.publisher_id, m.mid, simulcast.rejected)
+                logger.info("participant %s: mid %r simulcast rids %r not received", self.publisher_id, m.mid, simulcast.rejected)
             # Firefox declares its layers' SSRCs with FID groups but no RIDs: a layer's
             # RTX SSRC follows its media SSRC once RID routing has bound that.
             declared = list(m.rtx_ssrcs.items())[:MAX_DECLARED_RTX]
