@@ -265,6 +265,9 @@ REFUSED: list[tuple[str, str | bytes, str]] = [
     ("binary header length past the end", BINARY_HEADER_LENGTH.pack(100) + b'{"topic":"t"}', "bad_data"),
     ("binary header that is not JSON", BINARY_HEADER_LENGTH.pack(3) + b"{{{payload", "bad_data"),
     ("binary header that is not an object", BINARY_HEADER_LENGTH.pack(2) + b"[]payload", "bad_data"),
+    ("text nested 5,000 deep", "[" * 5000, "bad_data"),
+    ("text 'to' nested 5,000 deep", '{"data": "x", "to": ' + "[" * 5000 + "]" * 5000 + "}", "bad_data"),
+    ("binary header nested 5,000 deep", BINARY_HEADER_LENGTH.pack(5000) + b"[" * 5000, "bad_data"),
 ]
 
 
