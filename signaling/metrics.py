@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["SignalingMetrics", "watch_event_loop_lag"]
+__all__ = ["SignalingMetrics", "WebhookMetrics", "watch_event_loop_lag"]
 
 
 class SignalingMetrics:
@@ -44,6 +44,40 @@ class SignalingMetrics:
             "how late a 250 ms timer of the event loop fires",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
+        )
+        self.webhooks = WebhookMetrics(registry)
+
+
+class WebhookMetrics:
+    """Webhook delivery metrics (:class:`signaling.webhooks.WebhookNotifier`), registered
+    on ``registry``. One delivery is one event POSTed to one URL; every counter counts
+    deliveries.
+
+    Raises:
+        ValueError: the names are already registered on ``registry`` (prometheus-client).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.delivered = Counter(
+            "sfu_webhooks_delivered",
+            "webhook deliveries answered with a 2xx status, by event",
+            ["event"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "sfu_webhooks_retries",
+            "failed webhook attempts that are retried after a backoff, by why the attempt failed",
+            ["reason"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "sfu_webhooks_dropped",
+            "webhook deliveries given up, by reason (queue_full, gave_up, closed)",
+            ["reason"],
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "sfu_webhooks_queued", "webhook deliveries waiting or in flight", registry=registry
         )
 
 
