@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .auth import TRACK_SOURCES, VideoGrant
 from .core.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
 from .core.simulcast_sdp import SimulcastOffer, parse_simulcast_offers
 from .core.twcc import TwccFeedback
@@ -33,7 +34,7 @@ __all__ = ["Participant", "OfferError", "SOURCES", "TICK_MS", "TrackSettings"]
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("camera", "microphone", "screen", "screen_audio", "custom")
+SOURCES = TRACK_SOURCES
 MAX_MEDIA_SECTIONS = 256  # audio/video m-lines of one participant's PeerConnection
 
 
@@ -72,10 +73,18 @@ class Participant:
         publisher_bitrate: the REMB value sent to this participant as a publisher (bit/s).
         hidden: the others are not told of this participant (a WHEP player): it
             receives, but is never listed or announced.
+        identity: who it is, from its access token (one participant per identity
+            and room); a random one when none is given.
+        grant: what its token lets it do (:class:`~sfu.auth.VideoGrant`; the
+            signaling layer checks each action against it).
+        metadata: the application's data about it (at most 4,096 bytes).
 
     Attributes:
         can_publish: False answers every m-line the client sends on inactive,
             except those bound to a subscription (a player that only receives).
+        on_removed: called with a reason when the server removes this participant
+            (``duplicate_identity``, ``removed``, ``room_deleted``): whoever holds its
+            connection tells the client and closes it.
     """
 
     def __init__(
@@ -87,9 +96,16 @@ class Participant:
         publisher_bitrate: int = 2_500_000,
         hidden: bool = False,
         transport_cc: bool = True,
+        identity: str | None = None,
+        grant: VideoGrant | None = None,
+        metadata: str = "",
     ) -> None:
         self.id = new_id("PA")
+        self.identity = identity or new_id("ID")
         self.name = name
+        self.metadata = metadata
+        self.grant = grant if grant is not None else VideoGrant(room=room.name, room_join=True)
+        self.on_removed: Callable[[str], None] | None = None
         self.hidden = hidden
         self.can_publish = True
         self.room = room
@@ -112,14 +128,24 @@ class Participant:
     # -- description ------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        """The protocol's participant object: ``{"id", "name", "tracks"}``."""
-        return {"id": self.id, "name": self.name, "tracks": [t.describe() for t in self.uptracks.values()]}
+        """The protocol's participant object: ``{"id", "identity", "name", "metadata",
+        "tracks"}``."""
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "name": self.name,
+            "metadata": self.metadata,
+            "tracks": [t.describe() for t in self.uptracks.values()],
+        }
 
     def stats_snapshot(self) -> dict[str, Any]:
         """This participant with per-track statistics, for the admin endpoint."""
         return {
             "id": self.id,
+            "identity": self.identity,
             "name": self.name,
+            "metadata": self.metadata,
+            "permissions": self.grant.to_claim(),
             "hidden": self.hidden,
             "connectionState": self.connection.connection_state,
             **self.downlink.stats(),
@@ -298,6 +324,22 @@ class Participant:
         if up is not None:
             self.room.on_track_unpublished(self, up)
         return up
+
+    def set_grant(self, grant: VideoGrant) -> list[UpTrack]:
+        """Change what this participant may do, at once: tracks it may no longer
+        publish (``canPublish`` or ``canPublishSources``) are unpublished (the others are
+        told), and without ``canSubscribe`` it stops receiving every track.
+
+        Returns:
+            the tracks unpublished.
+        """
+        self.grant = grant
+        gone = [up for up in list(self.uptracks.values()) if not grant.allows_source(up.source)]
+        for up in gone:
+            self.unpublish(up.id)
+        if not grant.can_subscribe:
+            self.downlink.close()
+        return gone
 
     # -- media in ---------------------------------------------------------------------
 

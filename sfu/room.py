@@ -16,20 +16,27 @@ from typing import Any, Callable
 
 from .core.envelope import Outgoing
 from .core.speaker import ActiveSpeakerDetector
+from .auth import VideoGrant
 from .datachannel import ChannelKey, fan_out
+from .metrics import COUNTERS
 from .participant import TICK_MS, Participant
 from .uptrack import UpTrack
 
-__all__ = ["Room", "RoomRegistry", "RoomFull", "InvalidRoomName", "ROOM_NAME"]
+__all__ = ["Room", "RoomRegistry", "RoomFull", "TooManyRooms", "InvalidRoomName", "ROOM_NAME"]
 
 logger = logging.getLogger(__name__)
 
 SPEAKER_INTERVAL_MS = 300.0
+_background: set[asyncio.Task[None]] = set()  # closes of evicted participants, kept referenced
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the whole name (fullmatch)
 
 
 class RoomFull(Exception):
     """The room already has its maximum number of participants."""
+
+
+class TooManyRooms(Exception):
+    """The server already has its maximum number of rooms."""
 
 
 class InvalidRoomName(ValueError):
@@ -47,6 +54,7 @@ class Room:
     def __init__(self, name: str, max_participants: int) -> None:
         self.name = name
         self.max_participants = max_participants
+        self.created_at = time.time()  # Unix seconds
         self.participants: dict[str, Participant] = {}
         self.active_speaker: str | None = None  # participant id (allocation priority)
         self._speakers = ActiveSpeakerDetector()
@@ -109,9 +117,30 @@ class Room:
             self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
 
     def on_data(self, sender_id: str, key: ChannelKey, outgoing: Outgoing) -> None:
-        """Fan a DataChannel message out to the others (or to ``outgoing.to``)."""
-        if sender_id in self.participants:
-            fan_out(sender_id, key, outgoing, (p.data for p in self.participants.values() if not p.closed))
+        """Fan a DataChannel message out to the others (or to ``outgoing.to``); a sender
+        without ``canPublishData`` gets a ``forbidden`` error instead."""
+        sender = self.participants.get(sender_id)
+        if sender is None:
+            return
+        if not sender.grant.can_publish_data:
+            COUNTERS.dc_dropped["forbidden"] += 1
+            sender.send_event(
+                {"type": "error", "code": "forbidden", "message": "your token does not allow sending data",
+                 "requestType": "data", "label": key[0]}
+            )
+            return
+        fan_out(sender_id, key, outgoing, (p.data for p in self.participants.values() if not p.closed))
+
+    def send_data(self, outgoing: Outgoing, label: str = "chat") -> int:
+        """A DataChannel message from the server (the server API) to everyone, or to
+        ``outgoing.to`` (participant ids), on the reliable ordered channel ``label``;
+        delivered with ``from`` ``"server"``.
+
+        Returns:
+            how many participants it was queued for.
+        """
+        receivers = [p.data for p in self.participants.values() if not p.closed]
+        return fan_out("server", (label, True, None, None), outgoing, receivers)
 
     def on_tracks_published(self, participant: Participant, tracks: list[UpTrack]) -> None:
         """Tell the others about newly published tracks."""
@@ -121,12 +150,13 @@ class Room:
                 exclude=participant,
             )
 
-    def on_track_muted(self, participant: Participant, up: UpTrack) -> None:
-        """Tell the others a track was muted or unmuted."""
-        self.broadcast(
-            {"type": "track_muted" if up.muted else "track_unmuted", "participantId": participant.id, "trackId": up.id},
-            exclude=participant,
-        )
+    def on_track_muted(self, participant: Participant, up: UpTrack, by_server: bool = False) -> None:
+        """Tell the others a track was muted or unmuted; when the server API did it,
+        its publisher too (``"by": "server"``)."""
+        event: dict[str, Any] = {"type": "track_muted" if up.muted else "track_unmuted", "participantId": participant.id, "trackId": up.id}
+        if by_server:
+            event["by"] = "server"
+        self.broadcast(event, exclude=None if by_server else participant)
 
     def on_track_unpublished(self, participant: Participant, up: UpTrack) -> None:
         """Stop forwarding ``up`` to everyone and tell them (not during a leave)."""
@@ -145,14 +175,64 @@ class Room:
         Its tracks stop being forwarded at once and the others get ``participant_left``.
         Idempotent.
         """
+        self._remove(participant)
+        await participant.close()
+
+    def _remove(self, participant: Participant) -> bool:
+        """The synchronous part of a leave: out of the room, its tracks no longer
+        forwarded, the others told. False if it was not in the room."""
         if self.participants.pop(participant.id, None) is None:
-            return
+            return False
         for up in list(participant.uptracks.values()):
             for p in self.participants.values():
                 p.drop_subscriptions_to(up.id)
         if not participant.hidden:
             self.broadcast({"type": "participant_left", "participantId": participant.id})
-        await participant.close()
+        return True
+
+    def evict(self, participant: Participant, reason: str) -> None:
+        """Remove ``participant`` now (the others are told at once) and have whoever
+        holds its connection tell it why and close it (``participant.on_removed``);
+        its PeerConnection is closed in the background.
+
+        Args:
+            reason: ``duplicate_identity`` (the same identity joined again),
+                ``removed`` (the server API), ``room_deleted``.
+        """
+        if not self._remove(participant):
+            return
+        if participant.on_removed is not None:
+            try:
+                participant.on_removed(reason)
+            except Exception:
+                logger.exception("participant %s: telling it of its removal failed", participant.id)
+        task = asyncio.ensure_future(participant.close())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def find_identity(self, identity: str) -> Participant | None:
+        """The participant with ``identity``, or None."""
+        for p in self.participants.values():
+            if p.identity == identity:
+                return p
+        return None
+
+    def update_participant(self, participant: Participant, changes: dict[str, Any]) -> None:
+        """Apply the server API's changes to a participant and tell everyone.
+
+        Args:
+            changes: any of ``name`` (str), ``metadata`` (str), ``grant``
+                (:class:`~sfu.auth.VideoGrant`).
+        """
+        if "name" in changes:
+            participant.name = changes["name"]
+        if "metadata" in changes:
+            participant.metadata = changes["metadata"]
+        if "grant" in changes:
+            participant.set_grant(changes["grant"])
+            participant.send_event({"type": "permissions_changed", "permissions": participant.grant.to_claim()})
+        if ("name" in changes or "metadata" in changes) and not participant.hidden:
+            self.broadcast({"type": "participant_updated", "participant": participant.describe()})
 
 
 class RoomRegistry:
@@ -165,6 +245,8 @@ class RoomRegistry:
             that offer it (see :class:`~sfu.rtc.adapter.SfuPeerConnection`).
         connect_timeout: seconds a participant's media connection may take to come
             up after its first answer; the signaling side removes it after that.
+        max_rooms: rooms at once; a join that would create one more raises
+            :class:`TooManyRooms`.
     """
 
     def __init__(
@@ -173,8 +255,10 @@ class RoomRegistry:
         publisher_bitrate: int = 2_500_000,
         transport_cc: bool = True,
         connect_timeout: float = 30.0,
+        max_rooms: int = 1000,
     ) -> None:
         self.max_participants = max_participants
+        self.max_rooms = max_rooms
         self.publisher_bitrate = publisher_bitrate
         self.transport_cc = transport_cc
         self.connect_timeout = connect_timeout
@@ -208,27 +292,63 @@ class RoomRegistry:
         send_event: Callable[[dict[str, Any]], None],
         on_failed: Callable[[], None] | None = None,
         hidden: bool = False,
+        identity: str | None = None,
+        grant: VideoGrant | None = None,
+        metadata: str = "",
     ) -> tuple[Room, Participant]:
         """Create a participant in ``room_name`` (the room is created on first join);
         a ``hidden`` one is not announced to the others (see :class:`Participant`).
+        A participant already there with the same ``identity`` is replaced: evicted
+        with reason ``duplicate_identity`` (this is also how a client reconnects).
 
         Raises:
             InvalidRoomName: the name breaks the rules.
+            TooManyRooms: the room does not exist and the server has ``max_rooms``.
             RoomFull: the room is at its limit.
         """
         if not isinstance(room_name, str) or not ROOM_NAME.fullmatch(room_name):
             raise InvalidRoomName("room must be 1-64 characters of A-Z a-z 0-9 _ -")
         room = self.rooms.get(room_name)
         if room is None:
-            room = self.rooms[room_name] = Room(room_name, self.max_participants)
+            room = self.create_room(room_name)
+        previous = room.find_identity(identity) if identity is not None else None
+        if previous is not None:
+            room.evict(previous, "duplicate_identity")
         if len(room.participants) >= room.max_participants:
             raise RoomFull(f"room {room_name} is full ({room.max_participants} participants)")
         participant = Participant(
-            room, display_name, send_event, on_failed, self.publisher_bitrate, hidden, self.transport_cc
+            room, display_name, send_event, on_failed, self.publisher_bitrate, hidden, self.transport_cc,
+            identity, grant, metadata,
         )
         room.add(participant)
         self._ensure_ticker()
         return room, participant
+
+    def create_room(self, room_name: str, max_participants: int | None = None) -> Room:
+        """The room ``room_name``, created empty if it does not exist (the server API
+        creates rooms ahead of their participants; an empty room is forgotten when
+        its last participant leaves, or deleted by the API).
+
+        Raises:
+            InvalidRoomName: the name breaks the rules.
+            TooManyRooms: the server has ``max_rooms`` rooms.
+        """
+        if not isinstance(room_name, str) or not ROOM_NAME.fullmatch(room_name):
+            raise InvalidRoomName("room must be 1-64 characters of A-Z a-z 0-9 _ -")
+        room = self.rooms.get(room_name)
+        if room is not None:
+            return room
+        if len(self.rooms) >= self.max_rooms:
+            raise TooManyRooms(f"the server has its maximum of {self.max_rooms} rooms")
+        room = self.rooms[room_name] = Room(room_name, max_participants or self.max_participants)
+        return room
+
+    async def delete_room(self, room: Room) -> None:
+        """Remove everyone from ``room`` (each is told: ``room_deleted``) and forget it."""
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        for participant in list(room.participants.values()):
+            room.evict(participant, "room_deleted")
 
     async def leave(self, room: Room, participant: Participant) -> None:
         """Remove ``participant`` from ``room``; forget the room when it is empty."""

@@ -178,6 +178,7 @@ class UpTrack:
         self.codec = codec
         self.extensions = extensions
         self.muted = False
+        self.server_muted = False  # muted by the server API: nothing of it is forwarded
         self.is_video = kind == "video"
         self.simulcast = bool(rids)
         self.layers = [Layer(i, rid, codec.clock_rate, self.is_video) for i, rid in enumerate(rids or [None])]
@@ -236,6 +237,9 @@ class UpTrack:
         """Handle one media packet of ``layer`` (layer 0 by default; hot path)."""
         if layer is None:
             layer = self.layers[0]
+        if self.server_muted:  # before the cache: a NACK cannot bring a muted packet back
+            COUNTERS.dropped["server_muted"] += 1
+            return
         seq = layer.seq.accept(packet.sequence_number)
         if seq is None:
             COUNTERS.dropped["sequence_jump"] += 1  # on probation (RFC 3550 §A.1)
@@ -316,6 +320,15 @@ class UpTrack:
             layer.stats.on_sender_report(report.ntp_timestamp, now_ms)
         for downtrack in layer.downtracks:
             downtrack.on_source_sender_report(report, layer.index)
+
+    def set_server_muted(self, muted: bool, now_ms: float) -> None:
+        """Mute or unmute this track for everyone (the server API): while muted no
+        packet of it is forwarded or cached; unmuting a video asks for keyframes."""
+        self.server_muted = muted
+        self.muted = muted
+        if not muted and self.is_video:
+            for layer in self.layers:
+                self.request_keyframe(now_ms, layer.index)
 
     def request_keyframe(self, now_ms: float, layer: int = 0) -> None:
         """Ask the publisher for a keyframe of ``layer``: coalesced and throttled."""

@@ -1,14 +1,17 @@
 """The aiohttp application: ``/ws`` (room protocol), ``/whip`` and ``/whep`` (WHIP
-ingest and WHEP playback over HTTP), ``/healthz``, ``/metrics``,
-``/admin/rooms`` (JSON statistics; there is no authentication in the server yet, so it
-is as open as the port) and the browser client from ``web/`` at ``/``."""
+ingest and WHEP playback over HTTP), ``/api/...`` (the server API, docs/API.md),
+``/healthz``, ``/metrics``, ``/admin/rooms`` (JSON statistics, for a token with
+``roomList``), ``/dev/token`` (development mode only) and the browser client from
+``web/`` at ``/``."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from pathlib import Path
 
 from aiohttp import web
+from yarl import URL
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -19,14 +22,18 @@ from prometheus_client import (
     generate_latest,
 )
 
-from sfu.metrics import MediaCollector
-from sfu.room import RoomRegistry
+from sfu.metrics import MediaCollector, RuntimeCollector
+from sfu.room import ROOM_NAME, RoomRegistry
 
+from .access import Access, Unauthorized
+from .api import add_api_routes
+from .config import ServerConfig
 from .metrics import SignalingMetrics, watch_event_loop_lag
+from .protocol import MAX_NAME_CHARS
 from .session import Session
 from .whip import HttpSessions, add_routes
 
-__all__ = ["create_app", "WEB_DIR"]
+__all__ = ["create_app", "origin_allowed", "WEB_DIR"]
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 REGISTRY_KEY = web.AppKey("registry", RoomRegistry)
@@ -35,15 +42,36 @@ SIGNALING_METRICS_KEY = web.AppKey("signaling_metrics", SignalingMetrics)
 LAG_TASK_KEY = web.AppKey("lag_task", asyncio.Task)
 SESSIONS_KEY = web.AppKey("sessions", set)
 SHUTTING_DOWN_KEY = web.AppKey("shutting_down", list)
+CONFIG_KEY = web.AppKey("config", ServerConfig)
+ACCESS_KEY = web.AppKey("access", Access)
+METRICS_RUNNER_KEY = web.AppKey("metrics_runner", web.AppRunner)
 SHUTDOWN_GRACE_S = 1.0  # time for the server_shutdown events and close frames to leave
+MAX_HTTP_BODY_BYTES = 256 * 1024  # an HTTP request body (the API's JSON; WHIP reads its own bounded body)
+
+
+def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    """A browser's ``Origin`` (RFC 6454) is one of ``allowed``, or the server's own
+    (its host and port are the request's ``Host``); a client that sends none (not a
+    browser) is let through."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin in allowed:
+        return True
+    return URL(origin).raw_authority == request.host if origin not in ("", "null") else False
 
 
 async def _ws(request: web.Request) -> web.StreamResponse:
     if request.app[SHUTTING_DOWN_KEY]:
         return web.Response(status=503, text="the server is shutting down\n", headers={"Retry-After": "5"})
-    ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=1024 * 1024)
+    config = request.app[CONFIG_KEY]
+    if not origin_allowed(request, config.allowed_origins):
+        request.app[SIGNALING_METRICS_KEY].limit_refusals.labels(limit="origin").inc()
+        return web.Response(status=403, text="this Origin may not use the room service\n")
+    ws = web.WebSocketResponse(heartbeat=5.0, max_msg_size=config.limits.max_message_bytes)
     await ws.prepare(request)
-    session = Session(ws, request.app[REGISTRY_KEY], request.app[SIGNALING_METRICS_KEY])
+    session = Session(
+        ws, request.app[REGISTRY_KEY], request.app[SIGNALING_METRICS_KEY], request.app[ACCESS_KEY],
+        request.query.get("access_token"), config.limits,
+    )
     sessions = request.app[SESSIONS_KEY]
     sessions.add(session)
     try:
@@ -59,13 +87,39 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    token = request.app[CONFIG_KEY].metrics_token
+    if token is not None and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return web.Response(status=401, text="send 'Authorization: Bearer <metrics token>'\n",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     body = generate_latest(request.app[METRICS_KEY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _admin_rooms(request: web.Request) -> web.Response:
-    """Rooms, participants and per-track statistics for debugging (JSON)."""
+    """Rooms, participants and per-track statistics for debugging (JSON); a bearer
+    token with ``roomList`` outside development mode."""
+    access = request.app[ACCESS_KEY]
+    if not (access.development and "Authorization" not in request.headers):
+        try:
+            claims = access.bearer(request)
+        except Unauthorized as exc:
+            return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
+        if not claims.grant.room_list:
+            return web.json_response({"error": "forbidden", "message": "needs the roomList grant"}, status=403)
     return web.json_response(request.app[REGISTRY_KEY].snapshot())
+
+
+async def _dev_token(request: web.Request) -> web.Response:
+    """Development mode: ``GET /dev/token?room=R&name=N[&identity=I]`` -> ``{"token"}``
+    with every participant grant in R."""
+    room, name = request.query.get("room", ""), request.query.get("name", "")
+    if not ROOM_NAME.fullmatch(room) or not 0 < len(name) <= MAX_NAME_CHARS:
+        return web.json_response({"error": "bad_request", "message": "give ?room= (a room name) and ?name="}, status=400)
+    try:
+        token = request.app[ACCESS_KEY].dev_token(room, name, request.query.get("identity") or None)
+    except ValueError as exc:
+        return web.json_response({"error": "bad_request", "message": str(exc)}, status=400)
+    return web.json_response({"token": token, "room": room})
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -90,10 +144,48 @@ async def _shutdown(app: web.Application) -> None:
     await app[REGISTRY_KEY].close()
 
 
-def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) -> web.Application:
-    """Build the application around ``registry`` (a new one by default)."""
-    app = web.Application()
-    registry = registry or RoomRegistry()
+def _serve_metrics_on_own_port(app: web.Application, port: int) -> None:
+    """``/metrics`` on ``port`` of the same host(s), in its own small application,
+    started and stopped with ``app``."""
+
+    async def start(app: web.Application) -> None:
+        metrics_app = web.Application()
+        metrics_app[METRICS_KEY] = app[METRICS_KEY]
+        metrics_app[CONFIG_KEY] = app[CONFIG_KEY]
+        metrics_app.router.add_get("/metrics", _metrics)
+        runner = web.AppRunner(metrics_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, app[CONFIG_KEY].metrics_host, port).start()
+        app[METRICS_RUNNER_KEY] = runner
+
+    async def stop(app: web.Application) -> None:
+        if METRICS_RUNNER_KEY in app:
+            await app[METRICS_RUNNER_KEY].cleanup()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
+def create_app(
+    registry: RoomRegistry | None = None,
+    web_dir: Path = WEB_DIR,
+    config: ServerConfig | None = None,
+    access: Access | None = None,
+) -> web.Application:
+    """Build the application around ``registry`` (a new one by default).
+
+    Args:
+        config: keys, origins, metrics protection, webhooks and limits (defaults:
+            none of them).
+        access: the server's keys and mode (default: from ``config.keys``; development
+            mode when there are none).
+    """
+    app = web.Application(client_max_size=MAX_HTTP_BODY_BYTES)
+    config = config or ServerConfig()
+    registry = registry or RoomRegistry(max_rooms=config.limits.max_rooms)
+    access = access or Access.from_keys(config.keys)
+    app[CONFIG_KEY] = config
+    app[ACCESS_KEY] = access
     app[REGISTRY_KEY] = registry
     app[SESSIONS_KEY] = set()
     app[SHUTTING_DOWN_KEY] = []
@@ -102,14 +194,21 @@ def create_app(registry: RoomRegistry | None = None, web_dir: Path = WEB_DIR) ->
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         metrics.register(collector)
     metrics.register(MediaCollector(registry.gauges, registry.downtrack_layers))
+    metrics.register(RuntimeCollector())
     app[METRICS_KEY] = metrics
     app[SIGNALING_METRICS_KEY] = SignalingMetrics(metrics)
     app.on_startup.append(_start_lag_watch)
     app.router.add_get("/ws", _ws)
-    add_routes(app, HttpSessions(registry, app[SIGNALING_METRICS_KEY]))
+    add_routes(app, HttpSessions(registry, app[SIGNALING_METRICS_KEY], access=access))
+    add_api_routes(app, registry, access)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
+    if config.metrics_port is None:
+        app.router.add_get("/metrics", _metrics)
+    else:
+        _serve_metrics_on_own_port(app, config.metrics_port)
     app.router.add_get("/admin/rooms", _admin_rooms)
+    if access.development:
+        app.router.add_get("/dev/token", _dev_token)
     app.router.add_get("/", _index)
     app.router.add_static("/", web_dir, show_index=False)
     app.on_shutdown.append(_shutdown)

@@ -1,4 +1,6 @@
-"""The ``sfu`` command: ``sfu serve [--host H] [--port P] [--tls-cert C --tls-key K]``.
+"""The ``sfu`` command: ``sfu serve [--host H] [--port P] [--tls-cert C --tls-key K]
+[--config FILE] ...`` runs the server; ``sfu token --room R --identity I [--name N]
+[--grant G ...] [--ttl 6h]`` prints an access token (docs/AUTH.md).
 
 ``SFU_HOST`` and ``SFU_PORT`` override the defaults (127.0.0.1 and 8080); flags win
 over both. The event loop is uvloop.
@@ -15,11 +17,14 @@ import sys
 import uvloop
 from aiohttp import web
 
+from sfu.auth import GRANT_FLAGS, KeyStore, VideoGrant, keys_from_environment, mint_token
 from sfu.metrics import COUNTERS
 from sfu.room import RoomRegistry
 from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
 
+from .access import Access
 from .app import create_app
+from .config import ConfigError, load_config
 
 __all__ = ["main", "build_parser"]
 
@@ -61,8 +66,95 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not negotiate transport-wide congestion control: estimate subscribers' downlinks from REMB and "
         "receiver reports only, send publishers REMB only (to compare)",
     )
+    serve.add_argument("--config", help="TOML configuration file: [keys], [server], [webhook], [limits] (docs/CONFIG.md)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="allow development mode (no API keys: joins without tokens) on a non-loopback address",
+    )
+    serve.add_argument("--allowed-origin", action="append", help="a browser Origin allowed on /ws (repeatable; "
+                       "default: the server's own)")
+    serve.add_argument("--metrics-token", help="/metrics needs 'Authorization: Bearer TOKEN'")
+    serve.add_argument("--metrics-port", type=int, help="serve /metrics on this port instead of the main one")
+    serve.add_argument("--webhook", action="append", help="a URL that receives the webhooks (repeatable)")
+    serve.add_argument("--max-rooms", type=int, help="rooms on the server at once (default 1000)")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    token = sub.add_parser("token", help="print an access token (keys from SFU_KEYS or --config)")
+    token.add_argument("--room", help="the room the grant is for")
+    token.add_argument("--identity", required=True, help="the participant identity (sub)")
+    token.add_argument("--name", help="display name")
+    token.add_argument("--metadata", default="", help="application data (a string)")
+    token.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="NAME[=false]",
+        help=f"a grant to set (repeatable): {', '.join(GRANT_FLAGS)}; roomJoin is set when --room is given",
+    )
+    token.add_argument("--sources", help="canPublishSources, comma-separated (e.g. camera,microphone)")
+    token.add_argument("--ttl", default="6h", help="lifetime: seconds, or with a unit s/m/h/d (default 6h)")
+    token.add_argument("--api-key", help="which key signs (default: the first)")
+    token.add_argument("--config", help="TOML configuration file with [keys]")
     return parser
+
+
+def parse_ttl(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``6h``, ``2d`` -> seconds.
+
+    Raises:
+        ValueError: not a positive duration.
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    value = float(number) * units[unit]
+    if not value > 0:
+        raise ValueError("the ttl must be positive")
+    return value
+
+
+def server_keys(config_path: str | None) -> KeyStore:
+    """The API keys: ``[keys]`` of the configuration file plus ``SFU_KEYS``.
+
+    Raises:
+        ConfigError, ValueError: a bad file or entry.
+    """
+    keys = load_config(config_path).keys
+    for key, secret in keys_from_environment().keys.items():
+        keys.add(key, secret)
+    return keys
+
+
+def _token(args: argparse.Namespace) -> int:
+    try:
+        keys = server_keys(args.config)
+        if not keys:
+            print("sfu token: no API keys (set SFU_KEYS='key: secret' or give --config with [keys])", file=sys.stderr)
+            return 2
+        api_key = args.api_key or next(iter(keys.keys))
+        secret = keys.secret(api_key)
+        if secret is None:
+            print(f"sfu token: no API key {api_key!r}", file=sys.stderr)
+            return 2
+        flags: dict[str, object] = {"roomJoin": args.room is not None}
+        for item in args.grant:
+            name, _, value = item.partition("=")
+            if name not in GRANT_FLAGS or value not in ("", "true", "false"):
+                print(f"sfu token: unknown grant {item!r}; one of {', '.join(GRANT_FLAGS)} [=false]", file=sys.stderr)
+                return 2
+            flags[name] = value != "false"
+        if args.sources is not None:
+            flags["canPublishSources"] = [s.strip() for s in args.sources.split(",") if s.strip()]
+        grant = VideoGrant(room=args.room).merged(flags)
+        print(mint_token(api_key, secret, args.identity, grant, name=args.name, metadata=args.metadata,
+                         ttl_s=parse_ttl(args.ttl)))
+        return 0
+    except (ValueError, ConfigError) as exc:
+        print(f"sfu token: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def ice_addresses(host: str, given: list[str] | None) -> list[str] | None:
@@ -81,6 +173,8 @@ def ice_addresses(host: str, given: list[str] | None) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sfu`` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -92,17 +186,46 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    try:
+        config = load_config(args.config)
+        config.keys = server_keys(args.config)
+    except (ConfigError, ValueError) as exc:
+        print(f"sfu: {exc}", file=sys.stderr)
+        return 2
+    if not config.keys and not _is_loopback(args.host) and not args.dev:
+        print(
+            f"sfu: no API keys configured and --host {args.host} is not a loopback address: anyone could join. "
+            "Configure keys (SFU_KEYS or [keys] in --config), or pass --dev to run in development mode anyway.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.allowed_origin:
+        config.allowed_origins = args.allowed_origin
+    if args.metrics_token:
+        config.metrics_token = args.metrics_token
+    if args.metrics_port:
+        config.metrics_port = args.metrics_port
+    config.metrics_host = args.host
+    if args.webhook:
+        config.webhook_urls = args.webhook
+    if args.max_rooms:
+        config.limits.max_rooms = args.max_rooms
+    if args.max_participants != 50:
+        config.limits.max_participants = args.max_participants
+    access = Access.from_keys(config.keys)
+    access.log_mode(f"{args.host}:{args.port}")
     set_ice_addresses(ice_addresses(args.host, args.ice_address))
     COUNTERS.per_packet = not args.no_media_metrics
     uvloop.install()
     registry = RoomRegistry(
-        max_participants=args.max_participants,
+        max_participants=config.limits.max_participants,
         publisher_bitrate=args.publisher_bitrate,
         transport_cc=not args.no_transport_cc,
         connect_timeout=args.connect_timeout,
+        max_rooms=config.limits.max_rooms,
     )
     web.run_app(
-        create_app(registry),
+        create_app(registry, config=config, access=access),
         host=args.host,
         port=args.port,
         ssl_context=ssl_context,

@@ -45,6 +45,12 @@ class SignalingMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.limit_refusals = Counter(
+            "sfu_limit_refusals",
+            "requests refused because a limit was reached, by limit (docs/CONFIG.md)",
+            ["limit"],
+            registry=registry,
+        )
         self.webhooks = WebhookMetrics(registry)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sfu.auth import MAX_TOKEN_BYTES, TRACK_SOURCES
+
 __all__ = ["ProtocolError", "parse_message", "error_message", "CLIENT_TYPES", "MAX_SDP_BYTES"]
 
 MAX_SDP_BYTES = 256 * 1024
 MAX_NAME_CHARS = 64
-SOURCES = ("camera", "microphone", "screen", "screen_audio", "custom")
+SOURCES = TRACK_SOURCES
 CLIENT_TYPES = ("join", "offer", "candidate", "mute", "unpublish", "track_settings", "leave", "ping")
 MAX_HEIGHT_PIXELS = 16384
 
@@ -94,11 +96,16 @@ def parse_message(text: str) -> dict[str, Any]:
     if kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type '{kind}'", kind)
     if kind == "join":
-        _require_str(msg, "room", kind, 256)
-        name = _require_str(msg, "name", kind, 256).strip()
-        if not name or len(name) > MAX_NAME_CHARS:
-            raise ProtocolError("bad_message", f"'name' must be 1-{MAX_NAME_CHARS} characters", kind)
-        msg["name"] = name
+        token = msg.get("token")
+        if token is not None:
+            _require_str(msg, "token", kind, MAX_TOKEN_BYTES)
+        if token is None or "room" in msg:
+            _require_str(msg, "room", kind, 256)
+        if token is None:  # with a token, the name comes from it
+            name = _require_str(msg, "name", kind, 256).strip()
+            if not name or len(name) > MAX_NAME_CHARS:
+                raise ProtocolError("bad_message", f"'name' must be 1-{MAX_NAME_CHARS} characters", kind)
+            msg["name"] = name
     elif kind == "offer":
         sdp = _require_str(msg, "sdp", kind)
         if len(sdp) > MAX_SDP_BYTES:

@@ -18,8 +18,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from sfu.participant import OfferError, Participant
 from sfu.ratelog import RateLimitedLog
 from sfu.rtc.adapter import TooManyCandidates
-from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry
+from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry, TooManyRooms
 
+from .access import Access, Forbidden, Unauthorized
+from .config import Limits
 from .metrics import SignalingMetrics
 from .protocol import ProtocolError, error_message, parse_message
 
@@ -31,6 +33,38 @@ _faults = RateLimitedLog(logger)
 SEND_QUEUE_LIMIT = 1000  # messages waiting for a slow client at most ...
 SEND_QUEUE_BYTES = 4 * 1024 * 1024  # ... and bytes
 MAX_ERROR_TEXT = 200  # characters of an error message (they may quote what the client sent)
+_REMOVED_TEXT = {
+    "duplicate_identity": "you joined again from another connection",
+    "removed": "the application removed you from the room",
+    "room_deleted": "the room was deleted",
+}
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved; :meth:`take` spends one.
+
+    Args:
+        rate: tokens per second.
+        burst: the bucket's size (it starts full).
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_at")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at: float | None = None
+
+    def take(self, now_s: float) -> bool:
+        """Spend a token at ``now_s`` (seconds, monotonic); False when there is none."""
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now_s - self._at) * self.rate)
+        self._at = now_s
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class Session:
@@ -40,12 +74,31 @@ class Session:
         ws: the prepared WebSocket.
         registry: the rooms of this process.
         metrics: the room service's metrics.
+        access: the server's keys and mode (development mode by default).
+        query_token: an access token given in the WebSocket URL (``access_token``);
+            a token in the ``join`` message wins.
+        limits: messages per second, offers per minute, tracks per participant
+            (:class:`~signaling.config.Limits`; its defaults by default).
     """
 
-    def __init__(self, ws: web.WebSocketResponse, registry: RoomRegistry, metrics: SignalingMetrics) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        registry: RoomRegistry,
+        metrics: SignalingMetrics,
+        access: Access | None = None,
+        query_token: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.ws = ws
         self.registry = registry
         self.metrics = metrics
+        self.limits = limits if limits is not None else Limits()
+        rate = self.limits.messages_per_second
+        self._messages = TokenBucket(rate, 2 * rate)
+        self._offers = TokenBucket(self.limits.offers_per_minute / 60.0, max(1.0, self.limits.offers_per_minute / 6.0))
+        self.access = access if access is not None else Access.from_keys(None)
+        self.query_token = query_token  # ?access_token= of the WebSocket URL
         self._join_started: float | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
@@ -141,10 +194,19 @@ class Session:
         if room is not None and participant is not None:
             await self.registry.leave(room, participant)
 
+    def _refuse(self, limit: str, code: str, message: str, request_type: str | None = None) -> ProtocolError:
+        self.metrics.limit_refusals.labels(limit=limit).inc()
+        return ProtocolError(code, message, request_type)
+
     async def handle(self, text: str) -> None:
         """Handle one text frame; any failure becomes an ``error`` reply."""
         request_type: str | None = None
         try:
+            if not self._messages.take(time.monotonic()):
+                raise self._refuse(
+                    "messages_per_second", "rate_limited",
+                    f"more than {self.limits.messages_per_second:g} messages a second; this one was dropped",
+                )
             msg = parse_message(text)
             request_type = msg["type"]
             await getattr(self, f"_on_{request_type}")(msg)
@@ -165,14 +227,27 @@ class Session:
     async def _on_join(self, msg: dict[str, Any]) -> None:
         if self.participant is not None:
             raise ProtocolError("already_joined", "this connection already joined a room", "join")
+        token = msg.get("token", self.query_token)
+        try:
+            claims = self.access.join_claims(token, msg.get("room"), msg.get("name"))
+        except Unauthorized as exc:
+            raise ProtocolError("invalid_token", str(exc), "join") from exc
+        except Forbidden as exc:
+            raise ProtocolError("forbidden", str(exc), "join") from exc
+        grant = claims.grant
+        assert grant.room is not None  # join_claims checked it
         try:
             room, participant = self.registry.join(
-                msg["room"], msg["name"], self.send, on_failed=self._on_peer_failed
+                grant.room, claims.name, self.send, on_failed=self._on_peer_failed, hidden=grant.hidden,
+                identity=claims.identity, grant=grant, metadata=claims.metadata,
             )
         except InvalidRoomName as exc:
             raise ProtocolError("invalid_room", str(exc), "join") from exc
         except RoomFull as exc:
-            raise ProtocolError("room_full", str(exc), "join") from exc
+            raise self._refuse("max_participants", "room_full", str(exc), "join") from exc
+        except TooManyRooms as exc:
+            raise self._refuse("max_rooms", "too_many_rooms", str(exc), "join") from exc
+        participant.on_removed = self._on_removed
         self.room, self.participant = room, participant
         self._join_started = time.monotonic()
         self.send(
@@ -180,9 +255,19 @@ class Session:
                 "type": "joined",
                 "room": room.name,
                 "participantId": participant.id,
+                "identity": participant.identity,
+                "name": participant.name,
+                "permissions": grant.to_claim(),
                 "participants": room.snapshot(exclude=participant),
             }
         )
+
+    def _on_removed(self, reason: str) -> None:
+        """The server removed this participant (its identity joined again, the server
+        API removed it, or its room was deleted): tell the client and close."""
+        self.room = self.participant = None
+        self.send({"type": "removed", "reason": reason, "message": _REMOVED_TEXT.get(reason, reason)})
+        self._close_soon()
 
     def _on_peer_failed(self) -> None:
         """The PeerConnection failed (ICE or DTLS) or closed by itself: tell the client
@@ -204,6 +289,23 @@ class Session:
 
     async def _on_offer(self, msg: dict[str, Any]) -> None:
         participant = self._joined("offer")
+        if not self._offers.take(time.monotonic()):
+            raise self._refuse(
+                "offers_per_minute", "rate_limited", f"more than {self.limits.offers_per_minute:g} offers a minute", "offer"
+            )
+        publishing = {mid for mid, spec in msg["tracks"].items() if "publish" in spec}
+        already = {up.mid for up in participant.uptracks.values()}
+        if len(publishing | already) > self.limits.max_tracks:
+            raise self._refuse(
+                "max_tracks", "too_many_tracks", f"a participant publishes at most {self.limits.max_tracks} tracks", "offer"
+            )
+        grant = participant.grant
+        for mid, spec in msg["tracks"].items():
+            if "subscribe" in spec and not grant.can_subscribe:
+                raise ProtocolError("forbidden", "your token does not allow subscribing (canSubscribe)", "offer")
+            if "publish" in spec and not grant.allows_source(spec["publish"].get("source", "")):
+                source = spec["publish"].get("source") or "custom"
+                raise ProtocolError("forbidden", f"your token does not allow publishing {source} (mid {mid!r})", "offer")
         answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
         self.send({"type": "answer", "sdp": answer, "tracks": tracks})
         if self._connect_timer is None:
@@ -239,6 +341,8 @@ class Session:
 
     async def _on_track_settings(self, msg: dict[str, Any]) -> None:
         participant = self._joined("track_settings")
+        if not participant.grant.can_subscribe:
+            raise ProtocolError("forbidden", "your token does not allow subscribing (canSubscribe)", "track_settings")
         changes: dict[str, Any] = {}
         if "maxHeight" in msg:
             changes["max_height"] = msg["maxHeight"]

@@ -24,9 +24,11 @@ from typing import Any
 
 from aiohttp import web
 
+from sfu.auth import AccessClaims
 from sfu.participant import OfferError, Participant
-from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry
+from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry, TooManyRooms
 
+from .access import Access, Unauthorized
 from .metrics import SignalingMetrics
 from .protocol import MAX_NAME_CHARS, MAX_SDP_BYTES
 from .sdpfrag import MAX_FRAGMENT_BYTES, ice_credentials, parse_ice_fragment
@@ -87,6 +89,8 @@ class HttpSessions:
         max_sessions: sessions at once; more are refused with ``503``.
         connect_timeout: seconds for a new session's PeerConnection to connect (the
             registry's ``connect_timeout`` by default).
+        access: the server's keys and mode (POSTs need a bearer token outside
+            development mode).
     """
 
     def __init__(
@@ -95,8 +99,10 @@ class HttpSessions:
         metrics: SignalingMetrics,
         max_sessions: int = MAX_HTTP_SESSIONS,
         connect_timeout: float | None = None,
+        access: Access | None = None,
     ) -> None:
         self.registry = registry
+        self.access = access if access is not None else Access.from_keys(None)
         self.metrics = metrics
         self.max_sessions = max_sessions
         self.connect_timeout = registry.connect_timeout if connect_timeout is None else connect_timeout
@@ -105,13 +111,17 @@ class HttpSessions:
 
     # -- session life ------------------------------------------------------------------
 
-    async def create(self, kind: str, room_name: str, sdp: str, query: dict[str, str]) -> tuple[HttpSession, str]:
+    async def create(
+        self, kind: str, room_name: str, sdp: str, query: dict[str, str], claims: AccessClaims | None = None
+    ) -> tuple[HttpSession, str]:
         """Join ``room_name`` as a WHIP publisher or a hidden WHEP player and apply
         the offer ``sdp``.
 
         Args:
             query: the request's query parameters: ``name`` (display name, WHIP);
                 ``participant`` or ``name`` (who to play, WHEP).
+            claims: the bearer token's claims (identity, name, grants); None in
+                development mode without a token.
 
         Returns:
             (the session, the answer SDP).
@@ -133,8 +143,12 @@ class HttpSessions:
             if holder:
                 self.end_soon(holder[0], "PeerConnection failed or closed")
 
+        def on_removed(reason: str) -> None:  # the server API, a deleted room, its identity again
+            if holder:
+                self.end_soon(holder[0], f"removed ({reason})")
+
         if kind == "whip":
-            name = _display_name(query.get("name", "WHIP"))
+            name = claims.name if claims is not None else _display_name(query.get("name", "WHIP"))
             source = None
         else:
             name = "WHEP player"
@@ -146,11 +160,17 @@ class HttpSessions:
                 raise HttpError(404, "nothing to play: no such publisher in this room")
         try:
             # Hidden until the offer is applied: a refused WHIP publisher is never seen.
-            room, participant = self.registry.join(room_name, name, on_event, on_failed, hidden=True)
+            room, participant = self.registry.join(
+                room_name, name, on_event, on_failed, hidden=True,
+                identity=claims.identity if claims is not None else None,
+                grant=claims.grant if claims is not None else None,
+                metadata=claims.metadata if claims is not None else "",
+            )
         except InvalidRoomName as exc:
             raise HttpError(404, str(exc)) from exc
-        except RoomFull as exc:
+        except (RoomFull, TooManyRooms) as exc:
             raise HttpError(503, str(exc), {"Retry-After": str(ROOM_FULL_RETRY_S)}) from exc
+        participant.on_removed = on_removed
         ufrag, pwd = ice_credentials(sdp)
         session = HttpSession(session_id, kind, room, participant, secrets.token_hex(8), ufrag, pwd)
         holder.append(session)
@@ -305,14 +325,39 @@ async def _read_body(request: web.Request, content_type: str, limit: int) -> str
         raise HttpError(400, "the body is not UTF-8") from exc
 
 
+def _authorize(request: web.Request, access: Access, kind: str, room_name: str) -> AccessClaims | None:
+    """The bearer token's claims (RFC 9725 §4.5), checked for this endpoint: ``roomJoin``
+    for ``room_name``, and ``canPublish`` (WHIP) or ``canSubscribe`` (WHEP). None in
+    development mode without a token.
+
+    Raises:
+        HttpError: 401 (no or a refused token), 403 (the grants do not allow it).
+    """
+    if access.development and "Authorization" not in request.headers:
+        return None
+    try:
+        claims = access.bearer(request)
+    except Unauthorized as exc:
+        raise HttpError(401, str(exc), {"WWW-Authenticate": 'Bearer realm="sfu"'}) from exc
+    grant = claims.grant
+    if not grant.room_join or grant.room != room_name:
+        raise HttpError(403, "the token does not grant joining this room")
+    if kind == "whip" and not grant.can_publish:
+        raise HttpError(403, "the token does not allow publishing (canPublish)")
+    if kind == "whep" and not grant.can_subscribe:
+        raise HttpError(403, "the token does not allow subscribing (canSubscribe)")
+    return claims
+
+
 def _handler(kind: str, method: str):
     async def handle(request: web.Request) -> web.Response:
         sessions = request.app[SESSIONS_KEY]
         room_name = request.match_info["room"]
         try:
             if method == "POST":
+                claims = _authorize(request, sessions.access, kind, room_name)
                 sdp = await _read_body(request, SDP, MAX_SDP_BYTES)
-                session, answer = await sessions.create(kind, room_name, sdp, dict(request.query))
+                session, answer = await sessions.create(kind, room_name, sdp, dict(request.query), claims)
                 location = f"/{kind}/{room_name}/{session.id}"
                 response = _response(
                     201, answer, SDP,

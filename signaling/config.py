@@ -1,0 +1,140 @@
+"""The server's configuration file (TOML, ``sfu serve --config FILE``) and the limits
+every connection is held to (docs/CONFIG.md).
+
+    [keys]                      # API key = secret (also: SFU_KEYS="key: secret, ...")
+    APIdemo = "a secret of at least 32 bytes ......"
+
+    [server]
+    allowed_origins = ["https://app.example.com"]
+    metrics_token = "..."       # /metrics needs 'Authorization: Bearer <this>'
+    metrics_port = 9100         # or: /metrics on its own port (then not on the main one)
+
+    [webhook]
+    urls = ["https://app.example.com/sfu-events"]
+    api_key = "APIdemo"         # signs the webhooks (default: the first key)
+
+    [limits]                    # each: see Limits
+    max_message_bytes = 262144
+
+Command-line flags win over the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sfu.auth import KeyStore
+
+__all__ = ["ConfigError", "Limits", "ServerConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be read or holds a bad value."""
+
+
+@dataclass(slots=True)
+class Limits:
+    """What one client may send and hold (each refusal is an error with a code and
+    counts in ``sfu_limit_refusals_total{limit}``).
+
+    Attributes:
+        max_message_bytes: one WebSocket message (bytes): a bigger one closes the
+            socket with 1009 (message too big), as aiohttp does.
+        messages_per_second: WebSocket messages per connection per second (token
+            bucket, bursts of twice as many); beyond: ``rate_limited``.
+        offers_per_minute: offers per connection per minute; beyond: ``rate_limited``.
+        max_tracks: tracks one participant publishes at once; beyond: ``too_many_tracks``.
+        max_rooms: rooms on the server; beyond: ``too_many_rooms``.
+        max_participants: participants per room; beyond: ``room_full``.
+    """
+
+    max_message_bytes: int = 256 * 1024
+    messages_per_second: float = 50.0
+    offers_per_minute: float = 60.0
+    max_tracks: int = 16
+    max_rooms: int = 1000
+    max_participants: int = 50
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """Everything the file can set (see the module docstring)."""
+
+    keys: KeyStore = field(default_factory=KeyStore)
+    allowed_origins: list[str] = field(default_factory=list)
+    metrics_token: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # where metrics_port listens (the server's --host)
+    webhook_urls: list[str] = field(default_factory=list)
+    webhook_api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}.{key} has the wrong type")
+    return value
+
+
+def load_config(path: str | Path | None) -> ServerConfig:
+    """Read a configuration file (None: the defaults).
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, unknown key or a value of the wrong
+            type or range.
+    """
+    config = ServerConfig()
+    if path is None:
+        return config
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    unknown = set(data) - {"keys", "server", "webhook", "limits"}
+    if unknown:
+        raise ConfigError(f"unknown table(s) {sorted(unknown)} in {path}")
+    try:
+        for key, secret in data.get("keys", {}).items():
+            if not isinstance(secret, str):
+                raise ConfigError(f"keys.{key} must be a string")
+            config.keys.add(key, secret)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    server = data.get("server", {})
+    for key in server:
+        if key == "allowed_origins":
+            origins = _typed(server, key, list, "server")
+            if not all(isinstance(o, str) for o in origins):
+                raise ConfigError("server.allowed_origins must list strings")
+            config.allowed_origins = origins
+        elif key == "metrics_token":
+            config.metrics_token = _typed(server, key, str, "server")
+        elif key == "metrics_port":
+            config.metrics_port = _typed(server, key, int, "server")
+        else:
+            raise ConfigError(f"unknown key server.{key}")
+    webhook = data.get("webhook", {})
+    for key in webhook:
+        if key == "urls":
+            urls = _typed(webhook, key, list, "webhook")
+            if not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+                raise ConfigError("webhook.urls must list http(s) URLs")
+            config.webhook_urls = urls
+        elif key == "api_key":
+            config.webhook_api_key = _typed(webhook, key, str, "webhook")
+        else:
+            raise ConfigError(f"unknown key webhook.{key}")
+    limits = data.get("limits", {})
+    names = {f.name: f.type for f in fields(Limits)}
+    for key in limits:
+        if key not in names:
+            raise ConfigError(f"unknown key limits.{key}")
+        value = _typed(limits, key, (int, float) if names[key] == "float" else int, "limits")
+        if value <= 0:
+            raise ConfigError(f"limits.{key} must be positive")
+        setattr(config.limits, key, value)
+    return config
