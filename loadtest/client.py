@@ -225,6 +225,7 @@ class RoomClient:
         self.loopback_only = loopback_only
         self.request_timeout = request_timeout
         self.participant_id: str | None = None
+        self.permissions: dict[str, Any] = {}  # the grants of the join ("permissions" of "joined")
         self.room: str | None = None
         self.participants: dict[str, ParticipantInfo] = {}
         self.published: dict[str, PublishedTrack] = {}
@@ -258,9 +259,12 @@ class RoomClient:
         """True while the WebSocket is open."""
         return self._ws is not None and not self._ws.closed
 
-    async def join(self, room: str, name: str) -> dict[str, Any]:
-        """Open the WebSocket (if needed) and join ``room`` as ``name``. With
-        ``channels`` given at construction, also negotiate and wait until they are open.
+    async def join(self, room: str | None, name: str | None = None, token: str | None = None) -> dict[str, Any]:
+        """Open the WebSocket (if needed) and join ``room`` as ``name``; with an access
+        ``token`` (docs/AUTH.md) the room, identity, name and grants come from it
+        (``room`` and ``name`` may be None). With ``channels`` given at construction,
+        also negotiate and wait until they are open. Without ``canSubscribe`` nothing
+        is subscribed to automatically.
 
         Returns:
             the server's ``joined`` message.
@@ -272,7 +276,17 @@ class RoomClient:
                 ``request_timeout`` seconds.
         """
         await self._connect()
-        reply = await self._request({"type": "join", "room": room, "name": name})
+        message: dict[str, Any] = {"type": "join"}
+        if room is not None:
+            message["room"] = room
+        if token is not None:
+            message["token"] = token
+        else:
+            message["name"] = name
+        reply = await self._request(message)
+        self.permissions = reply.get("permissions", {})
+        if self.permissions.get("canSubscribe") is False:
+            self.auto_subscribe = False
         self.participant_id = reply["participantId"]
         self.room = reply["room"]
         for participant in reply.get("participants", []):
@@ -648,6 +662,10 @@ class RoomClient:
             info = participant.tracks.get(event["trackId"]) if participant else None
             if info is not None:
                 info.muted = kind == "track_muted"
+        elif kind == "permissions_changed":
+            self.permissions = event.get("permissions", {})
+            if self.permissions.get("canSubscribe") is False:
+                self.auto_subscribe = False
         elif kind == "error":
             logger.warning("server error: %s", event)
 

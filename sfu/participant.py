@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -104,6 +105,7 @@ class Participant:
         self.identity = identity or new_id("ID")
         self.name = name
         self.metadata = metadata
+        self.joined_at = time.time()  # Unix seconds
         self.grant = grant if grant is not None else VideoGrant(room=room.name, room_join=True)
         self.on_removed: Callable[[str], None] | None = None
         self.hidden = hidden

@@ -19,7 +19,7 @@ from .core.speaker import ActiveSpeakerDetector
 from .auth import VideoGrant
 from .datachannel import ChannelKey, fan_out
 from .metrics import COUNTERS
-from .participant import TICK_MS, Participant
+from .participant import TICK_MS, Participant, new_id
 from .uptrack import UpTrack
 
 __all__ = ["Room", "RoomRegistry", "RoomFull", "TooManyRooms", "InvalidRoomName", "ROOM_NAME"]
@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 SPEAKER_INTERVAL_MS = 300.0
 _background: set[asyncio.Task[None]] = set()  # closes of evicted participants, kept referenced
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the whole name (fullmatch)
+
+
+RoomListener = Callable[[str, "Room", "Participant | None", "UpTrack | None"], None]
+"""``listener(event, room, participant, track)``: ``room_started``, ``room_finished``,
+``participant_joined``, ``participant_left``, ``track_published``, ``track_unpublished``."""
 
 
 class RoomFull(Exception):
@@ -49,11 +54,17 @@ class Room:
     Args:
         name: the room name.
         max_participants: joining beyond this raises :class:`RoomFull`.
+        listener: called as ``listener(event, room, participant, track)`` for
+            ``participant_joined``, ``participant_left``, ``track_published`` and
+            ``track_unpublished`` (the webhooks; see :class:`RoomRegistry` for the
+            room events).
     """
 
-    def __init__(self, name: str, max_participants: int) -> None:
+    def __init__(self, name: str, max_participants: int, listener: RoomListener | None = None) -> None:
+        self.sid = new_id("RM")
         self.name = name
         self.max_participants = max_participants
+        self.listener = listener  # told of joins, leaves, tracks (webhooks)
         self.created_at = time.time()  # Unix seconds
         self.participants: dict[str, Participant] = {}
         self.active_speaker: str | None = None  # participant id (allocation priority)
@@ -107,6 +118,7 @@ class Room:
         self.participants[participant.id] = participant
         if not participant.hidden:
             self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
+        self.emit("participant_joined", participant)
 
     def reveal(self, participant: Participant) -> None:
         """Make a hidden participant visible and tell the others, with the tracks it
@@ -115,6 +127,8 @@ class Room:
         if participant.hidden and self.participants.get(participant.id) is participant:
             participant.hidden = False
             self.broadcast({"type": "participant_joined", "participant": participant.describe()}, exclude=participant)
+            for up in participant.uptracks.values():
+                self.emit("track_published", participant, up)
 
     def on_data(self, sender_id: str, key: ChannelKey, outgoing: Outgoing) -> None:
         """Fan a DataChannel message out to the others (or to ``outgoing.to``); a sender
@@ -149,6 +163,7 @@ class Room:
                 {"type": "track_published", "participantId": participant.id, "track": up.describe()},
                 exclude=participant,
             )
+            self.emit("track_published", participant, up)
 
     def on_track_muted(self, participant: Participant, up: UpTrack, by_server: bool = False) -> None:
         """Tell the others a track was muted or unmuted; when the server API did it,
@@ -168,6 +183,7 @@ class Room:
                 {"type": "track_unpublished", "participantId": participant.id, "trackId": up.id},
                 exclude=participant,
             )
+            self.emit("track_unpublished", participant, up)
 
     async def leave(self, participant: Participant) -> None:
         """Remove a participant (left, WebSocket dropped, or PeerConnection failed).
@@ -188,7 +204,16 @@ class Room:
                 p.drop_subscriptions_to(up.id)
         if not participant.hidden:
             self.broadcast({"type": "participant_left", "participantId": participant.id})
+        self.emit("participant_left", participant)
         return True
+
+    def emit(self, event: str, participant: Participant | None = None, track: UpTrack | None = None) -> None:
+        """Tell the listener (webhooks) of ``event``; its faults stay here."""
+        if self.listener is not None:
+            try:
+                self.listener(event, self, participant, track)
+            except Exception:
+                logger.exception("room %s: the %s listener failed", self.name, event)
 
     def evict(self, participant: Participant, reason: str) -> None:
         """Remove ``participant`` now (the others are told at once) and have whoever
@@ -259,6 +284,7 @@ class RoomRegistry:
     ) -> None:
         self.max_participants = max_participants
         self.max_rooms = max_rooms
+        self.listener: RoomListener | None = None  # webhooks: room and participant events
         self.publisher_bitrate = publisher_bitrate
         self.transport_cc = transport_cc
         self.connect_timeout = connect_timeout
@@ -340,21 +366,26 @@ class RoomRegistry:
             return room
         if len(self.rooms) >= self.max_rooms:
             raise TooManyRooms(f"the server has its maximum of {self.max_rooms} rooms")
-        room = self.rooms[room_name] = Room(room_name, max_participants or self.max_participants)
+        room = self.rooms[room_name] = Room(room_name, max_participants or self.max_participants, self.listener)
+        room.emit("room_started")
         return room
+
+    def _forget(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            room.emit("room_finished")
 
     async def delete_room(self, room: Room) -> None:
         """Remove everyone from ``room`` (each is told: ``room_deleted``) and forget it."""
-        if self.rooms.get(room.name) is room:
-            del self.rooms[room.name]
         for participant in list(room.participants.values()):
             room.evict(participant, "room_deleted")
+        self._forget(room)
 
     async def leave(self, room: Room, participant: Participant) -> None:
         """Remove ``participant`` from ``room``; forget the room when it is empty."""
         await room.leave(participant)
-        if not room.participants and self.rooms.get(room.name) is room:
-            del self.rooms[room.name]
+        if not room.participants:
+            self._forget(room)
 
     def snapshot(self) -> dict[str, Any]:
         """Every room, participant and track with statistics (the admin endpoint's body)."""

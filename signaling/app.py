@@ -30,6 +30,7 @@ from .api import add_api_routes
 from .config import ServerConfig
 from .metrics import SignalingMetrics, watch_event_loop_lag
 from .protocol import MAX_NAME_CHARS
+from .webhooks import WebhookNotifier, room_listener
 from .session import Session
 from .whip import HttpSessions, add_routes
 
@@ -46,6 +47,7 @@ CONFIG_KEY = web.AppKey("config", ServerConfig)
 ACCESS_KEY = web.AppKey("access", Access)
 METRICS_RUNNER_KEY = web.AppKey("metrics_runner", web.AppRunner)
 SHUTDOWN_GRACE_S = 1.0  # time for the server_shutdown events and close frames to leave
+WEBHOOK_FLUSH_S = 1.5  # at shutdown, time for the last webhooks (the exit stays within 5 s)
 MAX_HTTP_BODY_BYTES = 256 * 1024  # an HTTP request body (the API's JSON; WHIP reads its own bounded body)
 
 
@@ -212,4 +214,26 @@ def create_app(
     app.router.add_get("/", _index)
     app.router.add_static("/", web_dir, show_index=False)
     app.on_shutdown.append(_shutdown)
+    if config.webhook_urls:
+        _send_webhooks(app, registry, config, access)
     return app
+
+
+def _send_webhooks(app: web.Application, registry: RoomRegistry, config: ServerConfig, access: Access) -> None:
+    """Tell ``config.webhook_urls`` of the rooms' events (docs/WEBHOOKS.md), signed
+    with ``config.webhook_api_key``'s secret (the first key by default)."""
+    key = config.webhook_api_key
+    secret = access.keys.secret(key) if key is not None else None
+    if secret is None:
+        key, secret = access.keys.any_key()
+    notifier = WebhookNotifier(config.webhook_urls, key, secret, metrics=app[SIGNALING_METRICS_KEY].webhooks)
+    registry.listener = room_listener(notifier)
+
+    async def start(app: web.Application) -> None:
+        await notifier.start()
+
+    async def flush(app: web.Application) -> None:  # after the participants were told and removed
+        await notifier.close(WEBHOOK_FLUSH_S)
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(flush)

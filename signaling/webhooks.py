@@ -49,7 +49,11 @@ __all__ = [
     "TOKEN_TTL_S",
     "WebhookNotifier",
     "WebhookVerificationError",
+    "participant_info",
+    "room_info",
+    "room_listener",
     "sign_webhook",
+    "track_info",
     "verify_webhook",
 ]
 
@@ -482,3 +486,62 @@ def _redact(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}"
+
+
+# -- the objects of the events (LiveKit's field names) ------------------------------------
+
+_SOURCES = {"camera": "CAMERA", "microphone": "MICROPHONE", "screen": "SCREEN_SHARE",
+            "screen_audio": "SCREEN_SHARE_AUDIO", "custom": "UNKNOWN", "": "UNKNOWN"}
+
+
+def room_info(room: Any) -> dict[str, Any]:
+    """A :class:`~sfu.room.Room` as the events' ``room``: ``sid``, ``name``,
+    ``numParticipants``, ``maxParticipants``, ``creationTime`` (Unix seconds)."""
+    return {
+        "sid": room.sid,
+        "name": room.name,
+        "numParticipants": sum(1 for p in room.participants.values() if not p.hidden),
+        "maxParticipants": room.max_participants,
+        "creationTime": int(room.created_at),
+    }
+
+
+def participant_info(participant: Any) -> dict[str, Any]:
+    """A :class:`~sfu.participant.Participant` as the events' ``participant``: ``sid``,
+    ``identity``, ``name``, ``metadata``, ``joinedAt`` (Unix seconds), ``hidden``."""
+    return {
+        "sid": participant.id,
+        "identity": participant.identity,
+        "name": participant.name,
+        "metadata": participant.metadata,
+        "joinedAt": int(participant.joined_at),
+        "hidden": participant.hidden,
+    }
+
+
+def track_info(track: Any) -> dict[str, Any]:
+    """An :class:`~sfu.uptrack.UpTrack` as the events' ``track``: ``sid``, ``type``
+    (``AUDIO``/``VIDEO``), ``source`` (``CAMERA``, ``MICROPHONE``, ``SCREEN_SHARE``,
+    ``SCREEN_SHARE_AUDIO``, ``UNKNOWN``), ``mimeType``, ``muted``, ``simulcast``."""
+    return {
+        "sid": track.id,
+        "type": "VIDEO" if track.is_video else "AUDIO",
+        "source": _SOURCES.get(track.source, "UNKNOWN"),
+        "mimeType": track.codec.mime_type,
+        "muted": track.muted,
+        "simulcast": track.simulcast,
+    }
+
+
+def room_listener(notifier: WebhookNotifier) -> Callable[[str, Any, Any, Any], None]:
+    """A :data:`sfu.room.RoomListener` that turns the rooms' events into webhooks."""
+
+    def listener(event: str, room: Any, participant: Any = None, track: Any = None) -> None:
+        notifier.notify(
+            event,
+            room_info(room),
+            participant_info(participant) if participant is not None else None,
+            track_info(track) if track is not None else None,
+        )
+
+    return listener
