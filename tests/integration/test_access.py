@@ -13,12 +13,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from loadtest.client import ChannelSpec, RoomClient, RoomError
 from loadtest.media import PreEncodedAudioTrack, PreEncodedVideoTrack
 from loadtest.server import ServerProcess
 from sfu.auth import VideoGrant, mint_token
 from sfu.server_api import ServerApi, ServerApiError
+from signaling.webhooks import WebhookVerificationError, verify_webhook
 
 KEY, SECRET = "APItest", "test-secret-" + "x" * 32
 OTHER_KEY, OTHER_SECRET = "APIold", "old-secret-" + "y" * 32
@@ -307,3 +309,58 @@ async def test_server_api_errors(keyed: ServerProcess) -> None:
                 assert response.status == 400 and json.loads(await response.text())["error"] == "bad_request"
     finally:
         await asyncio.gather(api.close(), wrong.close(), client.close())
+
+
+# -- webhooks from a real server ---------------------------------------------------------
+
+
+async def test_the_server_sends_signed_webhooks_in_order(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """A server with ``--webhook``: a room's life reaches a receiver that verifies every
+    signature with the server's keys, in order, though the first attempt of each fails."""
+    keys = {KEY: SECRET, OTHER_KEY: OTHER_SECRET}
+    attempts: dict[str, int] = {}
+    accepted: list[dict] = []
+    bad: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            event = verify_webhook(body, request.headers.get("Authorization"), keys)
+        except WebhookVerificationError as exc:
+            bad.append(str(exc))
+            return web.Response(status=401)
+        attempts[event["id"]] = attempts.get(event["id"], 0) + 1
+        if attempts[event["id"]] == 1:
+            return web.Response(status=503)  # retried with backoff
+        accepted.append(event)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hooks", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    server = start_server("--config", str(config_file(tmp_path)), "--webhook", f"http://127.0.0.1:{port}/hooks")
+    expected = ["room_started", "participant_joined", "track_published", "track_unpublished", "participant_left", "room_finished"]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            alice = await joined(server, "hooked", "alice")
+            (track_id,) = await alice.publish([PreEncodedAudioTrack()], ["microphone"])
+            await alice.unpublish(track_id)
+            await alice.leave()
+            await alice.close()
+            while len(accepted) < len(expected):
+                await asyncio.sleep(0.1)
+    finally:
+        await runner.cleanup()
+    assert [e["event"] for e in accepted] == expected and not bad
+    assert all(e["room"]["name"] == "hooked" for e in accepted)
+    assert accepted[1]["participant"]["identity"] == "alice"
+    assert accepted[2]["track"] == {"sid": track_id, "type": "AUDIO", "source": "MICROPHONE", "mimeType": "audio/opus",
+                                    "muted": False, "simulcast": False}
+    assert all(attempts[e["id"]] == 2 for e in accepted)
+    metrics = server.metrics()
+    assert metrics['sfu_webhooks_delivered_total{event="room_started"}'] == 1
+    assert sum(v for k, v in metrics.items() if k.startswith("sfu_webhooks_retries_total")) == len(expected)
