@@ -113,6 +113,17 @@ async function enterRoom({ room, name, publish }) {
     if (e.detail.code === 'connection_failed') failed = true;
     setStatus(`Error: ${e.detail.message}`);
   });
+  client.addEventListener('removed', (e) => {
+    setStatus(`Removed from the room: ${e.detail.message}.`);
+    $('#rejoin').hidden = e.detail.reason === 'duplicate_identity';
+  });
+  client.addEventListener('permissionschanged', (e) => {
+    if (e.detail.permissions.canPublish === false) {
+      localStream?.getTracks().forEach((t) => t.stop());
+      $('#toggle-mic').hidden = $('#toggle-cam').hidden = true;
+      setStatus('The application stopped your camera and microphone.');
+    }
+  });
   client.addEventListener('servershutdown', () => {
     setStatus('The server is shutting down. Rejoin in a moment.');
     $('#rejoin').hidden = false;
@@ -120,7 +131,7 @@ async function enterRoom({ room, name, publish }) {
   client.addEventListener('closed', (e) => {
     // Before the join completes, the join's own error is the better message; after a
     // shutdown notice, that notice is.
-    if (e.detail.reason !== 'left' && client.participantId && !client.serverShutdown && !failed) {
+    if (e.detail.reason !== 'left' && client.participantId && !client.serverShutdown && !client.removed && !failed) {
       setStatus(`Disconnected: ${e.detail.reason}`);
     }
     setChatEnabled(false);
@@ -147,7 +158,9 @@ async function enterRoom({ room, name, publish }) {
   }
   try {
     setStatus('Joining…');
-    await client.join(room, name);
+    // ?token=: an access token from the application (docs/AUTH.md); without one, a
+    // server in development mode lets the page join by room and name.
+    await client.join(room, name, { token: params.get('token') || undefined });
     setChatEnabled(true);
     setStatus(localStream || !publish ? `Joined as ${name}` : `Joined as ${name} (watching only: no camera or microphone)`);
     if (localStream) {

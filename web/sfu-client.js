@@ -130,6 +130,12 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  * - `dataoverflow` `{label}`: we fell so far behind on reliable channel `label` that
  *   the server closed it towards us; messages sent meanwhile are lost to us. The
  *   client opens the channel again by itself, so later messages arrive.
+ * - `removed` `{reason, message}`: the server removed us (`duplicate_identity`: we
+ *   joined again from elsewhere; `removed`: by the application; `room_deleted`); the
+ *   connection closes next.
+ * - `permissionschanged` `{permissions}`: the application changed our grants (e.g.
+ *   `canPublish: false`: the server unpublished our tracks); also in `client.permissions`.
+ * - `participantupdated` `{participant}`: someone's name or metadata changed.
  * - `error` `{code, message, requestType, label}`: the server refused a request, or
  *   negotiation failed. DataChannel errors (`data_too_large`, `bad_data`, and
  *   `bad_envelope` for a malformed message from the server) name the channel in
@@ -220,20 +226,29 @@ export class SfuClient extends EventTarget {
   }
 
   /**
-   * Connect, join `room` as `name`, and subscribe to everything already published there.
-   * If the server refuses the join (e.g. `invalid_room`), the promise rejects with an
-   * Error carrying `code`, and `join` may be called again on the same connection.
-   * @param {string} room Room name (1-64 of `A-Z a-z 0-9 _ -`).
-   * @param {string} name Display name.
+   * Connect, join `room` as `name`, and subscribe to everything already published there
+   * (unless the token does not allow subscribing). With an access `token` (docs/AUTH.md:
+   * minted by the application's backend) the room, identity, name and permissions come
+   * from it; without one only a server in development mode lets you in.
+   * If the server refuses the join (e.g. `invalid_token`, `forbidden`, `invalid_room`),
+   * the promise rejects with an Error carrying `code`, and `join` may be called again on
+   * the same connection.
+   * @param {string|null} room Room name (1-64 of `A-Z a-z 0-9 _ -`); may be null with a token.
+   * @param {string|null} name Display name; ignored with a token.
+   * @param {{token?: string}} [options]
    * @returns {Promise<object>} The server's `joined` message.
    */
-  async join(room, name) {
+  async join(room, name, { token } = {}) {
     if (!this._ws) await this._connect();
     const joined = await new Promise((resolve, reject) => {
       this._pendingJoin = { resolve, reject };
-      this._send({ type: 'join', room, name });
+      const message = token ? { type: 'join', token } : { type: 'join', room, name };
+      if (token && room) message.room = room;
+      this._send(message);
     });
     this.participantId = joined.participantId;
+    this.identity = joined.identity;
+    this.permissions = joined.permissions || {};
     this.room = joined.room;
     // Before the subscriptions below, so that the first offer carries m=application.
     if (this._defaultChannel) this.openChannel(this._defaultChannel);
@@ -454,6 +469,25 @@ export class SfuClient extends EventTarget {
       case 'layer_changed':
         this._onLayerChanged(msg);
         break;
+      case 'removed':
+        // The server removed us: our identity joined again elsewhere, the application
+        // removed us, or the room was deleted. The server closes the connection.
+        this.removed = msg.reason;
+        this._emit('removed', { reason: msg.reason, message: typeof msg.message === 'string' ? msg.message : msg.reason });
+        break;
+      case 'permissions_changed':
+        this.permissions = msg.permissions || {};
+        this._emit('permissionschanged', { permissions: this.permissions });
+        break;
+      case 'participant_updated': {
+        const participant = this.participants.get(msg.participant?.id);
+        if (participant) {
+          participant.name = msg.participant.name;
+          participant.metadata = msg.participant.metadata;
+        }
+        this._emit('participantupdated', { participant: msg.participant });
+        break;
+      }
       case 'server_shutdown':
         this.serverShutdown = true;
         this._emit('servershutdown', { message: typeof msg.message === 'string' ? msg.message : 'the server is shutting down' });
@@ -542,6 +576,7 @@ export class SfuClient extends EventTarget {
     if (!participant) return;
     participant.tracks.set(track.id, { ...track, muted: Boolean(track.muted) });
     this._emit('trackpublished', { participantId, track: participant.tracks.get(track.id) });
+    if (this.permissions?.canSubscribe === false) return; // the token does not allow it
     this._enqueue({ type: 'subscribe', trackId: track.id, kind: track.kind, participantId });
   }
 
