@@ -54,6 +54,10 @@ _LARGE_DELTA = 2  # 2 bytes, signed: -8192 .. 8191.75 ms
 
 _MAX_RUN = 0x1FFF  # 13-bit run length (§3.1.3)
 _MAX_STATUS_COUNT = 0xFFFF  # 16-bit packet status count
+MAX_PARSED_STATUSES = 2048
+"""Statuses read from one transport feedback at most: a hostile subscriber's feedback
+naming 65,535 (a few run length chunks) would cost ~5 ms to expand; Chrome's cover
+tens to hundreds of packets."""
 _HEADER = struct.Struct("!BBHII")  # RTCP header, SSRC of packet sender, SSRC of media source
 _FCI_HEADER = struct.Struct("!HHI")  # base sequence, status count, reference time << 8 | fb count
 _OVERHEAD = _HEADER.size + _FCI_HEADER.size  # 20 bytes before the first packet chunk
@@ -89,7 +93,8 @@ def parse_twcc(sender_ssrc: int, media_ssrc: int, fci: bytes) -> TwccFeedback:
 
     ``fci`` is the RTCP packet body after the two SSRCs (RTCP padding already removed);
     bytes after the last receive delta (the zero padding to 32 bits) are ignored, and so
-    are symbols of the last chunk beyond the packet status count.
+    are symbols of the last chunk beyond the packet status count. At most
+    :data:`MAX_PARSED_STATUSES` statuses are read (the first ones).
 
     Raises:
         ValueError: the FCI is truncated (header, chunks or receive deltas) or uses the
@@ -101,6 +106,9 @@ def parse_twcc(sender_ssrc: int, media_ssrc: int, fci: bytes) -> TwccFeedback:
     if n < _FCI_HEADER.size:
         raise ValueError("transport-cc feedback truncated")
     base, count, word = _FCI_HEADER.unpack_from(fci, 0)
+    # A run length chunk names up to 8,191 statuses in 2 bytes: read at most
+    # MAX_PARSED_STATUSES (the first ones; the rest of a longer feedback is ignored).
+    count = min(count, MAX_PARSED_STATUSES)
     reference = word >> 8
     if reference & 0x800000:
         reference -= 1 << 24
