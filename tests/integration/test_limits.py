@@ -127,3 +127,22 @@ async def test_origin(limited: ServerProcess) -> None:
                 ok = False
             assert ok == allowed, origin
     assert refusals(limited, "origin") == 2
+
+
+async def test_metrics_behind_a_token_or_on_their_own_port(start_server: Callable[..., ServerProcess]) -> None:
+    from loadtest.server import free_port
+
+    guarded = start_server("--metrics-token", "scrape-secret")
+    port = free_port()
+    apart = start_server("--metrics-port", str(port))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{guarded.http_url}/metrics") as response:
+            assert response.status == 401
+        async with http.get(f"{guarded.http_url}/metrics", headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 401
+        async with http.get(f"{guarded.http_url}/metrics", headers={"Authorization": "Bearer scrape-secret"}) as response:
+            assert response.status == 200 and "sfu_websocket_connections" in await response.text()
+        async with http.get(f"{apart.http_url}/metrics") as response:
+            assert response.status == 404
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 200 and "sfu_websocket_connections" in await response.text()
