@@ -8,6 +8,7 @@ lock per packet. Names follow Prometheus conventions: ``sfu_`` prefix, base unit
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections import Counter
 from typing import Callable, Iterable
@@ -20,7 +21,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["BucketHistogram", "KindCounters", "MediaCounters", "COUNTERS", "MediaCollector", "LATENCY_SAMPLE_EVERY"]
+__all__ = [
+    "BucketHistogram",
+    "KindCounters",
+    "MediaCounters",
+    "COUNTERS",
+    "MediaCollector",
+    "RuntimeCollector",
+    "LATENCY_SAMPLE_EVERY",
+]
 
 # Forwarding latency is measured on one incoming packet in this many.
 LATENCY_SAMPLE_EVERY = 16
@@ -234,3 +243,20 @@ class MediaCollector(Collector):
         for result, n in sorted(c.probes.items()):
             probes.add_metric([result], n)
         yield probes
+
+
+class RuntimeCollector(Collector):
+    """Exposes ``sfu_asyncio_tasks``: the event loop's unfinished asyncio tasks, counted
+    at scrape time (``len(asyncio.all_tasks())``, the task serving the scrape included).
+
+    A task count that grows with every participant who came and went is a leak; the
+    soak benchmark (``loadtest/bench_soak.py``) compares it with a baseline.
+    Outside a running event loop (a scrape from another thread) it yields nothing.
+    """
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running event loop in this thread
+            return
+        yield GaugeMetricFamily("sfu_asyncio_tasks", "unfinished asyncio tasks of the event loop", value=tasks)
