@@ -665,7 +665,11 @@ class RoomClient:
         elif kind == "permissions_changed":
             self.permissions = event.get("permissions", {})
             if self.permissions.get("canSubscribe") is False:
+                # The server stopped sending; the next offer sets those m-lines inactive
+                # (an offer still receiving on them would be refused: forbidden).
                 self.auto_subscribe = False
+                for track_id in list(self.subscriptions):
+                    self._track_gone(track_id)
         elif kind == "error":
             logger.warning("server error: %s", event)
 

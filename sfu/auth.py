@@ -313,6 +313,8 @@ def verify_token(token: Any, keys: KeyStore, now: float | None = None) -> Access
         raise InvalidToken("no token")
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidToken(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():  # base64url and dots; PyJWT's decoding fails otherwise
+        raise InvalidToken("malformed token")
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
         header = jwt.get_unverified_header(token)

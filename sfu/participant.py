@@ -107,6 +107,7 @@ class Participant:
         self.metadata = metadata
         self.joined_at = time.time()  # Unix seconds
         self.grant = grant if grant is not None else VideoGrant(room=room.name, room_join=True)
+        self.max_tracks = MAX_MEDIA_SECTIONS  # published at once (the signaling layer's limit)
         self.on_removed: Callable[[str], None] | None = None
         self.hidden = hidden
         self.can_publish = True
@@ -169,7 +170,10 @@ class Participant:
             (answer SDP, the answer's ``tracks`` map, UpTracks newly published).
 
         Raises:
-            OfferError: ``bad_sdp`` when the offer cannot be parsed or applied.
+            OfferError: ``bad_sdp`` when the offer cannot be parsed or applied;
+                ``forbidden`` when it would publish what the grant does not allow or
+                subscribe without ``canSubscribe``; ``too_many_tracks`` beyond
+                ``max_tracks`` published tracks. Nothing of a refused offer is applied.
         """
         async with self._negotiation:
             if self.closed:
@@ -183,18 +187,17 @@ class Participant:
             # Bindings exist only for m-lines of the offer (each offer lists them all):
             # what names no m-line is ignored, and bindings of m-lines gone are dropped.
             offered = {m.mid for m in offer}
-            for mid in [mid for mid in self._bindings if mid not in offered]:
-                del self._bindings[mid]
+            bindings = {mid: b for mid, b in self._bindings.items() if mid in offered}
             for mid, spec in tracks.items():
                 if mid not in offered:
                     continue
                 if "subscribe" in spec:
-                    self._bindings[mid] = _Binding(publish=False, track_id=spec["subscribe"])
+                    bindings[mid] = _Binding(publish=False, track_id=spec["subscribe"])
                 else:
                     pub = spec.get("publish") or {}
-                    self._bindings[mid] = _Binding(
-                        publish=True, source=pub.get("source", ""), muted=bool(pub.get("muted", False))
-                    )
+                    bindings[mid] = _Binding(publish=True, source=pub.get("source", ""), muted=bool(pub.get("muted", False)))
+            self._check_grant(offer, bindings)
+            self._bindings = bindings
             simulcast = {
                 mid: o
                 for mid, o in parse_simulcast_offers(sdp).items()
@@ -238,6 +241,38 @@ class Participant:
                 free.remove(up)
                 tracks[m.mid] = {"subscribe": up.id}
         return tracks
+
+    def source_of(self, m: OfferMedia, bindings: dict[str, _Binding] | None = None) -> str:
+        """The source an m-line publishes: its binding's, else camera or microphone."""
+        binding = (self._bindings if bindings is None else bindings).get(m.mid)
+        return binding.source if binding and binding.source else ("camera" if m.kind == "video" else "microphone")
+
+    def _check_grant(self, offer: list[OfferMedia], bindings: dict[str, _Binding]) -> None:
+        """Refuse the whole offer (before anything is applied) if an m-line would
+        publish a source the grant does not allow (bound or not: an m-line the client
+        sends on is published), subscribe without ``canSubscribe``, or take the
+        published tracks past ``max_tracks``.
+
+        Raises:
+            OfferError: ``forbidden`` or ``too_many_tracks``.
+        """
+        grant = self.grant
+        publishing = 0
+        for m in offer:
+            binding = bindings.get(m.mid)
+            if binding is not None and not binding.publish:
+                if m.direction in ("recvonly", "sendrecv") and not grant.can_subscribe:
+                    raise OfferError("forbidden", "your token does not allow subscribing (canSubscribe)")
+                continue
+            if m.direction not in ("sendonly", "sendrecv") or not self.can_publish:
+                continue  # the client sends nothing on it, or it is answered inactive
+            publishing += 1
+            existing = self.uplink.by_mid.get(m.mid)
+            source = self.source_of(m, bindings)
+            if existing is None and not grant.allows_source(source):
+                raise OfferError("forbidden", f"your token does not allow publishing {source} (mid {m.mid!r})")
+        if publishing > self.max_tracks:
+            raise OfferError("too_many_tracks", f"a participant publishes at most {self.max_tracks} tracks")
 
     def _prepare(self, offer: list[OfferMedia]) -> dict[str, UpTrack]:
         """Bind subscribed m-lines to sendonly transceivers before applying the offer."""
@@ -300,7 +335,7 @@ class Participant:
 
     def _add_uptrack(self, m: OfferMedia, info: MediaInfo) -> UpTrack:
         binding = self._bindings.get(m.mid)
-        source = binding.source if binding and binding.source else ("camera" if m.kind == "video" else "microphone")
+        source = self.source_of(m)
         simulcast = self._simulcast.get(m.mid) if m.kind == "video" else None
         return self.uplink.add(new_id("TR"), m, info, source, bool(binding.muted) if binding else False, simulcast)
 
@@ -317,6 +352,8 @@ class Participant:
             KeyError: not a track this participant publishes.
         """
         up = self.uptracks[track_id]
+        if up.server_muted and not muted:
+            raise PermissionError("the server muted this track")
         up.muted = muted
         return up
 
@@ -341,6 +378,8 @@ class Participant:
             self.unpublish(up.id)
         if not grant.can_subscribe:
             self.downlink.close()
+            for mid in [mid for mid, b in self._bindings.items() if not b.publish]:
+                del self._bindings[mid]  # the next offer does not subscribe again
         return gone
 
     # -- media in ---------------------------------------------------------------------

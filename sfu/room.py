@@ -157,12 +157,14 @@ class Room:
         return fan_out("server", (label, True, None, None), outgoing, receivers)
 
     def on_tracks_published(self, participant: Participant, tracks: list[UpTrack]) -> None:
-        """Tell the others about newly published tracks."""
+        """Tell the others about newly published tracks (not those of a hidden
+        participant: they learn of them when it is revealed)."""
         for up in tracks:
-            self.broadcast(
-                {"type": "track_published", "participantId": participant.id, "track": up.describe()},
-                exclude=participant,
-            )
+            if not participant.hidden:
+                self.broadcast(
+                    {"type": "track_published", "participantId": participant.id, "track": up.describe()},
+                    exclude=participant,
+                )
             self.emit("track_published", participant, up)
 
     def on_track_muted(self, participant: Participant, up: UpTrack, by_server: bool = False) -> None:
@@ -171,6 +173,10 @@ class Room:
         event: dict[str, Any] = {"type": "track_muted" if up.muted else "track_unmuted", "participantId": participant.id, "trackId": up.id}
         if by_server:
             event["by"] = "server"
+        if participant.hidden:  # the others do not know of it
+            if by_server:
+                participant.send_event(event)
+            return
         self.broadcast(event, exclude=None if by_server else participant)
 
     def on_track_unpublished(self, participant: Participant, up: UpTrack) -> None:
@@ -179,10 +185,11 @@ class Room:
             if p is not participant:
                 p.drop_subscriptions_to(up.id)
         if participant.id in self.participants and not participant.closed:
-            self.broadcast(
-                {"type": "track_unpublished", "participantId": participant.id, "trackId": up.id},
-                exclude=participant,
-            )
+            if not participant.hidden:
+                self.broadcast(
+                    {"type": "track_unpublished", "participantId": participant.id, "trackId": up.id},
+                    exclude=participant,
+                )
             self.emit("track_unpublished", participant, up)
 
     async def leave(self, participant: Participant) -> None:
@@ -374,6 +381,12 @@ class RoomRegistry:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             room.emit("room_finished")
+
+    def evict(self, room: Room, participant: Participant, reason: str) -> None:
+        """:meth:`Room.evict`, and forget the room if that emptied it."""
+        room.evict(participant, reason)
+        if not room.participants:
+            self._forget(room)
 
     async def delete_room(self, room: Room) -> None:
         """Remove everyone from ``room`` (each is told: ``room_deleted``) and forget it."""

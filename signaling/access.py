@@ -99,9 +99,10 @@ class Access:
             raise Unauthorized("send 'Authorization: Bearer <access token>'")
         return self.verify(token.strip())
 
-    def dev_token(self, room: str, name: str, identity: str | None = None) -> str:
+    def dev_token(self, room: str, name: str, identity: str | None = None, admin: bool = False) -> str:
         """Development mode only: a token for ``name`` in ``room`` with every
-        participant grant, valid for 6 hours.
+        participant grant (and ``admin``: roomAdmin of ``room``, roomList, roomCreate),
+        valid for 6 hours.
 
         Raises:
             RuntimeError: not in development mode.
@@ -110,7 +111,8 @@ class Access:
         if not self.development:
             raise RuntimeError("tokens are minted by the application's backend outside development mode")
         key, secret = self.keys.any_key()
-        return mint_token(key, secret, identity or new_id("ID"), VideoGrant(room=room, room_join=True), name=name)
+        grant = VideoGrant(room=room, room_join=True, room_admin=admin, room_list=admin, room_create=admin)
+        return mint_token(key, secret, identity or new_id("ID"), grant, name=name)
 
     def log_mode(self, host: str) -> None:
         """Say at start which mode the server runs in."""

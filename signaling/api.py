@@ -175,7 +175,7 @@ async def remove_participant(request: web.Request) -> web.Response:
     _claims(request, request.match_info["room"], room_admin=True)
     room = _room(request)
     participant = _participant(request, room)
-    room.evict(participant, "removed")
+    request.app[REGISTRY].evict(room, participant, "removed")
     return web.json_response({"removed": participant.identity})
 
 

@@ -112,13 +112,16 @@ async def _admin_rooms(request: web.Request) -> web.Response:
 
 
 async def _dev_token(request: web.Request) -> web.Response:
-    """Development mode: ``GET /dev/token?room=R&name=N[&identity=I]`` -> ``{"token"}``
-    with every participant grant in R."""
+    """Development mode: ``GET /dev/token?room=R&name=N[&identity=I][&admin=1]`` ->
+    ``{"token"}`` with every participant grant in R (and with ``admin=1``, roomAdmin
+    of R, roomList and roomCreate: for trying the server API)."""
     room, name = request.query.get("room", ""), request.query.get("name", "")
     if not ROOM_NAME.fullmatch(room) or not 0 < len(name) <= MAX_NAME_CHARS:
         return web.json_response({"error": "bad_request", "message": "give ?room= (a room name) and ?name="}, status=400)
     try:
-        token = request.app[ACCESS_KEY].dev_token(room, name, request.query.get("identity") or None)
+        token = request.app[ACCESS_KEY].dev_token(
+            room, name, request.query.get("identity") or None, admin=request.query.get("admin") == "1"
+        )
     except ValueError as exc:
         return web.json_response({"error": "bad_request", "message": str(exc)}, status=400)
     return web.json_response({"token": token, "room": room})

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("SFU_PORT", "8080")), help="port (env SFU_PORT)")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS and WSS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    serve.add_argument("--max-participants", type=int, default=50, help="per room (default 50)")
+    serve.add_argument("--max-participants", type=int, help="per room (default 50, or [limits] max_participants)")
     serve.add_argument(
         "--publisher-bitrate", type=int, default=2_500_000, help="REMB sent to publishers, bit/s (default 2500000)"
     )
@@ -203,15 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         config.allowed_origins = args.allowed_origin
     if args.metrics_token:
         config.metrics_token = args.metrics_token
-    if args.metrics_port:
+    if args.metrics_port is not None:
         config.metrics_port = args.metrics_port
     config.metrics_host = args.host
     if args.webhook:
         config.webhook_urls = args.webhook
-    if args.max_rooms:
+    if args.max_rooms is not None:
         config.limits.max_rooms = args.max_rooms
-    if args.max_participants != 50:
+    if args.max_participants is not None:
         config.limits.max_participants = args.max_participants
+    if config.webhook_urls and not config.keys:
+        print("sfu: webhooks are signed with an API key's secret: configure keys to send them", file=sys.stderr)
+        return 2
+    if config.webhook_api_key is not None and config.keys.secret(config.webhook_api_key) is None:
+        print(f"sfu: [webhook] api_key {config.webhook_api_key!r} is not one of the API keys", file=sys.stderr)
+        return 2
     access = Access.from_keys(config.keys)
     access.log_mode(f"{args.host}:{args.port}")
     set_ice_addresses(ice_addresses(args.host, args.ice_address))

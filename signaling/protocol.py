@@ -96,12 +96,16 @@ def parse_message(text: str) -> dict[str, Any]:
     if kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type '{kind}'", kind)
     if kind == "join":
+        # With a token (here or in the WebSocket URL) the room and name come from it;
+        # without one (development mode) both are needed: the session checks that.
         token = msg.get("token")
         if token is not None:
             _require_str(msg, "token", kind, MAX_TOKEN_BYTES)
-        if token is None or "room" in msg:
+            if not token.isascii():  # a JWT is base64url and dots; PyJWT fails on a lone surrogate
+                raise ProtocolError("invalid_token", "malformed token", kind)
+        if msg.get("room") is not None:
             _require_str(msg, "room", kind, 256)
-        if token is None:  # with a token, the name comes from it
+        if msg.get("name") is not None:
             name = _require_str(msg, "name", kind, 256).strip()
             if not name or len(name) > MAX_NAME_CHARS:
                 raise ProtocolError("bad_message", f"'name' must be 1-{MAX_NAME_CHARS} characters", kind)

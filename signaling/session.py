@@ -174,6 +174,8 @@ class Session:
                 elif frame.type == WSMsgType.BINARY:
                     self.send(error_message("bad_json", "binary frames are not part of the protocol"))
                 elif frame.type == WSMsgType.ERROR:
+                    if getattr(frame.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+                        self.metrics.limit_refusals.labels(limit="max_message_bytes").inc()
                     break
                 if self._closing:
                     break
@@ -227,7 +229,9 @@ class Session:
     async def _on_join(self, msg: dict[str, Any]) -> None:
         if self.participant is not None:
             raise ProtocolError("already_joined", "this connection already joined a room", "join")
-        token = msg.get("token", self.query_token)
+        token = msg.get("token") or self.query_token
+        if token is None and self.access.development and (msg.get("room") is None or msg.get("name") is None):
+            raise ProtocolError("bad_message", "a join without a token needs 'room' and 'name'", "join")
         try:
             claims = self.access.join_claims(token, msg.get("room"), msg.get("name"))
         except Unauthorized as exc:
@@ -248,6 +252,7 @@ class Session:
         except TooManyRooms as exc:
             raise self._refuse("max_rooms", "too_many_rooms", str(exc), "join") from exc
         participant.on_removed = self._on_removed
+        participant.max_tracks = self.limits.max_tracks
         self.room, self.participant = room, participant
         self._join_started = time.monotonic()
         self.send(
@@ -293,20 +298,12 @@ class Session:
             raise self._refuse(
                 "offers_per_minute", "rate_limited", f"more than {self.limits.offers_per_minute:g} offers a minute", "offer"
             )
-        publishing = {mid for mid, spec in msg["tracks"].items() if "publish" in spec}
-        already = {up.mid for up in participant.uptracks.values()}
-        if len(publishing | already) > self.limits.max_tracks:
-            raise self._refuse(
-                "max_tracks", "too_many_tracks", f"a participant publishes at most {self.limits.max_tracks} tracks", "offer"
-            )
-        grant = participant.grant
-        for mid, spec in msg["tracks"].items():
-            if "subscribe" in spec and not grant.can_subscribe:
-                raise ProtocolError("forbidden", "your token does not allow subscribing (canSubscribe)", "offer")
-            if "publish" in spec and not grant.allows_source(spec["publish"].get("source", "")):
-                source = spec["publish"].get("source") or "custom"
-                raise ProtocolError("forbidden", f"your token does not allow publishing {source} (mid {mid!r})", "offer")
-        answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
+        try:
+            answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
+        except OfferError as exc:
+            if exc.code == "too_many_tracks":
+                self.metrics.limit_refusals.labels(limit="max_tracks").inc()
+            raise
         self.send({"type": "answer", "sdp": answer, "tracks": tracks})
         if self._connect_timer is None:
             self._connect_timer = asyncio.get_running_loop().call_later(self.registry.connect_timeout, self._check_connected)
@@ -331,6 +328,8 @@ class Session:
             up = participant.set_muted(msg["trackId"], msg["muted"])
         except KeyError as exc:
             raise ProtocolError("unknown_track", f"you publish no track {msg['trackId']}", "mute") from exc
+        except PermissionError as exc:
+            raise ProtocolError("forbidden", str(exc), "mute") from exc
         if self.room is not None:
             self.room.on_track_muted(participant, up)
 

@@ -181,7 +181,8 @@ class HttpSessions:
                 answer, tracks, published = await participant.handle_offer(sdp, {})
                 if not published:
                     raise HttpError(400, "the offer publishes no audio or video the server can forward")
-                room.reveal(participant)  # announced with its tracks
+                if claims is None or not claims.grant.hidden:
+                    room.reveal(participant)  # announced with its tracks
             else:
                 assert source is not None
                 bindings = participant.playback_tracks(sdp, source)

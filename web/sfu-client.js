@@ -477,6 +477,11 @@ export class SfuClient extends EventTarget {
         break;
       case 'permissions_changed':
         this.permissions = msg.permissions || {};
+        if (this.permissions.canSubscribe === false) {
+          // The server stopped sending; the next offer sets those m-lines inactive (an
+          // offer still receiving on them would be refused with `forbidden`).
+          for (const trackId of [...this._subscriptions.keys()]) this._enqueue({ type: 'unsubscribe', trackId });
+        }
         this._emit('permissionschanged', { permissions: this.permissions });
         break;
       case 'participant_updated': {

@@ -364,3 +364,93 @@ async def test_the_server_sends_signed_webhooks_in_order(start_server: Callable[
     metrics = server.metrics()
     assert metrics['sfu_webhooks_delivered_total{event="room_started"}'] == 1
     assert sum(v for k, v in metrics.items() if k.startswith("sfu_webhooks_retries_total")) == len(expected)
+
+
+# -- what a hostile or stale client might try ---------------------------------------------
+
+
+async def _raw_offer(server: ServerProcess, join_token: str, tracks: dict) -> dict:
+    """Join over a raw WebSocket and send an offer of one sendonly audio m-line with
+    the given ``tracks`` map; the server's reply."""
+    from aiortc import RTCPeerConnection
+
+    from loadtest.media import PreEncodedAudioTrack as Audio
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver(Audio(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+            await ws.send_json({"type": "join", "token": join_token})
+            assert (await ws.receive_json(timeout=5))["type"] == "joined"
+            await ws.send_json({"type": "offer", "sdp": pc.localDescription.sdp, "tracks": tracks})
+            while True:
+                reply = await ws.receive_json(timeout=10)
+                if reply["type"] in ("answer", "error"):
+                    return reply
+    finally:
+        await pc.close()
+
+
+async def test_an_unbound_m_line_cannot_publish_past_the_grant(keyed: ServerProcess) -> None:
+    """The grant is checked on what an offer would really publish: an m-line the client
+    sends on is published even when the ``tracks`` map does not name it."""
+    refused = await _raw_offer(keyed, token("raw", "mute", can_publish=False), {})
+    assert (refused["type"], refused.get("code")) == ("error", "forbidden")
+    camera_only = token("raw", "cam", can_publish_sources=("camera",))
+    assert (await _raw_offer(keyed, camera_only, {}))["code"] == "forbidden"  # audio defaults to microphone
+    bound = await _raw_offer(keyed, camera_only, {"0": {"publish": {"source": "camera"}}})
+    assert bound["type"] == "answer"  # an application may call its audio what it likes, within the grant
+
+
+async def test_revoked_subscribe_and_server_mute_last(keyed: ServerProcess) -> None:
+    clients: list[RoomClient] = []
+    api = ServerApi(keyed.http_url, KEY, SECRET)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            publisher = await joined(keyed, "stale", "pub")
+            subscriber = await joined(keyed, "stale", "sub", count_rtp=True)
+            clients += [publisher, subscriber]
+            audio_id, video_id = await publisher.publish([PreEncodedAudioTrack(), PreEncodedVideoTrack()], ["microphone", "camera"])
+            await subscriber.wait_until(lambda: len(subscriber.subscriptions) == 2, timeout=15)
+            await api.update_participant("stale", "sub", permissions={"canSubscribe": False})
+            await subscriber.next_event("permissions_changed", timeout=5)
+            await subscriber.wait_until(lambda: not subscriber.subscriptions, timeout=5)
+            # Its next offer (publishing something) neither subscribes again nor is refused.
+            await subscriber.publish([PreEncodedAudioTrack()], ["microphone"])
+            people = {p["identity"]: p for p in await api.list_participants("stale")}
+            assert people["sub"]["tracks"] and not (await api.get_participant("stale", "sub"))["permissions"]["canSubscribe"]
+            with pytest.raises(RoomError) as err:
+                await subscriber.subscribe([video_id])
+            assert err.value.code == "forbidden"
+
+            # A track the server muted stays muted whatever its publisher says.
+            await api.mute_track("stale", "pub", audio_id, True)
+            await publisher.mute(audio_id, False)
+            error = await publisher.next_event("error", timeout=5)
+            assert (error["code"], error["requestType"]) == ("forbidden", "mute")
+            assert (await api.get_participant("stale", "pub"))["tracks"][0]["muted"] is True
+    finally:
+        await api.close()
+        await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_removing_the_last_participant_finishes_the_room(keyed: ServerProcess) -> None:
+    api = ServerApi(keyed.http_url, KEY, SECRET)
+    client = await joined(keyed, "lonely", "only")
+    try:
+        await api.remove_participant("lonely", "only")
+        assert "lonely" not in [r["name"] for r in await api.list_rooms()]
+    finally:
+        await asyncio.gather(api.close(), client.close())
+
+
+async def test_the_token_in_the_websocket_url(keyed: ServerProcess) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{keyed.ws_url}?access_token={token('url', 'carol')}") as ws:
+            await ws.send_json({"type": "join"})
+            joined_reply = await ws.receive_json(timeout=5)
+            assert (joined_reply["type"], joined_reply["room"], joined_reply["identity"]) == ("joined", "url", "carol")
+        async with http.ws_connect(keyed.ws_url) as ws:
+            await ws.send_json({"type": "join", "room": "url", "name": "Nobody"})
+            assert (await ws.receive_json(timeout=5))["code"] == "invalid_token"
