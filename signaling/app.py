@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from sfu.metrics import MediaCollector, RuntimeCollector
 from sfu.room import ROOM_NAME, RoomRegistry
+from sfu.rtc.adapter import quiet_connect_after_close
 
 from .access import Access, Unauthorized
 from .api import add_api_routes
@@ -132,6 +133,7 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 
 async def _start_lag_watch(app: web.Application) -> None:
+    quiet_connect_after_close(asyncio.get_running_loop())
     app[LAG_TASK_KEY] = asyncio.ensure_future(watch_event_loop_lag(app[SIGNALING_METRICS_KEY].event_loop_lag))
 
 

@@ -50,6 +50,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.exceptions import InvalidStateError
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
@@ -77,6 +78,7 @@ __all__ = [
     "disable_media_engines",
     "harden_ice",
     "install_tap",
+    "quiet_connect_after_close",
     "set_ice_addresses",
 ]
 
@@ -407,6 +409,32 @@ def disable_media_engines(pc: RTCPeerConnection) -> None:
     for transceiver in pc.getTransceivers():
         _disable_transceiver(transceiver)
     _wrap_create_transceiver(pc, _disable_transceiver)
+
+
+def quiet_connect_after_close(loop: asyncio.AbstractEventLoop) -> None:
+    """Log at debug level, instead of with a traceback, the one error aiortc 1.16 leaves
+    unretrieved when a PeerConnection is closed while it is still connecting: its
+    ``RTCPeerConnection.__connect`` task (never awaited by anyone) fails with
+    ``InvalidStateError: RTCIceTransport is closed``. Every other unhandled error
+    goes to the loop's handler as before."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc, task = context.get("exception"), context.get("future")
+        coro = getattr(task, "get_coro", lambda: None)()
+        if (
+            isinstance(exc, InvalidStateError)
+            and "closed" in str(exc)
+            and getattr(coro, "__qualname__", "").endswith("RTCPeerConnection.__connect")
+        ):
+            logger.debug("a PeerConnection was closed while connecting: %s", exc)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def install_tap(pc: RTCPeerConnection, handler: RtcHandler) -> None:
