@@ -37,8 +37,10 @@ class ConfigError(ValueError):
 
 @dataclass(slots=True)
 class Limits:
-    """What one client may send and hold (each refusal is an error with a code and
-    counts in ``sfu_limit_refusals_total{limit}``).
+    """What one client may send and hold on the WebSocket room service (each refusal
+    is an error with a code, or a close, and counts in
+    ``sfu_limit_refusals_total{limit}``; WHIP/WHEP and the server API answer with HTTP
+    statuses instead).
 
     Attributes:
         max_message_bytes: one WebSocket message (bytes): a bigger one closes the

@@ -58,6 +58,8 @@ async def test_oversized_message_closes_with_1009(limited: ServerProcess) -> Non
         message = await ws.receive(timeout=5)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         assert ws.close_code == 1009
+    await asyncio.sleep(0.2)
+    assert refusals(limited, "max_message_bytes") == 1
 
 
 async def test_offers_tracks_rooms_and_participants(limited: ServerProcess) -> None:
