@@ -108,6 +108,7 @@ class Participant:
         self.joined_at = time.time()  # Unix seconds
         self.grant = grant if grant is not None else VideoGrant(room=room.name, room_join=True)
         self.max_tracks = MAX_MEDIA_SECTIONS  # published at once (the signaling layer's limit)
+        self.max_media_sections = MAX_MEDIA_SECTIONS  # audio/video m-lines of one offer
         self.on_removed: Callable[[str], None] | None = None
         self.hidden = hidden
         self.can_publish = True
@@ -182,8 +183,8 @@ class Participant:
                 offer = parse_offer(sdp)
             except ValueError as exc:
                 raise OfferError("bad_sdp", str(exc)[:200]) from exc
-            if len(offer) > MAX_MEDIA_SECTIONS:
-                raise OfferError("bad_sdp", f"more than {MAX_MEDIA_SECTIONS} audio/video m-lines")
+            if len(offer) > self.max_media_sections:
+                raise OfferError("too_many_media_sections", f"more than {self.max_media_sections} audio/video m-lines")
             # Bindings exist only for m-lines of the offer (each offer lists them all):
             # what names no m-line is ignored, and bindings of m-lines gone are dropped.
             offered = {m.mid for m in offer}

@@ -49,6 +49,11 @@ class Limits:
             bucket, bursts of twice as many); beyond: ``rate_limited``.
         offers_per_minute: offers per connection per minute; beyond: ``rate_limited``.
         max_tracks: tracks one participant publishes at once; beyond: ``too_many_tracks``.
+        max_media_sections: audio/video m-lines of one participant's offer (published,
+            subscribed and unused); beyond: ``too_many_media_sections``.
+        max_candidates: ICE candidates one connection may trickle; beyond:
+            ``too_many_candidates`` (each makes the server check an address the client
+            chose).
         max_rooms: rooms on the server; beyond: ``too_many_rooms``.
         max_participants: participants per room; beyond: ``room_full``.
     """
@@ -57,6 +62,8 @@ class Limits:
     messages_per_second: float = 50.0
     offers_per_minute: float = 60.0
     max_tracks: int = 16
+    max_media_sections: int = 256
+    max_candidates: int = 64
     max_rooms: int = 1000
     max_participants: int = 50
 

@@ -253,6 +253,8 @@ class Session:
             raise self._refuse("max_rooms", "too_many_rooms", str(exc), "join") from exc
         participant.on_removed = self._on_removed
         participant.max_tracks = self.limits.max_tracks
+        participant.max_media_sections = self.limits.max_media_sections
+        participant.connection.max_remote_candidates = self.limits.max_candidates
         self.room, self.participant = room, participant
         self._join_started = time.monotonic()
         self.send(
@@ -301,8 +303,9 @@ class Session:
         try:
             answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
         except OfferError as exc:
-            if exc.code == "too_many_tracks":
-                self.metrics.limit_refusals.labels(limit="max_tracks").inc()
+            limit = {"too_many_tracks": "max_tracks", "too_many_media_sections": "max_media_sections"}.get(exc.code)
+            if limit is not None:
+                self.metrics.limit_refusals.labels(limit=limit).inc()
             raise
         self.send({"type": "answer", "sdp": answer, "tracks": tracks})
         if self._connect_timer is None:
@@ -318,7 +321,7 @@ class Session:
         try:
             await participant.connection.add_ice_candidate(msg.get("candidate"))
         except TooManyCandidates as exc:
-            raise ProtocolError("too_many_candidates", str(exc), "candidate") from exc
+            raise self._refuse("max_candidates", "too_many_candidates", str(exc), "candidate") from exc
         except ValueError as exc:
             raise ProtocolError("bad_message", str(exc), "candidate") from exc
 

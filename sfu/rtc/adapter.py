@@ -574,6 +574,7 @@ class SfuPeerConnection:
         self.rejected_mids: list[str] = []  # of the last offer: no codec the SFU can forward
         self.transport_cc = transport_cc
         self.remote_candidates = 0  # trickled candidates added (bounded)
+        self.max_remote_candidates = MAX_REMOTE_CANDIDATES
 
     # -- negotiation -----------------------------------------------------------------
 
@@ -709,7 +710,7 @@ class SfuPeerConnection:
         for None or an empty ``candidate``, the end of candidates (RFC 8838 §9: once
         every pair has failed after it, ICE fails and the connection says so).
 
-        At most :data:`MAX_REMOTE_CANDIDATES` per connection: each one makes the
+        At most ``max_remote_candidates`` (:data:`MAX_REMOTE_CANDIDATES` by default) per connection: each one makes the
         server send connectivity checks to an address the client chose.
 
         Raises:
@@ -735,8 +736,8 @@ class SfuPeerConnection:
         if not line:
             await self._end_of_candidates()
             return
-        if self.remote_candidates >= MAX_REMOTE_CANDIDATES:
-            raise TooManyCandidates(f"more than {MAX_REMOTE_CANDIDATES} ICE candidates")
+        if self.remote_candidates >= self.max_remote_candidates:
+            raise TooManyCandidates(f"more than {self.max_remote_candidates} ICE candidates")
         if line.startswith("candidate:"):
             line = line[len("candidate:") :]
         try:

@@ -25,7 +25,7 @@ def limited(start_server: Callable[..., ServerProcess], tmp_path: Path) -> Serve
     config = tmp_path / "limits.toml"
     config.write_text(
         "[limits]\nmax_message_bytes = 8192\nmessages_per_second = 5\noffers_per_minute = 12\n"
-        "max_tracks = 2\nmax_rooms = 2\nmax_participants = 3\n"
+        "max_tracks = 2\nmax_rooms = 2\nmax_participants = 3\nmax_media_sections = 4\nmax_candidates = 4\n"
         '[server]\nallowed_origins = ["https://app.example.com"]\n'
     )
     return start_server("--config", str(config))
@@ -148,3 +148,36 @@ async def test_metrics_behind_a_token_or_on_their_own_port(start_server: Callabl
             assert response.status == 404
         async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
             assert response.status == 200 and "sfu_websocket_connections" in await response.text()
+
+
+async def test_m_lines_and_candidates(limited: ServerProcess) -> None:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from tests.integration.test_ice_failure import request
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for _ in range(5):  # one more than max_media_sections
+            pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        five = pc.localDescription.sdp
+    finally:
+        await pc.close()
+    async with asyncio.timeout(TIMEOUT), aiohttp.ClientSession() as http, http.ws_connect(limited.ws_url) as ws:
+        await request(ws, {"type": "join", "room": "one", "name": "M"}, "joined")
+        reply = await request(ws, {"type": "offer", "sdp": five, "tracks": {}}, "answer")
+        assert reply.get("code") == "too_many_media_sections", reply
+        four = five[: five.rindex("m=audio")]  # the first four m-lines
+        four = four.replace(" 0 1 2 3 4", " 0 1 2 3")
+        assert (await request(ws, {"type": "offer", "sdp": four, "tracks": {}}, "answer"))["type"] == "answer"
+        codes = []
+        for i in range(6):
+            line = f"candidate:{i} 1 udp 2130706431 127.0.0.1 {10000 + i} typ host"
+            await ws.send_str(json.dumps({"type": "candidate", "candidate": {"candidate": line, "sdpMid": "0"}}))
+            await asyncio.sleep(0.25)  # within messages_per_second
+        reply = await request(ws, {"type": "ping"}, "pong")
+        while reply["type"] == "error":
+            codes.append(reply["code"])
+            reply = await request(ws, {"type": "ping"}, "pong")
+        assert codes == ["too_many_candidates"] * 2, codes
+    assert refusals(limited, "max_media_sections") == 1 and refusals(limited, "max_candidates") == 2
