@@ -454,3 +454,38 @@ async def test_the_token_in_the_websocket_url(keyed: ServerProcess) -> None:
         async with http.ws_connect(keyed.ws_url) as ws:
             await ws.send_json({"type": "join", "room": "url", "name": "Nobody"})
             assert (await ws.receive_json(timeout=5))["code"] == "invalid_token"
+
+
+async def test_whip_and_whep_take_bearer_tokens(keyed: ServerProcess) -> None:
+    """RFC 9725 §4.5: WHIP needs canPublish, WHEP canSubscribe, both roomJoin of the room."""
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver(PreEncodedAudioTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+    finally:
+        await pc.close()
+    url = f"{keyed.http_url}/whip/ingest"
+    async with aiohttp.ClientSession() as http:
+
+        async def post(endpoint: str, bearer: str | None) -> aiohttp.ClientResponse:
+            headers = {"Content-Type": "application/sdp"}
+            if bearer is not None:
+                headers["Authorization"] = f"Bearer {bearer}"
+            async with http.post(endpoint, data=offer, headers=headers) as response:
+                await response.read()
+                return response
+
+        unauthorized = await post(url, None)
+        assert unauthorized.status == 401 and unauthorized.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await post(url, "garbage")).status == 401
+        assert (await post(url, token("ingest", "obs", can_publish=False))).status == 403
+        assert (await post(url, token("elsewhere", "obs"))).status == 403
+        created = await post(url, token("ingest", "obs"))
+        assert created.status == 201, created.status
+        async with http.delete(f"{keyed.http_url}{created.headers['Location']}") as response:
+            assert response.status == 200
+        whep = f"{keyed.http_url}/whep/ingest"
+        assert (await post(whep, token("ingest", "viewer", can_subscribe=False))).status == 403
