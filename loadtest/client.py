@@ -31,11 +31,13 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from sfu.rtc.adapter import (
     client_send_path,
@@ -204,6 +206,7 @@ class RoomClient:
         request_timeout: float = 15.0,
         channels: Sequence[ChannelSpec] = (),
         on_data: Callable[[DataMessage], None] | None = None,
+        ice_transport_policy: str = "all",
     ) -> None:
         """
         Args:
@@ -219,8 +222,12 @@ class RoomClient:
                 (so that it carries the ``m=application`` section).
             on_data: called with every received DataChannel message instead of
                 queueing it in :attr:`data` (keeps memory flat under load).
+            ice_transport_policy: ``"all"``, or ``"relay"`` to reach the server only
+                through the TURN servers of the join reply's ``iceServers``.
         """
         self.url = url
+        self.ice_transport_policy = ice_transport_policy
+        self.ice_servers: list[dict[str, Any]] = []  # the join reply's iceServers
         self.auto_subscribe = auto_subscribe
         self.loopback_only = loopback_only
         self.request_timeout = request_timeout
@@ -285,6 +292,7 @@ class RoomClient:
             message["name"] = name
         reply = await self._request(message)
         self.permissions = reply.get("permissions", {})
+        self.ice_servers = reply.get("iceServers", [])
         if self.permissions.get("canSubscribe") is False:
             self.auto_subscribe = False
         self.participant_id = reply["participantId"]
@@ -694,7 +702,9 @@ class RoomClient:
     def _create_peer_connection(self) -> RTCPeerConnection:
         if self.loopback_only:
             set_ice_addresses(["127.0.0.1"])
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in self.ice_servers]
+        policy = RTCIceTransportPolicy.RELAY if self.ice_transport_policy == "relay" else RTCIceTransportPolicy.ALL
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
         pc.on("connectionstatechange", self._notify)
         pc.on("datachannel", self._accept_channel)
         if self.counter is not None:

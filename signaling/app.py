@@ -73,7 +73,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     session = Session(
         ws, request.app[REGISTRY_KEY], request.app[SIGNALING_METRICS_KEY], request.app[ACCESS_KEY],
-        request.query.get("access_token"), config.limits,
+        request.query.get("access_token"), config.limits, config.ice,
     )
     sessions = request.app[SESSIONS_KEY]
     sessions.add(session)
@@ -206,7 +206,7 @@ def create_app(
     app[SIGNALING_METRICS_KEY] = SignalingMetrics(metrics)
     app.on_startup.append(_start_lag_watch)
     app.router.add_get("/ws", _ws)
-    add_routes(app, HttpSessions(registry, app[SIGNALING_METRICS_KEY], access=access))
+    add_routes(app, HttpSessions(registry, app[SIGNALING_METRICS_KEY], access=access, ice_servers=config.ice))
     add_api_routes(app, registry, access)
     app.router.add_get("/healthz", _healthz)
     if config.metrics_port is None:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from sfu.auth import GRANT_FLAGS, KeyStore, VideoGrant, keys_from_environment, mint_token
 from sfu.metrics import COUNTERS
+from sfu.turn import IceServers
 from sfu.room import RoomRegistry
 from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
 
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, help="serve /metrics on this port instead of the main one")
     serve.add_argument("--webhook", action="append", help="a URL that receives the webhooks (repeatable)")
     serve.add_argument("--max-rooms", type=int, help="rooms on the server at once (default 1000)")
+    serve.add_argument("--stun", action="append", metavar="URL", help="a stun: URL given to clients (repeatable)")
+    serve.add_argument("--turn", action="append", metavar="URL",
+                       help="a turn:/turns: URL given to clients (repeatable; e.g. turn:host:3478?transport=tcp)")
+    serve.add_argument("--turn-secret", default=os.environ.get("SFU_TURN_SECRET"),
+                       help="the TURN REST API shared secret (coturn static-auth-secret; env SFU_TURN_SECRET): "
+                       "credentials minted per participant")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     token = sub.add_parser("token", help="print an access token (keys from SFU_KEYS or --config)")
     token.add_argument("--room", help="the room the grant is for")
@@ -212,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         config.limits.max_rooms = args.max_rooms
     if args.max_participants is not None:
         config.limits.max_participants = args.max_participants
+    if args.stun or args.turn or args.turn_secret:
+        try:
+            config.ice = IceServers(
+                args.stun or config.ice.stun_urls, args.turn or config.ice.turn_urls,
+                args.turn_secret or config.ice.turn_secret, config.ice.ttl_s,
+            )
+        except ValueError as exc:
+            print(f"sfu: {exc}", file=sys.stderr)
+            return 2
     if config.webhook_urls and not config.keys:
         print("sfu: webhooks are signed with an API key's secret: configure keys to send them", file=sys.stderr)
         return 2

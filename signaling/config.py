@@ -16,6 +16,13 @@ every connection is held to (docs/CONFIG.md).
     [limits]                    # each: see Limits
     max_message_bytes = 262144
 
+    [ice]                       # given to every client (the join reply's iceServers)
+    stun_urls = ["stun:stun.example.com:3478"]
+    turn_urls = ["turn:turn.example.com:3478", "turn:turn.example.com:3478?transport=tcp",
+                 "turns:turn.example.com:5349"]
+    turn_secret = "..."         # coturn's static-auth-secret: credentials per participant
+    credential_ttl_s = 86400
+
 Command-line flags win over the file.
 """
 
@@ -27,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sfu.auth import KeyStore
+from sfu.turn import IceServers
 
 __all__ = ["ConfigError", "Limits", "ServerConfig", "load_config"]
 
@@ -80,6 +88,7 @@ class ServerConfig:
     webhook_urls: list[str] = field(default_factory=list)
     webhook_api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    ice: IceServers = field(default_factory=IceServers)
 
 
 def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -103,7 +112,7 @@ def load_config(path: str | Path | None) -> ServerConfig:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    unknown = set(data) - {"keys", "server", "webhook", "limits"}
+    unknown = set(data) - {"keys", "server", "webhook", "limits", "ice"}
     if unknown:
         raise ConfigError(f"unknown table(s) {sorted(unknown)} in {path}")
     try:
@@ -137,6 +146,26 @@ def load_config(path: str | Path | None) -> ServerConfig:
             config.webhook_api_key = _typed(webhook, key, str, "webhook")
         else:
             raise ConfigError(f"unknown key webhook.{key}")
+    ice = data.get("ice", {})
+    for key in ice:
+        if key in ("stun_urls", "turn_urls"):
+            urls = _typed(ice, key, list, "ice")
+            if not all(isinstance(u, str) for u in urls):
+                raise ConfigError(f"ice.{key} must list URLs")
+        elif key == "turn_secret":
+            _typed(ice, key, str, "ice")
+        elif key == "credential_ttl_s":
+            if _typed(ice, key, int, "ice") <= 0:
+                raise ConfigError("ice.credential_ttl_s must be positive")
+        else:
+            raise ConfigError(f"unknown key ice.{key}")
+    try:
+        config.ice = IceServers(
+            list(ice.get("stun_urls", [])), list(ice.get("turn_urls", [])), ice.get("turn_secret"),
+            ice.get("credential_ttl_s", config.ice.ttl_s),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     limits = data.get("limits", {})
     names = {f.name: f.type for f in fields(Limits)}
     for key in limits:

@@ -19,6 +19,7 @@ from sfu.participant import OfferError, Participant
 from sfu.ratelog import RateLimitedLog
 from sfu.rtc.adapter import TooManyCandidates
 from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry, TooManyRooms
+from sfu.turn import IceServers
 
 from .access import Access, Forbidden, Unauthorized
 from .config import Limits
@@ -79,6 +80,7 @@ class Session:
             a token in the ``join`` message wins.
         limits: messages per second, offers per minute, tracks per participant
             (:class:`~signaling.config.Limits`; its defaults by default).
+        ice_servers: the STUN/TURN servers each client is given at join.
     """
 
     def __init__(
@@ -89,11 +91,13 @@ class Session:
         access: Access | None = None,
         query_token: str | None = None,
         limits: Limits | None = None,
+        ice_servers: IceServers | None = None,
     ) -> None:
         self.ws = ws
         self.registry = registry
         self.metrics = metrics
         self.limits = limits if limits is not None else Limits()
+        self.ice_servers = ice_servers if ice_servers is not None else IceServers()
         rate = self.limits.messages_per_second
         self._messages = TokenBucket(rate, 2 * rate)
         self._offers = TokenBucket(self.limits.offers_per_minute / 60.0, max(1.0, self.limits.offers_per_minute / 6.0))
@@ -265,6 +269,7 @@ class Session:
                 "identity": participant.identity,
                 "name": participant.name,
                 "permissions": grant.to_claim(),
+                "iceServers": self.ice_servers.for_client(participant.identity),
                 "participants": room.snapshot(exclude=participant),
             }
         )

@@ -27,6 +27,7 @@ from aiohttp import web
 from sfu.auth import AccessClaims
 from sfu.participant import OfferError, Participant
 from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry, TooManyRooms
+from sfu.turn import IceServers
 
 from .access import Access, Unauthorized
 from .metrics import SignalingMetrics
@@ -91,6 +92,8 @@ class HttpSessions:
             registry's ``connect_timeout`` by default).
         access: the server's keys and mode (POSTs need a bearer token outside
             development mode).
+        ice_servers: STUN/TURN servers for the clients, sent as ``Link`` headers of
+            the 201 and of ``OPTIONS`` (RFC 9725 §4.6).
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class HttpSessions:
         max_sessions: int = MAX_HTTP_SESSIONS,
         connect_timeout: float | None = None,
         access: Access | None = None,
+        ice_servers: IceServers | None = None,
     ) -> None:
         self.registry = registry
+        self.ice_servers = ice_servers if ice_servers is not None else IceServers()
         self.access = access if access is not None else Access.from_keys(None)
         self.metrics = metrics
         self.max_sessions = max_sessions
@@ -364,6 +369,8 @@ def _handler(kind: str, method: str):
                     201, answer, SDP,
                     {"Location": location, "ETag": f'"{session.etag}"', "Accept-Patch": SDPFRAG},
                 )
+                for link in sessions.ice_servers.link_headers(session.participant.identity):
+                    response.headers.add("Link", link)
             elif method == "PATCH":
                 session = sessions.find(kind, room_name, request.match_info["session"])
                 body = await _read_body(request, SDPFRAG, MAX_FRAGMENT_BYTES)

@@ -82,7 +82,10 @@ async function enterRoom({ room, name, publish }) {
   $('#room-title').textContent = `Room ${room}`;
   document.title = `${room} - SFU room`;
 
-  const client = new SfuClient();
+  const client = new SfuClient({
+    // ?relay=1: reach the server only through the TURN servers it gives (to try TURN).
+    rtcConfig: params.get('relay') === '1' ? { iceTransportPolicy: 'relay' } : {},
+  });
   window.sfuClient = client;
   window.sfuPc = client.pc;
 

@@ -248,6 +248,12 @@ export class SfuClient extends EventTarget {
     });
     this.participantId = joined.participantId;
     this.identity = joined.identity;
+    if (Array.isArray(joined.iceServers) && joined.iceServers.length) {
+      // The server's STUN/TURN servers (TURN credentials minted for us), before the
+      // first offer gathers candidates; servers given to the constructor come first.
+      const config = this.pc.getConfiguration();
+      this.pc.setConfiguration({ ...config, iceServers: [...(config.iceServers || []), ...joined.iceServers] });
+    }
     this.permissions = joined.permissions || {};
     this.room = joined.room;
     // Before the subscriptions below, so that the first offer carries m=application.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.media import PreEncodedAudioTrack, PreEncodedVideoTrack
 from loadtest.server import ServerProcess
 from sfu.rtc.adapter import set_ice_addresses
 
@@ -19,6 +20,16 @@ SERVER_START_TIMEOUT = 30.0  # seconds until /healthz must answer 200
 
 # Every aiortc peer in the test process gathers only 127.0.0.1 (TESTING.md: loopback only).
 set_ice_addresses(["127.0.0.1"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def encoded_clips() -> None:
+    """Encode the bots' media clips once, before any test connects: the first
+    encoding takes seconds of CPU (15 s on a busy 2-core machine) and, inside a test,
+    would block its event loop long enough for the server's WebSocket heartbeat to
+    drop the connection."""
+    PreEncodedVideoTrack()
+    PreEncodedAudioTrack()
 
 
 @pytest.fixture
