@@ -21,7 +21,7 @@ from sfu.auth import GRANT_FLAGS, KeyStore, VideoGrant, keys_from_environment, m
 from sfu.metrics import COUNTERS
 from sfu.turn import IceServers
 from sfu.room import RoomRegistry
-from sfu.rtc.adapter import check_aiortc_version, set_ice_addresses
+from sfu.rtc.adapter import check_aiortc_version, set_announced_addresses, set_ice_addresses
 
 from .access import Access
 from .app import create_app
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, help="serve /metrics on this port instead of the main one")
     serve.add_argument("--webhook", action="append", help="a URL that receives the webhooks (repeatable)")
     serve.add_argument("--max-rooms", type=int, help="rooms on the server at once (default 1000)")
+    serve.add_argument(
+        "--announced-address",
+        action="append",
+        metavar="ADDRESS",
+        help="the address clients reach the server's media at (repeatable: one IPv4, one IPv6; env "
+        "SFU_ANNOUNCED_ADDRESSES, comma-separated): written into the candidates while sockets bind the local "
+        "interfaces, for a server behind 1:1 NAT (a cloud, a Docker port map)",
+    )
     serve.add_argument("--stun", action="append", metavar="URL", help="a stun: URL given to clients (repeatable)")
     serve.add_argument("--turn", action="append", metavar="URL",
                        help="a turn:/turns: URL given to clients (repeatable; e.g. turn:host:3478?transport=tcp)")
@@ -237,6 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     access = Access.from_keys(config.keys)
     access.log_mode(f"{args.host}:{args.port}")
     set_ice_addresses(ice_addresses(args.host, args.ice_address))
+    announced = args.announced_address or [
+        a.strip() for a in os.environ.get("SFU_ANNOUNCED_ADDRESSES", "").split(",") if a.strip()
+    ]
+    try:
+        set_announced_addresses(announced)
+    except ValueError as exc:
+        print(f"sfu: --announced-address: {exc}", file=sys.stderr)
+        return 2
+    if announced:
+        logging.getLogger("sfu").info("announcing %s in the candidates", ", ".join(announced))
     COUNTERS.per_packet = not args.no_media_metrics
     uvloop.install()
     registry = RoomRegistry(

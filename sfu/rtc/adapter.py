@@ -54,6 +54,7 @@ from aiortc.exceptions import InvalidStateError
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
 
+from ..core.announce_sdp import announce_addresses, announced_by_family
 from ..core.rtp import URI_TRANSPORT_CC
 from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
@@ -80,6 +81,7 @@ __all__ = [
     "install_tap",
     "quiet_connect_after_close",
     "set_ice_addresses",
+    "set_announced_addresses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,21 @@ def set_ice_addresses(addresses: list[str] | None) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = get_host_addresses
+
+
+_announced: dict[int, str] = {}  # IP version -> the address written into answers
+
+
+def set_announced_addresses(addresses: list[str] | None) -> None:
+    """Write ``addresses`` (one per IP family) into every answer's host candidates and
+    ``c=`` lines instead of the local ones (process-wide; None or [] to stop): for a
+    server behind 1:1 NAT. See :mod:`sfu.core.announce_sdp`.
+
+    Raises:
+        ValueError: not an IP address.
+    """
+    global _announced
+    _announced = announced_by_family(addresses or [])
 
 
 class RtcHandler(Protocol):
@@ -679,6 +696,7 @@ class SfuPeerConnection:
         self._refresh_media()
         sdp = munge_answer(self.pc.localDescription.sdp, simulcast or {}, rid_extension_ids(offer_sdp))
         sdp = reject_in_answer(sdp, offer_sdp, self.rejected_mids)
+        sdp = announce_addresses(sdp, _announced)
         if self.transport_cc:
             sdp, accepted = munge_answer_transport_cc(sdp, parse_transport_cc(offer_sdp))
             for mid, ext_id in accepted.items():
