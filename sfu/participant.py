@@ -25,6 +25,7 @@ from .datachannel import DataChannels
 from .downlink import TICK_MS, Downlink, TrackSettings
 from .metrics import COUNTERS
 from .rtc.adapter import MediaInfo, OfferMedia, SfuPeerConnection, parse_offer
+from .rtc.ports import NoMediaPort
 from .uplink import Uplink
 from .uptrack import UpTrack
 
@@ -208,6 +209,8 @@ class Participant:
             subscriptions = self._prepare(offer)
             try:
                 answer = await self.connection.answer(sdp, simulcast)
+            except NoMediaPort as exc:
+                raise OfferError("no_media_port", str(exc)) from exc
             except ValueError as exc:
                 raise OfferError("bad_sdp", str(exc)) from exc
             published = self._apply(offer, subscriptions)

@@ -22,6 +22,7 @@ from sfu.metrics import COUNTERS
 from sfu.turn import IceServers
 from sfu.room import RoomRegistry
 from sfu.rtc.adapter import check_aiortc_version, set_announced_addresses, set_ice_addresses
+from sfu.rtc.ports import set_udp_port_range
 
 from .access import Access
 from .app import create_app
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address clients reach the server's media at (repeatable: one IPv4, one IPv6; env "
         "SFU_ANNOUNCED_ADDRESSES, comma-separated): written into the candidates while sockets bind the local "
         "interfaces, for a server behind 1:1 NAT (a cloud, a Docker port map)",
+    )
+    serve.add_argument(
+        "--udp-port-range",
+        metavar="LOW-HIGH",
+        default=os.environ.get("SFU_UDP_PORT_RANGE"),
+        help="bind every media (ICE) socket to a UDP port in LOW-HIGH, e.g. 50000-60000 (env SFU_UDP_PORT_RANGE); "
+        "a full range refuses the offer with no_media_port",
     )
     serve.add_argument("--stun", action="append", metavar="URL", help="a stun: URL given to clients (repeatable)")
     serve.add_argument("--turn", action="append", metavar="URL",
@@ -255,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if announced:
         logging.getLogger("sfu").info("announcing %s in the candidates", ", ".join(announced))
+    if args.udp_port_range:
+        try:
+            low, _, high = args.udp_port_range.partition("-")
+            set_udp_port_range(int(low), int(high or low))
+        except ValueError as exc:
+            print(f"sfu: --udp-port-range: {exc}", file=sys.stderr)
+            return 2
     COUNTERS.per_packet = not args.no_media_metrics
     uvloop.install()
     registry = RoomRegistry(

@@ -308,7 +308,8 @@ class Session:
         try:
             answer, tracks, published = await participant.handle_offer(msg["sdp"], msg["tracks"])
         except OfferError as exc:
-            limit = {"too_many_tracks": "max_tracks", "too_many_media_sections": "max_media_sections"}.get(exc.code)
+            limit = {"too_many_tracks": "max_tracks", "too_many_media_sections": "max_media_sections",
+                     "no_media_port": "udp_port_range"}.get(exc.code)
             if limit is not None:
                 self.metrics.limit_refusals.labels(limit=limit).inc()
             raise

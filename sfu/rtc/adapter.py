@@ -60,6 +60,7 @@ from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mi
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
 from ..core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
 from ..metrics import COUNTERS
+from .ports import NoMediaPort, port_range
 
 _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
@@ -676,6 +677,7 @@ class SfuPeerConnection:
         and listed in :attr:`rejected_mids`; the rest of the offer goes on.
 
         Raises:
+            NoMediaPort: with a UDP port range (:mod:`sfu.rtc.ports`) that is full.
             ValueError: aiortc could not apply the offer (bad SDP, ...).
         """
         supported = {
@@ -693,6 +695,10 @@ class SfuPeerConnection:
             if type(exc).__module__.startswith("aiortc"):
                 raise ValueError(f"offer could not be applied: {exc}") from exc
             raise
+        ice = self._ice_transport()
+        if port_range() is not None and ice is not None and not ice.iceGatherer.getLocalCandidates():
+            low, high = port_range()  # type: ignore[misc]
+            raise NoMediaPort(f"the server has no free media port (UDP {low}-{high} are all in use)")
         self._refresh_media()
         sdp = munge_answer(self.pc.localDescription.sdp, simulcast or {}, rid_extension_ids(offer_sdp))
         sdp = reject_in_answer(sdp, offer_sdp, self.rejected_mids)
