@@ -80,14 +80,19 @@ def reject_in_answer(answer_sdp: str, offer_sdp: str, mids: list[str]) -> str:
     if not mids:
         return answer_sdp
     _, offered = split_sections(offer_sdp)
-    offered_by_mid = {section_mid(s): s for s in offered}
+    # The offer's audio/video sections that unsupported_mids looked at (a malformed
+    # one sharing a mid with them is not one of them).
+    offered_by_mid = {section_mid(s): s for s in offered if _media_fields(s) is not None}
     session, media = split_sections(answer_sdp)
     for i, section in enumerate(media):
         mid = section_mid(section)
         if mid not in mids:
             continue
         offer = offered_by_mid.get(mid, section)
-        kind, _, proto, *fmts = offer[0][2:].split()
+        fields = offer[0][2:].split()
+        if len(fields) < 3:
+            continue  # neither the offer nor the answer has an m-line to write it from
+        kind, _, proto, *fmts = fields
         fmt = fmts[0] if fmts else "0"
         rtpmap = next((line for line in offer if line.startswith(f"a=rtpmap:{fmt} ")), None)
         media[i] = [f"m={kind} 0 {proto} {fmt}", "c=IN IP4 0.0.0.0", f"a=mid:{mid}", "a=inactive"]

@@ -239,11 +239,14 @@ def _check_rewrite(payload: bytes, head: bytes | None, offsets: tuple[int, int])
 def fuzz_vp8_munger(data: bytes) -> None:
     """A :class:`~sfu.core.vp8_munger.Vp8Munger` driven by ops: byte ``op`` then ``op >> 2``
     payload bytes; ``op & 3``: 0 ``on_switch``, 1-2 ``rewrite``, 3 ``rewrite_with`` the
-    offsets in force at the last switch (a retransmission from an earlier epoch)."""
+    offsets in force at the last switch (a retransmission from an earlier epoch). At
+    most 256 ops per input (more only slow the harness down: the munger's state is a
+    few counters)."""
     munger = Vp8Munger()
     epoch = munger.offsets
-    i = 0
-    while i < len(data):
+    i = ops = 0
+    while i < len(data) and ops < 256:
+        ops += 1
         op = data[i]
         payload = data[i + 1 : i + 1 + (op >> 2)]
         i += 1 + (op >> 2)
