@@ -16,7 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from sfu.auth import AccessClaims, InvalidToken, KeyStore, VideoGrant, mint_token, verify_token
+from sfu.auth import (
+    AccessClaims,
+    InvalidToken,
+    KeyStore,
+    VideoGrant,
+    mint_token,
+    verify_token,
+)
 from sfu.participant import new_id
 
 __all__ = ["Access", "Forbidden", "Unauthorized"]

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sfu.auth import MAX_METADATA_BYTES, MAX_NAME_CHARS, InvalidToken, VideoGrant
+from sfu.auth import MAX_METADATA_BYTES, MAX_NAME_CHARS, InvalidToken
 from sfu.core.envelope import MAX_ENVELOPE_BYTES, MAX_TOPIC_CHARS, Outgoing
 from sfu.participant import Participant
 from sfu.room import InvalidRoomName, Room, RoomRegistry, TooManyRooms

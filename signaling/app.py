@@ -11,7 +11,6 @@ import hmac
 from pathlib import Path
 
 from aiohttp import web
-from yarl import URL
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -21,6 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from yarl import URL
 
 from sfu.metrics import MediaCollector, RuntimeCollector
 from sfu.room import ROOM_NAME, RoomRegistry
@@ -31,8 +31,8 @@ from .api import add_api_routes
 from .config import ServerConfig
 from .metrics import SignalingMetrics, watch_event_loop_lag
 from .protocol import MAX_NAME_CHARS
-from .webhooks import WebhookNotifier, room_listener
 from .session import Session
+from .webhooks import WebhookNotifier, room_listener
 from .whip import HttpSessions, add_routes
 
 __all__ = ["create_app", "origin_allowed", "WEB_DIR"]

@@ -17,12 +17,22 @@ import sys
 import uvloop
 from aiohttp import web
 
-from sfu.auth import GRANT_FLAGS, KeyStore, VideoGrant, keys_from_environment, mint_token
+from sfu.auth import (
+    GRANT_FLAGS,
+    KeyStore,
+    VideoGrant,
+    keys_from_environment,
+    mint_token,
+)
 from sfu.metrics import COUNTERS
-from sfu.turn import IceServers
 from sfu.room import RoomRegistry
-from sfu.rtc.adapter import check_aiortc_version, set_announced_addresses, set_ice_addresses
+from sfu.rtc.adapter import (
+    check_aiortc_version,
+    set_announced_addresses,
+    set_ice_addresses,
+)
 from sfu.rtc.ports import set_udp_port_range
+from sfu.turn import IceServers
 
 from .access import Access
 from .app import create_app

@@ -17,8 +17,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from sfu.participant import OfferError, Participant
 from sfu.ratelog import RateLimitedLog
-from sfu.rtc.adapter import TooManyCandidates
 from sfu.room import InvalidRoomName, Room, RoomFull, RoomRegistry, TooManyRooms
+from sfu.rtc.adapter import TooManyCandidates
 from sfu.turn import IceServers
 
 from .access import Access, Forbidden, Unauthorized

@@ -30,7 +30,12 @@ from sfu.core.codecs import (
     vp8_is_keyframe,
     vp8_keyframe_size,
 )
-from sfu.core.envelope import EnvelopeError, Outgoing, decode_client_message, encode_delivery
+from sfu.core.envelope import (
+    EnvelopeError,
+    Outgoing,
+    decode_client_message,
+    encode_delivery,
+)
 from sfu.core.rtcp import (
     Bye,
     Fir,
@@ -62,13 +67,28 @@ from sfu.core.rtp import (
 )
 from sfu.core.sdp_lines import split_sections
 from sfu.core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
-from sfu.core.simulcast_sdp import MAX_LAYERS, munge_answer, parse_simulcast_offers, rid_extension_ids
+from sfu.core.simulcast_sdp import (
+    MAX_LAYERS,
+    munge_answer,
+    parse_simulcast_offers,
+    rid_extension_ids,
+)
 from sfu.core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
-from sfu.core.twcc import MAX_PARSED_STATUSES, SendHistory, TwccReceiver, build_twcc, parse_twcc
+from sfu.core.twcc import (
+    MAX_PARSED_STATUSES,
+    SendHistory,
+    TwccReceiver,
+    build_twcc,
+    parse_twcc,
+)
 from sfu.core.vp8_munger import Vp8Munger
 from sfu.rtc.adapter import parse_offer
 from signaling.protocol import CLIENT_TYPES, ProtocolError, parse_message
-from signaling.sdpfrag import MAX_FRAGMENT_CANDIDATES, ice_credentials, parse_ice_fragment
+from signaling.sdpfrag import (
+    MAX_FRAGMENT_CANDIDATES,
+    ice_credentials,
+    parse_ice_fragment,
+)
 
 __all__ = ["DICTIONARIES", "SEEDS", "TARGETS", "Target"]
 
