@@ -380,8 +380,10 @@ def fuzz_protocol(data: bytes) -> None:
         return
     kind = msg["type"]
     assert kind in CLIENT_TYPES
-    if kind == "join":
-        assert isinstance(msg["room"], str) and isinstance(msg["name"], str) and msg["name"]
+    if kind == "join":  # room and name may be absent (a token names them), never of another type
+        assert msg.get("room") is None or isinstance(msg["room"], str)
+        assert msg.get("name") is None or (isinstance(msg["name"], str) and msg["name"])
+        assert msg.get("token") is None or (isinstance(msg["token"], str) and msg["token"].isascii())
     elif kind == "offer":
         assert isinstance(msg["sdp"], str) and isinstance(msg["tracks"], dict)
         for spec in msg["tracks"].values():
