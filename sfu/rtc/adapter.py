@@ -56,6 +56,7 @@ from pylibsrtp._binding import lib as _srtp_lib
 
 from ..core.announce_sdp import announce_addresses, announced_by_family
 from ..core.rtp import URI_TRANSPORT_CC
+from ..core.sdp_lines import check_offer_structure
 from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
 from ..core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
@@ -234,8 +235,11 @@ def parse_offer(sdp_text: str) -> list[OfferMedia]:
     """Parse the audio/video m-lines of an SDP offer (RFC 8866, RFC 8843 BUNDLE).
 
     Raises:
-        ValueError: the SDP cannot be parsed, or an audio/video m-line has no mid.
+        ValueError: the SDP cannot be parsed, breaks a rule of
+            :func:`~sfu.core.sdp_lines.check_offer_structure`, or an audio/video
+            m-line has no mid.
     """
+    check_offer_structure(sdp_text)
     try:
         description = aiortc_sdp.SessionDescription.parse(sdp_text)
     except Exception as exc:  # aiortc raises assorted errors on junk input
@@ -792,7 +796,8 @@ class SfuPeerConnection:
         """
         transceivers = self.pc.getTransceivers()
         if transceivers:
-            return transceivers[0].receiver.transport.transport
+            dtls = transceivers[0].receiver.transport
+            return dtls.transport if dtls is not None else None
         if self.pc.sctp is not None:
             return self.pc.sctp.transport.transport
         return None

@@ -3,6 +3,8 @@ the others as usual."""
 
 from __future__ import annotations
 
+import pytest
+
 from sfu.core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
 
 OFFER = "\r\n".join(
@@ -57,3 +59,25 @@ def test_answer_rejects_them_and_leaves_the_bundle():
     assert "a=mid:1" in rejected and "a=inactive" in rejected and "a=rtpmap:45 AV1/90000" in rejected
     assert out.split("m=video")[2] == answer.split("m=video")[2]
     assert reject_in_answer(answer, OFFER, []) == answer
+
+
+def test_offer_structure_checks_what_aiortc_would_apply_halfway():
+    from sfu.core.sdp_lines import check_offer_structure
+
+    good = "\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0 1", "a=fingerprint:sha-256 AA",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:0", "a=setup:actpass", "a=ice-ufrag:u", "a=ice-pwd:p",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:1", "a=setup:actpass", "a=ice-ufrag:u", "a=ice-pwd:p",
+        "m=video 0 UDP/TLS/RTP/SAVPF 96", "",  # a rejected m-line may have no mid
+    ])
+    check_offer_structure(good)
+    for broken, why in [
+        (good.replace("a=mid:0", "a=mid:0\r\na=mid:9"), "a=mid"),
+        (good.replace("a=mid:1", "a=mid:0"), "same a=mid"),
+        (good.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n", "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"), "a=mid"),
+        (good.replace("a=setup:actpass\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\nm=video 9", "a=ice-ufrag:u\r\na=ice-pwd:p\r\nm=video 9"), "setup"),
+        (good.replace("a=fingerprint:sha-256 AA\r\n", ""), "fingerprint"),
+        (good.replace("BUNDLE 0 1", "BUNDLE 0 1 7"), "BUNDLE"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            check_offer_structure(broken)
