@@ -302,6 +302,9 @@ async def test_server_api_errors(keyed: ServerProcess) -> None:
                     assert (await response.json())["error"] == "forbidden"
             async with http.get(keyed.http_url + "/api/rooms") as response:
                 assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
+            for path in ("/api/rooms", "/admin/rooms"):  # a token that is not ASCII: refused, not a 500
+                async with http.get(keyed.http_url + path, headers={"Authorization": "Bearer \xed\xa0\x80\xff"}) as response:
+                    assert response.status == 401, (path, response.status)
             async with http.get(keyed.http_url + "/dev/token?room=r&name=n") as response:
                 assert response.status == 404  # development mode only
             async with http.post(keyed.http_url + "/api/rooms", data=b"[" * 5000,
