@@ -407,7 +407,7 @@ def fuzz_protocol(data: bytes) -> None:
 def fuzz_twcc_receiver(data: bytes) -> None:
     """A :class:`~sfu.core.twcc.TwccReceiver` fed fuzzed arrivals.
 
-    Bytes 0-1: window (``1 << (b0 % 12)``, up to 2,048: twice the server's, and what
+    Bytes 0-1: window (``1 << (b0 % 11)``, up to 1,024: the server's, within what
     parse_twcc reads of one feedback) and packet size limit (``24 + 4 * b1``);
     then 4-byte ops ``op seq_hi seq_lo step``: ``op & 3`` 3 builds the feedback, else
     ``on_packet(seq, arrival)`` with the arrival moved by ``step`` ×0.25 ms forward
@@ -417,7 +417,7 @@ def fuzz_twcc_receiver(data: bytes) -> None:
     """
     if len(data) < 2:
         return
-    rx = TwccReceiver(0x5EED, 1 << (data[0] % 12), max_packet_bytes=24 + 4 * data[1])
+    rx = TwccReceiver(0x5EED, 1 << (data[0] % 11), max_packet_bytes=24 + 4 * data[1])
     arrival = 1_000_000.0
     seen: dict[int, set[int]] = {}
 
