@@ -119,6 +119,14 @@ def parse_message(text: str) -> dict[str, Any]:
         candidate = msg.get("candidate")
         if candidate is not None and not isinstance(candidate, dict):
             raise ProtocolError("bad_message", "'candidate' must be an object or null", kind)
+        if candidate:  # the fields' types here; the adapter checks the candidate line itself
+            line, mid, index = candidate.get("candidate"), candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+            if line is not None and (not isinstance(line, str) or len(line) > 1024):
+                raise ProtocolError("bad_message", "'candidate' must be a string of at most 1024 characters", kind)
+            if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
+                raise ProtocolError("bad_message", "'sdpMid' must be a string of at most 64 characters or null", kind)
+            if index is not None and (isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1024):
+                raise ProtocolError("bad_message", "'sdpMLineIndex' must be an integer 0-1023 or null", kind)
     elif kind == "mute":
         _require_str(msg, "trackId", kind, 64)
         if not isinstance(msg.get("muted"), bool):

@@ -151,8 +151,8 @@ def allocate(budget_bps: float, demands: Sequence[TrackDemand], up_margin: float
     Returns:
         key -> Allocation for every demand. Reasons: ``paused`` (the subscriber paused
         it), ``publisher_layer_lost`` (its current layer, or every layer, is not being
-        sent, or a better layer within the cap is not sent and everything sent within
-        it fits), ``preference`` (it gets the best layer its cap allows, below the best
+        sent, or the layer its cap asks for is not sent and everything sent below it
+        fits), ``preference`` (it gets the best layer its cap allows, below the best
         one sent), else ``bandwidth``.
     """
     out: dict[Hashable, Allocation] = {}
@@ -193,12 +193,13 @@ def allocate(budget_bps: float, demands: Sequence[TrackDemand], up_margin: float
         layer = layers[d.key]
         active = _active(d)
         bitrates = d.layer_bitrates
-        wanted = len(bitrates) - 1 if d.max_layer is None else min(d.max_layer, len(bitrates) - 1)
+        capped = d.max_layer is not None
+        wanted = min(d.max_layer, len(bitrates) - 1) if capped else len(bitrates) - 1  # type: ignore[type-var]
         if d.current is not None and d.current not in active and layer != d.current:
             reason = LAYER_LOST
-        elif layer is not None and layer == ceilings[d.key] and any(b is None for b in bitrates[layer + 1 : wanted + 1]):
-            # The best layer sent within the cap, below one the publisher does not send
-            # (not started yet, or stopped by its encoder): not the link's doing.
+        elif capped and layer is not None and layer == ceilings[d.key] and any(b is None for b in bitrates[layer + 1 : wanted + 1]):
+            # A tile's covering layer is not sent (not started yet, or stopped by the
+            # publisher's encoder): the best layer sent below it is not the link's doing.
             reason = LAYER_LOST
         elif layer is not None and layer == ceilings[d.key] and layer < active[-1]:
             reason = PREFERENCE

@@ -83,8 +83,10 @@ def test_preference_cap_paused_and_lost_layers():
     assert skip.layer == 2
     # Only the lowest layer sent yet (the publisher's encoder has not started the others):
     # what the subscriber gets is the publisher's doing, not the link's.
-    start = allocate(10_000_000, [demand("v", bitrates=[Q, None, None])])["v"]
+    start = allocate(10_000_000, [demand("v", bitrates=[Q, None, None], max_layer=2)])["v"]
     assert (start.layer, start.reason) == (0, LAYER_LOST)
+    uncapped = allocate(10_000_000, [demand("v", bitrates=[Q, None, None])])["v"]
+    assert (uncapped.layer, uncapped.reason) == (0, BANDWIDTH)  # no tile size asked: nothing is missing
     capped = allocate(10_000_000, [demand("v", bitrates=[Q, None, F], max_layer=1)])["v"]
     assert (capped.layer, capped.reason) == (0, LAYER_LOST)
     short = allocate(Q * 1.2, [demand("v", bitrates=[Q, H, None])])["v"]
@@ -142,7 +144,7 @@ def test_selector_preference_and_layer_loss_act_at_once():
     state["paused"] = True
     assert run(sel, [(2300, 5_000_000)], demands) == [(2300, None, PAUSED)]
     state["paused"] = False
-    assert run(sel, [(2400, 5_000_000)], demands) == [(2400, 1, LAYER_LOST)]  # f is still not sent
+    assert run(sel, [(2400, 5_000_000)], demands) == [(2400, 1, BANDWIDTH)]
     state["cap"] = 0
     assert run(sel, [(2500, 5_000_000)], demands) == [(2500, 0, PREFERENCE)]
 
@@ -226,7 +228,7 @@ def test_selector_a_layer_the_publisher_starts_late_is_taken_after_holding():
     state = {"bitrates": [Q, None, None]}
 
     def demands():
-        return [demand("v", bitrates=state["bitrates"])]
+        return [demand("v", bitrates=state["bitrates"], max_layer=2)]
 
     assert run(sel, [(0, 5_000_000)], demands) == [(0, 0, LAYER_LOST)]
     state["bitrates"] = [Q, H, None]
