@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import aioice.ice
+import aioice.stun
 import aiortc
 import pylibsrtp
 from aiortc import (
@@ -305,10 +306,15 @@ def _drop(reason: str) -> None:
 def _source_is_valid(connection: Any, addr: tuple[Any, ...]) -> bool:
     """Whether ``addr`` is the remote address of a candidate pair of ``connection``
     whose connectivity check succeeded (RFC 8445 §7.2.5.3.3: media only flows on valid
-    pairs). The set is cached on the connection and recomputed on a miss, at most every
-    ``_VALIDATE_EVERY_S``."""
+    pairs), or one that sent an authenticated binding request (§7.3.1.4: the peer's
+    check of that pair succeeds on our response, and its DTLS can follow before our own
+    check of the pair has finished, as Chromium's does on a second interface). The
+    set of checked pairs is cached on the connection and recomputed on a miss, at most
+    every ``_VALIDATE_EVERY_S``."""
     valid = connection.__dict__.get("_sfu_valid_sources")
     if valid is not None and addr in valid:
+        return True
+    if addr in connection.__dict__.get("_sfu_authenticated", ()):
         return True
     now = time.monotonic()
     if now - connection.__dict__.get("_sfu_valid_at", 0.0) < _VALIDATE_EVERY_S and valid is not None:
@@ -353,11 +359,36 @@ def _guarded_datagram_received(self: Any, data: bytes, addr: tuple[Any, ...]) ->
     connection.data_received(data, self.local_candidate.component)
 
 
+_request_received = aioice.ice.Connection.request_received
+MAX_AUTHENTICATED_SOURCES = 64  # remote addresses remembered per connection (as many as candidates)
+
+
+def _remembering_request_received(self: Any, message: Any, addr: tuple[Any, ...], protocol: Any) -> None:
+    """aioice's ``Connection.request_received``, which also remembers the source of an
+    authenticated binding request (RFC 8489 §9.1.3, checked as aioice checks it) as a
+    source media may come from (:func:`_source_is_valid`); at most
+    ``MAX_AUTHENTICATED_SOURCES`` per connection."""
+    _request_received(self, message, addr, protocol)
+    attributes = message.attributes
+    if (
+        not self._closing
+        and message.message_method == aioice.stun.Method.BINDING
+        and "MESSAGE-INTEGRITY" in attributes
+        and "USERNAME" in attributes
+        and self._valid_username(attributes["USERNAME"])
+        and message.check_message_integrity(self.local_password.encode("utf8"))
+    ):
+        known = self.__dict__.setdefault("_sfu_authenticated", set())
+        if len(known) < MAX_AUTHENTICATED_SOURCES:
+            known.add((addr[0], addr[1]))
+
+
 def harden_ice() -> None:
     """Guard every aioice socket of the process (idempotent; see
-    :func:`_guarded_datagram_received`). Called by :class:`SfuPeerConnection` and
-    :func:`install_tap`."""
+    :func:`_guarded_datagram_received` and :func:`_remembering_request_received`).
+    Called by :class:`SfuPeerConnection` and :func:`install_tap`."""
     aioice.ice.StunProtocol.datagram_received = _guarded_datagram_received  # type: ignore[method-assign]
+    aioice.ice.Connection.request_received = _remembering_request_received  # type: ignore[method-assign]
 
 
 def _tap_transport(dtls: RTCDtlsTransport, handler: RtcHandler) -> None:
