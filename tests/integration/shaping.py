@@ -17,18 +17,20 @@ def _tc(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def shaped_port(port: int, rate_kbit: int, queue_packets: int = 10) -> Iterator[None]:
-    """Limit UDP traffic to 127.0.0.1 ``port`` to ``rate_kbit`` kbit/s, dropping what
-    overflows a FIFO of ``queue_packets``; everything else on ``lo`` is untouched. The
-    shaping is removed on exit, whatever happened."""
+def shaped_port(port: int | list[int], rate_kbit: int, queue_packets: int = 10) -> Iterator[None]:
+    """Limit UDP traffic to local ``port`` (or to any of a list of ports: every candidate
+    of one peer, which may move its media to another of its pairs) to ``rate_kbit``
+    kbit/s together, dropping what overflows a FIFO of ``queue_packets``; everything else
+    on ``lo`` is untouched. The shaping is removed on exit, whatever happened."""
     _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "100000")
     try:
         _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit")
         _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
             "rate", f"{rate_kbit}kbit", "ceil", f"{rate_kbit}kbit")
         _tc("qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "pfifo", "limit", str(queue_packets))
-        _tc("filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32",
-            "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20")
+        for one in [port] if isinstance(port, int) else port:
+            _tc("filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32",
+                "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(one), "0xffff", "flowid", "1:20")
         yield
     finally:
         subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
