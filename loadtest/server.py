@@ -1,11 +1,14 @@
 """Start and stop the SFU server as a subprocess on loopback (tests and benchmarks).
 
 The server is ``python -m signaling.cli serve --host 127.0.0.1 --port PORT``; it is
-ended by its own pid (SIGTERM, then SIGKILL), never by name.
+ended by its own pid (SIGTERM, then SIGKILL), never by name. It can also run inside a
+network namespace a test made (``ip netns exec NS``, bound to an address there): then
+its health and metrics are read from a thread that entered that namespace.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import signal
@@ -13,15 +16,64 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["REPO_ROOT", "ServerProcess", "free_port", "server_help"]
+__all__ = ["REPO_ROOT", "ServerProcess", "call_in_netns", "enter_netns", "free_port", "server_help"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_CLONE_NEWNET = 0x40000000
+_T = TypeVar("_T")
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (only it: setns(2) acts per thread) into the network
+    namespace ``ip netns`` knows as ``name``; sockets it creates from now on are there.
+    Call it only in a thread of your own that ends afterwards.
+
+    Raises:
+        OSError: no such namespace, or not allowed (needs root).
+    """
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+def call_in_netns(name: str, fn: Callable[..., _T], *args: Any, timeout: float | None = 60.0) -> _T:
+    """``fn(*args)`` in a new thread inside the network namespace ``name``; its result,
+    or its exception raised here.
+
+    Raises:
+        TimeoutError: it did not return within ``timeout`` seconds.
+    """
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            enter_netns(name)
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"{fn!r} in {name} took over {timeout} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def free_port() -> int:
@@ -62,6 +114,8 @@ class ServerProcess:
         cpus: set[int] | None = None,
         python_args: Sequence[str] = (),
         tls: tuple[Path, Path] | None = None,
+        netns: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """Start the server (this returns at once; see :meth:`wait_healthy`).
 
@@ -73,16 +127,21 @@ class ServerProcess:
             python_args: interpreter arguments before ``-m signaling.cli``, e.g.
                 ``("-m", "cProfile", "-o", "out.prof")``.
             tls: (certificate, key) PEM files: serve HTTPS/WSS (``--tls-cert/--tls-key``).
+            netns: run it inside this network namespace (``ip netns exec``; root).
+            host: the address it binds (``--host``) and is reached at.
         """
         self.port = port or free_port()
+        self.netns = netns
+        self.host = host
         self.tls = tls
         if tls is not None:
             extra_args = (*extra_args, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
         self.log_path = log_path
         with open(log_path, "wb") as log:
+            prefix = ["ip", "netns", "exec", netns] if netns else []  # ip execs: the pid stays the server's
             self.proc = subprocess.Popen(
-                [sys.executable, *python_args, "-m", "signaling.cli", "serve",
-                 "--host", "127.0.0.1", "--port", str(self.port), *extra_args],
+                [*prefix, sys.executable, *python_args, "-m", "signaling.cli", "serve",
+                 "--host", host, "--port", str(self.port), *extra_args],
                 cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -99,12 +158,29 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         """The room service WebSocket URL."""
-        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://{self._authority}/ws"
 
     @property
     def http_url(self) -> str:
         """The base HTTP URL (``/healthz``, ``/metrics``)."""
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self._authority}"
+
+    @property
+    def _authority(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _urlopen(self, url: str, timeout: float) -> tuple[int, bytes]:
+        """GET ``url`` (from inside the server's namespace when it has one)."""
+        # A test certificate is self-signed: health polling does not verify it.
+        context = ssl._create_unverified_context() if self.tls else None
+
+        def get() -> tuple[int, bytes]:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+                return response.status, response.read()
+
+        if self.netns is None:
+            return get()
+        return call_in_netns(self.netns, get, timeout=timeout + 5)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Poll ``/healthz`` every 0.1 s until it answers 200.
@@ -116,11 +192,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                # A test certificate is self-signed: health polling does not verify it.
-                context = ssl._create_unverified_context() if self.tls else None
-                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1.0, context=context) as response:
-                    if response.status == 200:
-                        return
+                if self._urlopen(f"{self.http_url}/healthz", 1.0)[0] == 200:
+                    return
             except (urllib.error.URLError, OSError):
                 pass
             if self.proc.poll() is not None:
@@ -132,9 +205,7 @@ class ServerProcess:
     def metrics(self) -> dict[str, float]:
         """Every sample on ``/metrics``, keyed by its name with labels as written
         (``sfu_datachannel_messages_dropped_total{reason="buffer_full"}``)."""
-        context = ssl._create_unverified_context() if self.tls else None
-        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5.0, context=context) as response:
-            text = response.read().decode()
+        text = self._urlopen(f"{self.http_url}/metrics", 5.0)[1].decode()
         samples: dict[str, float] = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

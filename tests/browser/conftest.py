@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.browser.firefox import FirefoxPage, check_firefox  # noqa: E402  (needs REPO_ROOT on the path)
+from tests.netns import Namespace, end_browser, network  # noqa: E402, F401  (network: the fixture)
 
 # Flags a headless WebRTC participant needs on this machine (TESTING.md).
 CHROMIUM_FLAGS = [
@@ -145,10 +146,10 @@ class BrowserPage:
         return f"--- console of {self.label} ---\n" + "\n".join(self.console[-50:])
 
 
-def _launch_chromium(user_data_dir: str) -> subprocess.Popen:
+def _launch_chromium(user_data_dir: str, args: Sequence[str] = ()) -> subprocess.Popen:
     """Start Chromium in a new process group with DevTools on a loopback port."""
     return subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
+        [CHROMIUM, *CHROMIUM_FLAGS, *args, f"--user-data-dir={user_data_dir}",
          "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -176,17 +177,29 @@ OpenPage = Callable[..., Awaitable[BrowserPage]]
 
 @pytest.fixture
 async def open_page() -> AsyncIterator[OpenPage]:
-    """Factory: `await open_page(url, label, engine="chromium", init_script=None)`
-    starts a fresh browser (`chromium` or `firefox`) and opens `url`; Chromium runs
-    `init_script` in the page before the page's own scripts."""
+    """Factory: `await open_page(url, label, engine="chromium", init_script=None,
+    netns=None, args=())` starts a fresh browser (`chromium` or `firefox`) and opens
+    `url`; Chromium runs `init_script` in the page before the page's own scripts, takes
+    the extra command-line `args`, and runs inside the network namespace `netns`
+    (a `tests.netns.Namespace`) when one is given."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is not installed (.ci/run installs the Debian package chromium)")
     processes: list[tuple[subprocess.Popen, str]] = []
+    pid_files: list[Path] = []
+    dirs: list[str] = []
     browsers: list[Browser] = []
     firefoxes: list[FirefoxPage] = []
     async with async_playwright() as playwright:
 
-        async def _open(url: str, label: str, engine: str = "chromium", init_script: str | None = None) -> BrowserPage:
+        async def _open(
+            url: str,
+            label: str,
+            engine: str = "chromium",
+            init_script: str | None = None,
+            *,
+            netns: Namespace | None = None,
+            args: Sequence[str] = (),
+        ) -> BrowserPage:
             if engine == "firefox":
                 missing = check_firefox()
                 if missing:
@@ -200,13 +213,26 @@ async def open_page() -> AsyncIterator[OpenPage]:
             if engine != "chromium":
                 raise ValueError(f"unknown engine {engine}")
             user_data_dir = tempfile.mkdtemp(prefix=f"chromium-{label}-")
-            proc = _launch_chromium(user_data_dir)
-            processes.append((proc, user_data_dir))
-            port = await _devtools_port(proc, user_data_dir)
-            browser = await playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
-            browsers.append(browser)
-            context = browser.contexts[0]
-            page = context.pages[0] if context.pages else await context.new_page()
+            if netns is not None:
+                # Inside a network namespace: Playwright starts it through a wrapper
+                # (`ip netns exec`) and talks to it over a pipe, not a loopback port.
+                wrapper, pid_file = netns.chromium_wrapper(Path(user_data_dir))
+                pid_files.append(pid_file)
+                dirs.append(user_data_dir)
+                browser = await playwright.chromium.launch(
+                    executable_path=str(wrapper), headless=False, chromium_sandbox=False,
+                    args=[*CHROMIUM_FLAGS, *args], timeout=CHROMIUM_START_TIMEOUT * 1000,
+                )
+                browsers.append(browser)
+                page = await (await browser.new_context()).new_page()
+            else:
+                proc = _launch_chromium(user_data_dir, args)
+                processes.append((proc, user_data_dir))
+                port = await _devtools_port(proc, user_data_dir)
+                browser = await playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
+                browsers.append(browser)
+                context = browser.contexts[0]
+                page = context.pages[0] if context.pages else await context.new_page()
             participant = BrowserPage(page, label)
             if init_script is not None:  # runs in the page before its own scripts
                 await page.add_init_script(init_script)
@@ -224,6 +250,10 @@ async def open_page() -> AsyncIterator[OpenPage]:
                     pass
             for proc, user_data_dir in processes:
                 _end_process_group(proc)
+                shutil.rmtree(user_data_dir, ignore_errors=True)
+            for pid_file in pid_files:  # browsers in a namespace, by their pid
+                end_browser(pid_file)
+            for user_data_dir in dirs:
                 shutil.rmtree(user_data_dir, ignore_errors=True)
 
 

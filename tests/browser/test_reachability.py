@@ -1,0 +1,285 @@
+"""Reachability from real networks, made of network namespaces (tests/netns.py).
+
+1. A server behind a cloud's 1:1 NAT (binds a private address, ``--announced-address``
+   names the public one that a router namespace DNATs to it) and a Chromium behind a
+   home NAT (MASQUERADE in another router namespace): the page joins from the public
+   address, its ICE pair is with the announced address, and media flows both ways with
+   aiortc bots on a third network.
+2. A client network where only TCP to the server's HTTP port and coturn's ports gets
+   out (iptables drops UDP and everything else in the client namespace): Chromium with
+   ``iceTransportPolicy: relay`` and aiortc bots with ``ice_transport_policy="relay"``
+   reach the server through coturn over TURN/TCP, then over TURN/TLS (a certificate
+   made here with openssl), and media flows both ways; coturn refuses expired and
+   forged TURN REST credentials (401).
+
+Addresses are /30s of 10.250.0.0/16 inside namespaces made here; the test process acts
+inside them from threads that entered them; everything is deleted at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aioice.ice
+import pytest
+
+from loadtest.client import RoomClient
+from loadtest.media import PreEncodedAudioTrack, PreEncodedVideoTrack
+from loadtest.server import ServerProcess
+from sfu.rtc.adapter import set_ice_addresses
+from tests.browser.pages import assert_receives_media, new_room, wait_joined
+from tests.netns import Namespace, Network
+
+if TYPE_CHECKING:
+    from conftest import BrowserPage, OpenPage
+
+pytestmark = pytest.mark.browser
+
+TEST_TIMEOUT = 60.0
+TURN_SECRET = "coturn-secret-of-the-reachability-tests"
+MIN_PACKETS = 60  # RTP packets of each kind a bot must get from the page (~1.5 s of audio)
+
+# The selected ICE candidate pair as the page sees it (W3C webrtc-stats).
+SELECTED_PAIR_JS = """async () => {
+  const stats = [...(await window.sfuPc.getStats()).values()];
+  const byId = new Map(stats.map((s) => [s.id, s]));
+  const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+  const pair = transport ? byId.get(transport.selectedCandidatePairId) : null;
+  if (!pair || pair.state !== 'succeeded') return null;
+  const local = byId.get(pair.localCandidateId), remote = byId.get(pair.remoteCandidateId);
+  return {
+    local: {type: local.candidateType, address: local.address, relayProtocol: local.relayProtocol ?? null},
+    remote: {type: remote.candidateType, address: remote.address, port: remote.port},
+    bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived,
+  };
+}"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def encoded_clips() -> None:
+    """Encode the bots' clips before any test connects (seconds of CPU the first time)."""
+    PreEncodedVideoTrack()
+    PreEncodedAudioTrack()
+
+
+@pytest.fixture
+def restore_ice_addresses() -> Iterator[None]:
+    """The bots set the process's ICE host addresses to their namespace's: put back
+    whatever was there."""
+    saved = aioice.ice.get_host_addresses
+    try:
+        yield
+    finally:
+        aioice.ice.get_host_addresses = saved
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Servers the test starts (in namespaces); stopped by pid at teardown."""
+    started: list[ServerProcess] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            code = server.stop()
+            print(f"--- server pid {server.pid} exited {code}; log tail ---\n{server.log_tail()}")
+
+
+def start_server(servers: list[ServerProcess], tmp_path: Path, ns: Namespace, address: str, *args: str) -> ServerProcess:
+    """The SFU inside ``ns``, bound to ``address`` (development mode: no tokens)."""
+    server = ServerProcess(tmp_path / f"server-{len(servers)}.log", ("--dev", *args), netns=ns.name, host=address)
+    servers.append(server)
+    server.wait_healthy(30)
+    return server
+
+
+class Bots:
+    """Two aiortc participants inside a namespace, on an event loop of their own
+    (:meth:`Namespace.run_coroutine`): ``BotPub`` publishes VP8 + Opus, ``BotView``
+    subscribes to everything and counts the RTP it gets. ``ready`` gives BotPub's
+    participant id once it publishes; :meth:`stop` ends them; the result of the run
+    is what BotView received from the page and the ICE candidates both used."""
+
+    def __init__(self, ns: Namespace, ws_url: str, room: str, address: str, policy: str = "all",
+                 trusted_cafile: Path | None = None) -> None:
+        self.ns, self.ws_url, self.room, self.address, self.policy = ns, ws_url, room, address, policy
+        self.trusted_cafile = trusted_cafile
+        self.ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._stop = threading.Event()
+        self._viewer_done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.task: asyncio.Task[dict[str, Any]] | None = None
+        self.latest: dict[str, dict[str, int]] = {}  # what BotView counted so far, by kind
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.ns.run_coroutine(self._run, timeout=TEST_TIMEOUT))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def result(self) -> dict[str, Any]:
+        assert self.task is not None
+        self.stop()
+        return await self.task
+
+    async def wait_ready(self) -> str:
+        """BotPub's participant id once it publishes (raises what the bots raised)."""
+        assert self.task is not None
+        ready = asyncio.wrap_future(self.ready)
+        await asyncio.wait({ready, self.task}, timeout=40, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            ready.cancel()
+            self.task.result()  # raises the bots' error
+            raise AssertionError("the bots ended before publishing")
+        if not ready.done():
+            raise AssertionError("the bots did not publish within 40 s")
+        return ready.result()
+
+    async def wait_received(self, timeout: float = 20.0) -> None:
+        """Until BotView has :data:`MIN_PACKETS` of video and of audio (or the time is
+        up: the caller's assertions say what was missing)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (self.task and self.task.done()):
+            if all(self.latest.get(k, {}).get("packets", 0) >= MIN_PACKETS for k in ("video", "audio")):
+                return
+            await asyncio.sleep(0.2)
+
+    async def _run(self) -> dict[str, Any]:
+        set_ice_addresses([self.address])
+        publisher = RoomClient(self.ws_url, auto_subscribe=False, loopback_only=False, ice_transport_policy=self.policy)
+        viewer = RoomClient(self.ws_url, count_rtp=True, loopback_only=False, ice_transport_policy=self.policy)
+        try:
+            reply = await publisher.join(self.room, "BotPub")
+            await viewer.join(self.room, "BotView")
+            await publisher.publish([PreEncodedVideoTrack(), PreEncodedAudioTrack()], ["camera", "microphone"])
+            self.ready.set_result(reply["participantId"])
+
+            def kinds() -> dict[str, dict[str, int]]:
+                out: dict[str, dict[str, int]] = {}
+                for s in viewer.counter.snapshot():
+                    entry = out.setdefault(s.kind, {"packets": 0, "bytes": 0, "frames": 0})
+                    entry["packets"] += s.packets
+                    entry["bytes"] += s.bytes
+                    entry["frames"] += s.frames
+                return out
+
+            while not self._stop.is_set():  # until the test has checked the page
+                self.latest = kinds()
+                await asyncio.sleep(0.1)
+            received = kinds()
+            return {
+                "iceServers": reply.get("iceServers", []),
+                "received": received,
+                "candidates": {
+                    name: _ice_summary(client) for name, client in (("BotPub", publisher), ("BotView", viewer))
+                },
+            }
+        finally:
+            await asyncio.gather(publisher.close(), viewer.close(), return_exceptions=True)
+
+
+def _ice_summary(client: RoomClient) -> dict[str, Any]:
+    """The client's local candidates' types and its nominated pair (aioice)."""
+    transceivers = client.pc.getTransceivers() if client.pc else []
+    if not transceivers:
+        return {}
+    ice = transceivers[0].receiver.transport.transport
+    pair = ice._connection._nominated.get(1)  # aioice's selected pair of component 1
+    return {
+        "local_types": sorted({c.type for c in ice.iceGatherer.getLocalCandidates()}),
+        "pair_local": None if pair is None else (pair.local_candidate.type, pair.local_candidate.host),
+        "pair_remote": None if pair is None else pair.remote_addr[0],
+        "state": client.pc.connectionState,
+    }
+
+
+async def wait_selected_pair(page: BrowserPage, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pair = await page.page.evaluate(SELECTED_PAIR_JS)
+        if pair is not None:
+            return pair
+        if time.monotonic() > deadline:
+            pytest.fail(f"{page.label} has no selected candidate pair after {timeout} s\n{page.log()}")
+        await asyncio.sleep(0.25)
+
+
+def assert_bots_received_the_page(result: dict[str, Any]) -> None:
+    received = result["received"]
+    for kind in ("video", "audio"):
+        got = received.get(kind, {"packets": 0, "bytes": 0})
+        assert got["packets"] >= MIN_PACKETS and got["bytes"] > 0, f"BotView got too little {kind}: {received}"
+    assert received["video"]["frames"] >= 10, received
+
+
+def _connect_refused(address: str, port: int) -> str | None:
+    """None when a TCP connection to (address, port) gets through, else the error."""
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+        return None
+    except OSError as exc:
+        return repr(exc)
+
+
+async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_address(
+    network: Network, open_page: OpenPage, servers: list[ServerProcess], tmp_path: Path, restore_ice_addresses: None
+) -> None:
+    """Chromium behind a MASQUERADE NAT joins a server that binds a private address and
+    announces its router's public one; media flows both ways with bots on the public
+    network."""
+    cli, home, edge, srv, peer = (network.namespace(r) for r in ("cli", "home", "edge", "srv", "peer"))
+    lan = network.connect(home, cli)  # home NAT 10.x.a.1 <-> Chromium's host 10.x.a.2
+    wan = network.connect(edge, home)  # the edge router's public address <-> the home NAT's
+    dc = network.connect(edge, srv)  # the edge router <-> the server's private address
+    pub = network.connect(edge, peer)  # the edge router <-> the bots' network
+    cli.add_route("default", via=lan.a_addr)
+    home.masquerade(wan.b_dev)
+    srv.add_route("default", via=dc.a_addr)
+    peer.add_route("default", via=pub.a_addr)
+    public, private = wan.a_addr, dc.b_addr
+    edge.one_to_one_nat(public, private, private_dev=dc.a_dev)
+
+    server = start_server(servers, tmp_path, srv, private, "--ice-address", private, "--announced-address", public)
+    base = f"http://{public}:{server.port}"
+
+    # The private address is not reachable from the client's network; the public one is.
+    assert cli.call(_connect_refused, private, server.port) is not None
+    assert cli.call(_connect_refused, public, server.port) is None
+
+    room = new_room("nat")
+    bots = Bots(peer, f"ws://{public}:{server.port}/ws", room, pub.b_addr)
+    bots.start()
+    try:
+        bot_id = await bots.wait_ready()
+        page = await open_page(
+            f"{base}/?room={room}&name=Natted&simulcast=0", "Natted", netns=cli,
+            args=[f"--unsafely-treat-insecure-origin-as-secure={base}"],
+        )
+        await wait_joined(page)
+        await assert_receives_media(page, [bot_id])  # decodes the bots' video, plays their audio
+
+        answer = await page.page.evaluate("() => window.sfuPc.remoteDescription.sdp")
+        hosts = set(re.findall(r"a=candidate:\S+ \d \S+ \d+ (\S+) \d+ typ host", answer))
+        assert hosts == {public}, f"the server's candidates name {hosts}, not only {public}"
+        assert private not in answer
+        pair = await wait_selected_pair(page)
+        assert pair["remote"]["address"] == public, pair
+        # The server sees the page at the home NAT's address, and says so in its binding
+        # responses: the page's side of the pair is that peer-reflexive address.
+        assert pair["local"]["address"] == wan.b_addr and pair["local"]["type"] == "prflx", pair
+
+        await bots.wait_received()
+        result = await bots.result()
+    finally:
+        bots.stop()
+    assert_bots_received_the_page(result)
+    for name, ice in result["candidates"].items():
+        assert ice["pair_remote"] == public and ice["state"] == "connected", (name, ice)
+
