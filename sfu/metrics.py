@@ -118,6 +118,8 @@ class MediaCounters:
         )
         # transport-cc feedback packets: "received" from subscribers, "sent" to publishers.
         self.transport_feedback: Counter[str] = Counter()
+        # Datagrams the single-port demultiplexer (sfu/rtc/udp_mux.py) could not route, by reason.
+        self.udp_mux_dropped: Counter[str] = Counter()
 
 
 COUNTERS = MediaCounters()
@@ -167,6 +169,14 @@ class MediaCollector(Collector):
         for reason, n in sorted(c.dropped.items()):
             dropped.add_metric([reason], n)
         yield dropped
+        mux_dropped = CounterMetricFamily(
+            "sfu_udp_mux_dropped",
+            "datagrams on the shared UDP port (--udp-port) routed to no connection, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(c.udp_mux_dropped.items()):
+            mux_dropped.add_metric([reason], n)
+        yield mux_dropped
 
         for name, doc, value in (
             ("sfu_rtcp_nacks_received", "NACK packets received from subscribers", c.nacks_received),

@@ -32,11 +32,12 @@ from sfu.rtc.adapter import (
     set_ice_addresses,
 )
 from sfu.rtc.ports import set_udp_port_range
+from sfu.rtc.udp_mux import set_udp_port
 from sfu.turn import IceServers
 
 from .access import Access
 from .app import create_app
-from .config import ConfigError, load_config
+from .config import ConfigError, ServerConfig, load_config, parse_port_range
 
 __all__ = ["main", "build_parser"]
 
@@ -101,9 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--udp-port-range",
         metavar="LOW-HIGH",
-        default=os.environ.get("SFU_UDP_PORT_RANGE"),
         help="bind every media (ICE) socket to a UDP port in LOW-HIGH, e.g. 50000-60000 (env SFU_UDP_PORT_RANGE); "
         "a full range refuses the offer with no_media_port",
+    )
+    serve.add_argument(
+        "--udp-port",
+        metavar="P",
+        type=int,
+        help="carry every participant's media (ICE, DTLS, SRTP, SCTP) on the one UDP port P, per ICE address "
+        "(env SFU_UDP_PORT); excludes --udp-port-range",
     )
     serve.add_argument("--stun", action="append", metavar="URL", help="a stun: URL given to clients (repeatable)")
     serve.add_argument("--turn", action="append", metavar="URL",
@@ -203,6 +210,39 @@ def ice_addresses(host: str, given: list[str] | None) -> list[str] | None:
     return None
 
 
+def udp_media_ports(args: argparse.Namespace, config: ServerConfig) -> int | tuple[int, int] | None:
+    """The media ports asked for: one shared port P (``--udp-port``), a range (low, high)
+    (``--udp-port-range``), or None (any port). Flags win over the environment
+    (``SFU_UDP_PORT``, ``SFU_UDP_PORT_RANGE``), which wins over the file
+    (``server.udp_port``, ``server.udp_port_range``); the two ways exclude each other.
+
+    Raises:
+        ValueError: both given at the same level, or a bad port or range.
+    """
+    env_port, env_range = os.environ.get("SFU_UDP_PORT", "").strip(), os.environ.get("SFU_UDP_PORT_RANGE", "").strip()
+    for port, port_range, where in (
+        (args.udp_port, args.udp_port_range, ("--udp-port", "--udp-port-range")),
+        (env_port or None, env_range or None, ("SFU_UDP_PORT", "SFU_UDP_PORT_RANGE")),
+    ):
+        if port is not None and port_range is not None:
+            raise ValueError(f"{where[0]} and {where[1]} exclude each other: one shared port for every participant, "
+                             "or one port per participant in a range")
+        if port is not None:
+            try:
+                value = int(port)
+            except ValueError:
+                raise ValueError(f"{where[0]}: not a port: {port!r}") from None
+            if not 1 <= value <= 65535:
+                raise ValueError(f"{where[0]}: a UDP port is 1-65535, not {value}")
+            return value
+        if port_range is not None:
+            try:
+                return parse_port_range(port_range)
+            except ValueError as exc:
+                raise ValueError(f"{where[1]}: {exc}") from None
+    return config.udp_port if config.udp_port is not None else config.udp_port_range
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sfu`` console script."""
     args = build_parser().parse_args(argv)
@@ -222,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         config.keys = server_keys(args.config)
+        media_ports = udp_media_ports(args, config)
     except (ConfigError, ValueError) as exc:
         print(f"sfu: {exc}", file=sys.stderr)
         return 2
@@ -273,13 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if announced:
         logging.getLogger("sfu").info("announcing %s in the candidates", ", ".join(announced))
-    if args.udp_port_range:
+    if isinstance(media_ports, tuple):
+        set_udp_port_range(*media_ports)
+    elif media_ports is not None:
         try:
-            low, _, high = args.udp_port_range.partition("-")
-            set_udp_port_range(int(low), int(high or low))
-        except ValueError as exc:
-            print(f"sfu: --udp-port-range: {exc}", file=sys.stderr)
+            set_udp_port(media_ports)
+        except OSError as exc:
+            print(f"sfu: --udp-port {media_ports}: cannot bind it: {exc}", file=sys.stderr)
             return 2
+        logging.getLogger("sfu").info("all media on UDP port %d", media_ports)
     COUNTERS.per_packet = not args.no_media_metrics
     uvloop.install()
     registry = RoomRegistry(

@@ -8,6 +8,8 @@ every connection is held to (docs/CONFIG.md).
     allowed_origins = ["https://app.example.com"]
     metrics_token = "..."       # /metrics needs 'Authorization: Bearer <this>'
     metrics_port = 9100         # or: /metrics on its own port (then not on the main one)
+    udp_port = 50000            # every participant's media on this one UDP port, or:
+    # udp_port_range = "50000-60000"   # one port per participant inside this range
 
     [webhook]
     urls = ["https://app.example.com/sfu-events"]
@@ -36,7 +38,7 @@ from typing import Any
 from sfu.auth import KeyStore
 from sfu.turn import IceServers
 
-__all__ = ["ConfigError", "Limits", "ServerConfig", "load_config"]
+__all__ = ["ConfigError", "Limits", "ServerConfig", "load_config", "parse_port_range"]
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,8 @@ class ServerConfig:
     metrics_token: str | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # where metrics_port listens (the server's --host)
+    udp_port: int | None = None  # one shared UDP port for all media (sfu/rtc/udp_mux.py)
+    udp_port_range: tuple[int, int] | None = None  # one UDP port per participant in (low, high)
     webhook_urls: list[str] = field(default_factory=list)
     webhook_api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -96,6 +100,22 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise ConfigError(f"{where}.{key} has the wrong type")
     return value
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"LOW-HIGH"`` (or one port ``"P"``) -> (low, high), 1 <= low <= high <= 65535.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    low, _, high = text.strip().partition("-")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise ValueError(f"a UDP port range is LOW-HIGH, not {text!r}") from None
+    if not 1 <= bounds[0] <= bounds[1] <= 65535:
+        raise ValueError(f"a UDP port range is 1 <= LOW <= HIGH <= 65535, not {text!r}")
+    return bounds
 
 
 def load_config(path: str | Path | None) -> ServerConfig:
@@ -133,8 +153,20 @@ def load_config(path: str | Path | None) -> ServerConfig:
             config.metrics_token = _typed(server, key, str, "server")
         elif key == "metrics_port":
             config.metrics_port = _typed(server, key, int, "server")
+        elif key == "udp_port":
+            config.udp_port = _typed(server, key, int, "server")
+            if not 1 <= config.udp_port <= 65535:
+                raise ConfigError("server.udp_port must be 1-65535")
+        elif key == "udp_port_range":
+            try:
+                config.udp_port_range = parse_port_range(_typed(server, key, str, "server"))
+            except ValueError as exc:
+                raise ConfigError(f"server.udp_port_range: {exc}") from exc
         else:
             raise ConfigError(f"unknown key server.{key}")
+    if config.udp_port is not None and config.udp_port_range is not None:
+        raise ConfigError("server.udp_port and server.udp_port_range exclude each other: one shared port, "
+                          "or one port per participant in a range")
     webhook = data.get("webhook", {})
     for key in webhook:
         if key == "urls":

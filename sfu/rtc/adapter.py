@@ -62,6 +62,7 @@ from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
 from ..core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
 from .ice_guard import _RTP_FIRST, _RTP_LAST, _drop, harden_ice, quiet_connect_after_close
 from .ports import NoMediaPort, port_range
+from .udp_mux import udp_port
 
 _STAND_IN = {"audio": "opus/48000/2", "video": "VP8/90000"}
 
@@ -581,7 +582,8 @@ class SfuPeerConnection:
         and listed in :attr:`rejected_mids`; the rest of the offer goes on.
 
         Raises:
-            NoMediaPort: with a UDP port range (:mod:`sfu.rtc.ports`) that is full.
+            NoMediaPort: with a UDP port range (:mod:`sfu.rtc.ports`) that is full, or
+                with a shared UDP port (:mod:`sfu.rtc.udp_mux`) that could not be used.
             ValueError: aiortc could not apply the offer (bad SDP, ...).
         """
         supported = {
@@ -603,6 +605,8 @@ class SfuPeerConnection:
         if port_range() is not None and ice is not None and not ice.iceGatherer.getLocalCandidates():
             low, high = port_range()  # type: ignore[misc]
             raise NoMediaPort(f"the server has no free media port (UDP {low}-{high} are all in use)")
+        if udp_port() is not None and ice is not None and not ice.iceGatherer.getLocalCandidates():
+            raise NoMediaPort(f"the server could not use its media port (UDP {udp_port()})")
         self._refresh_media()
         sdp = munge_answer(self.pc.localDescription.sdp, simulcast or {}, rid_extension_ids(offer_sdp))
         sdp = reject_in_answer(sdp, offer_sdp, self.rejected_mids)

@@ -77,3 +77,36 @@ def test_token_bucket():
     assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
     assert bucket.take(0.5) and not bucket.take(0.5)  # one token in 0.5 s
     assert [bucket.take(10.0) for _ in range(4)] == [True, True, True, False]  # never more than the burst
+
+
+def test_media_ports_from_the_file_and_flags_that_exclude_each_other(tmp_path, monkeypatch):
+    from signaling.cli import build_parser, udp_media_ports
+
+    monkeypatch.delenv("SFU_UDP_PORT", raising=False)
+    monkeypatch.delenv("SFU_UDP_PORT_RANGE", raising=False)
+    path = tmp_path / "sfu.toml"
+    path.write_text("[server]\nudp_port = 50000\n")
+    assert load_config(path).udp_port == 50000
+    path.write_text('[server]\nudp_port_range = "50000-50100"\n')
+    config = load_config(path)
+    assert config.udp_port_range == (50000, 50100)
+    for text in ("[server]\nudp_port = 0\n", '[server]\nudp_port = "1"\n', '[server]\nudp_port_range = "9-1"\n',
+                 '[server]\nudp_port = 5\nudp_port_range = "1-2"\n'):
+        path.write_text(text)
+        with pytest.raises(ConfigError):
+            load_config(path)
+
+    def ports(*argv):
+        return udp_media_ports(build_parser().parse_args(["serve", *argv]), config)
+
+    assert ports() == (50000, 50100)  # the file's
+    assert ports("--udp-port", "40000") == 40000  # a flag wins over the file
+    assert ports("--udp-port-range", "1-2") == (1, 2)
+    with pytest.raises(ValueError, match="exclude each other"):
+        ports("--udp-port", "40000", "--udp-port-range", "1-2")
+    monkeypatch.setenv("SFU_UDP_PORT", "41000")
+    assert ports() == 41000 and ports("--udp-port-range", "1-2") == (1, 2)
+    monkeypatch.setenv("SFU_UDP_PORT_RANGE", "1-2")
+    with pytest.raises(ValueError, match="SFU_UDP_PORT and SFU_UDP_PORT_RANGE exclude each other"):
+        ports()
+    assert main(["serve", "--udp-port", "40000", "--udp-port-range", "1-2"]) == 2
