@@ -55,6 +55,7 @@ from .data import (
     encode_envelope,
 )
 from .latency import FrameSendLog
+from .reconnect import PING_INTERVAL_S, reconnect
 from .simulcast import SimulcastClips, SimulcastSender, add_simulcast_to_offer
 
 __all__ = [
@@ -207,6 +208,8 @@ class RoomClient:
         channels: Sequence[ChannelSpec] = (),
         on_data: Callable[[DataMessage], None] | None = None,
         ice_transport_policy: str = "all",
+        reconnect: bool = True,
+        reconnect_timeout: float = 60.0,
     ) -> None:
         """
         Args:
@@ -224,8 +227,23 @@ class RoomClient:
                 queueing it in :attr:`data` (keeps memory flat under load).
             ice_transport_policy: ``"all"``, or ``"relay"`` to reach the server only
                 through the TURN servers of the join reply's ``iceServers``.
+            reconnect: when the WebSocket drops (or stops answering pings) or the
+                PeerConnection fails, reconnect by itself (:mod:`loadtest.reconnect`:
+                backoff, resume the participant, republish, resubscribe), putting
+                ``reconnecting``, ``reconnected`` and ``disconnected`` events in
+                :attr:`events`. Not after :meth:`leave`, :meth:`close`, ``removed``
+                or ``server_shutdown``.
+            reconnect_timeout: seconds of reconnection attempts before giving up.
         """
         self.url = url
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self.reconnects = 0  # reconnections that succeeded
+        self.resume_key: str | None = None  # the joined reply's resumeKey
+        self.ended: str | None = None  # why the client stopped for good: left, closed, removed, ...
+        self._join_message: dict[str, Any] | None = None
+        self._reconnector: asyncio.Task[None] | None = None
+        self._opened_specs: list[ChannelSpec] = []  # channels opened with open_channel()
         self.ice_transport_policy = ice_transport_policy
         self.ice_servers: list[dict[str, Any]] = []  # the join reply's iceServers
         self.auto_subscribe = auto_subscribe
@@ -291,6 +309,13 @@ class RoomClient:
         else:
             message["name"] = name
         reply = await self._request(message)
+        self._join_message = message
+        return await self._on_joined(reply)
+
+    async def _on_joined(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Take the ``joined`` reply: roster, a new PeerConnection, the channels."""
+        self.resume_key = reply.get("resumeKey")
+        self.participants.clear()
         self.permissions = reply.get("permissions", {})
         self.ice_servers = reply.get("iceServers", [])
         if self.permissions.get("canSubscribe") is False:
@@ -301,7 +326,7 @@ class RoomClient:
             self._add_participant(participant)
         self.pc = self._create_peer_connection()
         # Channels exist before any offer, so that the first one carries m=application.
-        opened = [self._create_channel(spec) for spec in self._channel_specs]
+        opened = [self._create_channel(spec) for spec in (*self._channel_specs, *self._opened_specs)]
         if self.auto_subscribe:
             self._want(t for p in self.participants.values() for t in p.tracks)
         self._notify()
@@ -314,6 +339,7 @@ class RoomClient:
         tracks: Sequence[MediaStreamTrack],
         sources: Sequence[str | None] | None = None,
         video_codec: str | None = None,
+        previous_ids: Sequence[str | None] | None = None,
     ) -> list[str]:
         """Publish local tracks in one offer/answer exchange.
 
@@ -324,6 +350,8 @@ class RoomClient:
                 ``screen_audio``, ``custom``) or None for the server's default.
             video_codec: offer only this video codec (e.g. ``"video/H264"``) plus RTX
                 for video tracks; None offers all of aiortc's.
+            previous_ids: after a reconnection, the track id each track had
+                (``publish.trackId``, docs/PROTOCOL.md "Reconnection").
 
         Returns:
             the server's track ids, in the order of ``tracks``.
@@ -338,7 +366,7 @@ class RoomClient:
         async with self._negotiation:
             pc = self._require_pc()
             bindings: list[tuple[RTCRtpTransceiver, dict[str, Any]]] = []
-            for track, source in zip(tracks, sources, strict=True):
+            for i, (track, source) in enumerate(zip(tracks, sources, strict=True)):
                 transceiver = self._take_inactive(track.kind, bindings)
                 if transceiver is None:
                     transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -354,6 +382,8 @@ class RoomClient:
                         ]
                     )
                 spec: dict[str, Any] = {} if source is None else {"source": source}
+                if previous_ids is not None and previous_ids[i] is not None:
+                    spec["trackId"] = previous_ids[i]
                 bindings.append((transceiver, {"publish": spec}))
             answer = await self._negotiate(bindings)
         ids: list[str] = []
@@ -466,6 +496,8 @@ class RoomClient:
         self._require_pc()
         spec = ChannelSpec(label, ordered, max_retransmits, max_packet_lifetime)
         channel = self._create_channel(spec)
+        if spec not in self._opened_specs and spec not in self._channel_specs:
+            self._opened_specs.append(spec)  # opened again after a reconnection
         await self._open_channels([channel])
         return channel
 
@@ -546,6 +578,7 @@ class RoomClient:
 
     async def leave(self) -> None:
         """Send ``leave``, wait for ``left``, then :meth:`close`."""
+        self.ended = self.ended or "left"
         try:
             if self.connected and self.participant_id is not None:
                 await self._request({"type": "leave"})
@@ -555,6 +588,16 @@ class RoomClient:
     async def close(self) -> None:
         """Close the WebSocket and the peer connection without ``leave`` (the room
         sees the participant drop). Safe to call more than once."""
+        self.ended = self.ended or "closed"
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector is not asyncio.current_task() and not reconnector.done():
+            reconnector.cancel()
+            await asyncio.gather(reconnector, return_exceptions=True)
+        await self._drop_connection()
+        self._notify()
+
+    async def _drop_connection(self) -> None:
+        """Stop the tasks, close the WebSocket, the HTTP session and the PeerConnection."""
         for task in (self._subscriber, self._reader):
             if task is not None and not task.done():
                 task.cancel()
@@ -565,16 +608,23 @@ class RoomClient:
             await self._session.close()
         if self.pc is not None:
             await self.pc.close()
-        self._notify()
 
     # ----------------------------------------------------------- signalling
 
     async def _connect(self) -> None:
-        """Open the WebSocket and start the reader task, once."""
+        """Open the WebSocket (pinged every 5 s: one that does not answer within 2.5 s
+        is closed, which starts a reconnection) and start the reader task, once."""
         if self._ws is not None:
             return
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+        try:
+            self._ws = await self._session.ws_connect(
+                self.url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), heartbeat=PING_INTERVAL_S
+            )
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
         self._reader = asyncio.create_task(self._read_loop(self._ws))
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -624,6 +674,21 @@ class RoomClient:
                 if not future.done():
                     future.set_exception(ConnectionError("the WebSocket closed"))
             self._notify()
+            if ws is self._ws:
+                self._connection_lost("the WebSocket closed")
+
+    def _connection_lost(self, reason: str) -> None:
+        """The WebSocket dropped or the PeerConnection failed: reconnect, unless this
+        client is ending (see ``reconnect`` in :meth:`__init__`)."""
+        if (
+            self.reconnect
+            and self.ended is None
+            and self.participant_id is not None
+            and (self._reconnector is None or self._reconnector.done())
+        ):
+            self._reconnector = asyncio.create_task(reconnect(self, reason))
+        elif self.ended is None and (self._reconnector is None or self._reconnector.done()):
+            self.ended = "disconnected"
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         """Route a reply to its pending request, or apply and queue an event."""
@@ -637,6 +702,10 @@ class RoomClient:
         elif kind in _REPLY_TO_REQUEST:
             logger.warning("unsolicited %s from server", kind)
         else:
+            if kind == "removed":
+                self.ended = f"removed: {message.get('reason')}"
+            elif kind == "server_shutdown":
+                self.ended = "server_shutdown"
             self._apply_event(message)
             self.events.put_nowait(message)
         self._notify()
@@ -705,7 +774,13 @@ class RoomClient:
         servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in self.ice_servers]
         policy = RTCIceTransportPolicy.RELAY if self.ice_transport_policy == "relay" else RTCIceTransportPolicy.ALL
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
-        pc.on("connectionstatechange", self._notify)
+
+        def on_state() -> None:
+            self._notify()
+            if pc.connectionState == "failed" and pc is self.pc:
+                self._connection_lost("the PeerConnection failed")
+
+        pc.on("connectionstatechange", on_state)
         pc.on("datachannel", self._accept_channel)
         if self.counter is not None:
             disable_media_engines(pc)

@@ -132,6 +132,7 @@ class DownTrack:
         level_out = media.extensions.get(URI_AUDIO_LEVEL)
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, level_out) if level_in and level_out else None
+        self._level_out = level_out  # the subscriber's audio level extension id
         self._templates = self._extension_templates()
         self._send_rtp = send_rtp
         self._connected = connected
@@ -158,6 +159,7 @@ class DownTrack:
         self._registered: list[int] = []
         self._left_at_ms = 0.0  # arrival of the last packet of a layer left (paused, dropped)
         self._last_layer: int | None = None  # the layer of the newest epoch
+        self._first_epoch = 0  # epochs before it forwarded an UpTrack this one replaced (rebind)
         self._last_ts_offset = 0
         self._munging_pending = False
         self._padding_credit = 0.0
@@ -468,8 +470,8 @@ class DownTrack:
                 refused += 1
                 continue
             ref = fwd.source_sequence(out_seq)
-            if ref is None or (fwd.needs_keyframe and ref.epoch != fwd.epoch):
-                continue  # video from before a switch: the new layer's keyframe supersedes it
+            if ref is None or (fwd.needs_keyframe and ref.epoch != fwd.epoch) or ref.epoch < self._first_epoch:
+                continue  # video from before a switch (the new layer's keyframe supersedes it), or another source's
             data = self._retransmission(out_seq, now_ms, ref.layer, ref.sequence, ref.timestamp_offset, ref.epoch)
             if data is not None and self._send_rtp(data):
                 self._sent(len(data))
@@ -560,6 +562,50 @@ class DownTrack:
         if self.forwarder.layer == layer and not self.closed:
             self._leave_layer()
             self.uptrack.request_keyframe(self._left_at_ms, layer)
+
+    def rebind(self, uptrack: UpTrack, now_ms: float) -> None:
+        """Forward ``uptrack`` from now on instead of the current UpTrack: its publisher
+        reconnected and publishes the same track again on a new PeerConnection (same
+        track id, new SSRCs and numbering). The subscriber sees one continuous stream:
+        the new source starts a new epoch (at its first keyframe for video, which is
+        requested at once) whose sequence numbers follow the last ones sent and whose
+        timestamps advance by the time the track was away (RFC 3550 §5.1). Packets of
+        the old source are never retransmitted from the new one's cache.
+
+        Args:
+            uptrack: the replacing UpTrack (same kind and codec).
+            now_ms: now, monotonic ms (for the keyframe request).
+
+        Raises:
+            ValueError: ``uptrack`` has another kind or codec (the subscriber's m-line
+                negotiated this one's).
+        """
+        old = self.uptrack
+        if uptrack.kind != old.kind or uptrack.codec.mime_type.lower() != old.codec.mime_type.lower():
+            raise ValueError(f"cannot forward {uptrack.codec.mime_type} in place of {old.codec.mime_type}")
+        if self.closed:
+            return
+        self._leave_layer()  # _left_at_ms: the old source's last packet
+        self._register([])
+        if self in old.downtracks:
+            old.downtracks.remove(self)
+        self.uptrack = uptrack
+        uptrack.downtracks.append(self)
+        self._last_layer = None  # no sender report maps the new source onto the old one
+        self._first_epoch = self.forwarder.epoch + 1
+        level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
+        self._audio_level = (level_in, self._level_out) if level_in and self._level_out else None
+        self._templates = self._extension_templates()
+        if self._munger is None and uptrack.simulcast and uptrack.codec.mime_type.lower() == "video/vp8":
+            self._munger = Vp8Munger()
+        if self._munger is not None:
+            self._munging_pending = True
+        target = self.target_layer
+        if target is None and not uptrack.simulcast:
+            target = 0
+        self.target_layer = None
+        if target is not None and not self.paused:
+            self.set_target(min(target, len(uptrack.layers) - 1), self.reason, now_ms)
 
     def on_keyframe_request(self, now_ms: float) -> None:
         """The subscriber sent PLI or FIR: ask the publisher for a keyframe of the layer

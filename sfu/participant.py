@@ -80,6 +80,8 @@ class Participant:
         grant: what its token lets it do (:class:`~sfu.auth.VideoGrant`; the
             signaling layer checks each action against it).
         metadata: the application's data about it (at most 4,096 bytes).
+        participant_id: its id; a new ``PA_...`` by default (a participant that
+            resumes after a reconnection keeps the id it had, see :meth:`adopt`).
 
     Attributes:
         can_publish: False answers every m-line the client sends on inactive,
@@ -87,6 +89,11 @@ class Participant:
         on_removed: called with a reason when the server removes this participant
             (``duplicate_identity``, ``removed``, ``room_deleted``): whoever holds its
             connection tells the client and closes it.
+        resume_key: the secret a reconnecting client shows to take this
+            participant's place again (given to the client in ``joined``).
+        was_connected: its PeerConnection has been connected at least once.
+        suspend_timer: while its client is away (the WebSocket dropped or the
+            PeerConnection failed), the timer that removes it after the grace period.
     """
 
     def __init__(
@@ -101,8 +108,9 @@ class Participant:
         identity: str | None = None,
         grant: VideoGrant | None = None,
         metadata: str = "",
+        participant_id: str | None = None,
     ) -> None:
-        self.id = new_id("PA")
+        self.id = participant_id or new_id("PA")
         self.identity = identity or new_id("ID")
         self.name = name
         self.metadata = metadata
@@ -111,6 +119,9 @@ class Participant:
         self.max_tracks = MAX_MEDIA_SECTIONS  # published at once (the signaling layer's limit)
         self.max_media_sections = MAX_MEDIA_SECTIONS  # audio/video m-lines of one offer
         self.on_removed: Callable[[str], None] | None = None
+        self.resume_key = secrets.token_urlsafe(16)
+        self.was_connected = False
+        self.suspend_timer: asyncio.TimerHandle | None = None
         self.hidden = hidden
         self.can_publish = True
         self.room = room
@@ -128,6 +139,8 @@ class Participant:
         self._bindings: dict[str, _Binding] = {}
         self._simulcast: dict[str, SimulcastOffer] = {}
         self._negotiation = asyncio.Lock()
+        self._orphans: dict[str, UpTrack] = {}  # tracks published before a reconnection, by id
+        self._orphan_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     # -- description ------------------------------------------------------------------
@@ -140,8 +153,70 @@ class Participant:
             "identity": self.identity,
             "name": self.name,
             "metadata": self.metadata,
-            "tracks": [t.describe() for t in self.uptracks.values()],
+            "tracks": [t.describe() for t in self.published()],
         }
+
+    def published(self) -> list[UpTrack]:
+        """Every track it publishes: those received now and, after a reconnection, those
+        it published before and has not published again yet."""
+        if not self._orphans:
+            return list(self.uptracks.values())
+        return [*self.uptracks.values(), *self._orphans.values()]
+
+    def find_published(self, track_id: str) -> UpTrack | None:
+        """The track ``track_id`` it publishes (see :meth:`published`), or None."""
+        return self.uptracks.get(track_id) or self._orphans.get(track_id)
+
+    # -- reconnection -----------------------------------------------------------------
+
+    def adopt(self, previous: Participant, grace_s: float) -> None:
+        """Take the place of ``previous``, whose client reconnected on a new connection
+        (this participant was created with ``previous``'s id): its join time and the
+        tracks it published, which the subscribers keep. Each of those tracks is
+        forwarded again from the first one this participant publishes with the same
+        kind, source and codec (or that names its id): the subscribers' DownTracks move
+        to it (:meth:`~sfu.downtrack.DownTrack.rebind`) with no renegotiation and get a
+        keyframe. Those not published again within ``grace_s`` seconds are unpublished
+        (the others are told). ``previous`` keeps nothing; close it afterwards."""
+        self.joined_at = previous.joined_at
+        self._orphans = {up.id: up for up in previous.uplink.release()}
+        self._orphans.update(previous._orphans)
+        previous._orphans = {}
+        if previous._orphan_timer is not None:
+            previous._orphan_timer.cancel()
+        if self._orphans:
+            self._orphan_timer = asyncio.get_running_loop().call_later(grace_s, self.drop_orphans)
+
+    def drop_orphans(self) -> list[UpTrack]:
+        """Unpublish the tracks of before a reconnection that were not published again
+        (the others are told ``track_unpublished``).
+
+        Returns:
+            the tracks unpublished.
+        """
+        gone = list(self._orphans.values())
+        self._orphans.clear()
+        for up in gone:
+            up.close()
+            if not self.closed:
+                self.room.on_track_unpublished(self, up)
+        return gone
+
+    def _take_orphan(self, kind: str, source: str, mime_type: str, track_id: str) -> UpTrack | None:
+        """The track of before a reconnection that a newly received one continues: the
+        one named ``track_id`` if it matches kind and codec, else the first with the
+        same kind, source and codec."""
+        orphans = self._orphans
+        if not orphans:
+            return None
+        mime = mime_type.lower()
+        named = orphans.get(track_id)
+        if named is not None and named.kind == kind and named.codec.mime_type.lower() == mime:
+            return orphans.pop(track_id)
+        for up in orphans.values():
+            if up.kind == kind and up.source == source and up.codec.mime_type.lower() == mime:
+                return orphans.pop(up.id)
+        return None
 
     def stats_snapshot(self) -> dict[str, Any]:
         """This participant with per-track statistics, for the admin endpoint."""
@@ -197,7 +272,10 @@ class Participant:
                     bindings[mid] = _Binding(publish=False, track_id=spec["subscribe"])
                 else:
                     pub = spec.get("publish") or {}
-                    bindings[mid] = _Binding(publish=True, source=pub.get("source", ""), muted=bool(pub.get("muted", False)))
+                    bindings[mid] = _Binding(
+                        publish=True, source=pub.get("source", ""), muted=bool(pub.get("muted", False)),
+                        track_id=pub.get("trackId") or "",
+                    )
             self._check_grant(offer, bindings)
             self._bindings = bindings
             simulcast = {
@@ -324,7 +402,9 @@ class Participant:
             existing = self.uplink.by_mid.get(m.mid)
             if info.direction == "recvonly":
                 if existing is None and info.codecs:
-                    published.append(self._add_uptrack(m, info))
+                    up, adopted = self._add_uptrack(m, info)
+                    if not adopted:
+                        published.append(up)
             elif existing is not None:
                 self.unpublish(existing.id)
         return published
@@ -337,11 +417,30 @@ class Participant:
             out[mid] = {"trackId": dt.uptrack.id, "direction": "subscribe", "participantId": dt.uptrack.publisher_id}
         return out
 
-    def _add_uptrack(self, m: OfferMedia, info: MediaInfo) -> UpTrack:
+    def _add_uptrack(self, m: OfferMedia, info: MediaInfo) -> tuple[UpTrack, bool]:
+        """Receive m-line ``m`` as a track: a new one, or one published before a
+        reconnection (see :meth:`adopt`). Returns (the UpTrack, whether it continues one)."""
         binding = self._bindings.get(m.mid)
         source = self.source_of(m)
         simulcast = self._simulcast.get(m.mid) if m.kind == "video" else None
-        return self.uplink.add(new_id("TR"), m, info, source, bool(binding.muted) if binding else False, simulcast)
+        muted = bool(binding.muted) if binding else False
+        orphan = self._take_orphan(m.kind, source, info.codecs[0].mime_type, binding.track_id if binding else "")
+        up = self.uplink.add(orphan.id if orphan else new_id("TR"), m, info, source, muted, simulcast)
+        if orphan is None:
+            return up, False
+        now_ms = time.monotonic() * 1000.0
+        if orphan.server_muted:
+            up.server_muted = up.muted = True
+        for dt in list(orphan.downtracks):
+            dt.rebind(up, now_ms)
+        orphan.close()
+        if up.muted != orphan.muted:
+            self.room.on_track_muted(self, up)
+        if not self._orphans and self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+            self._orphan_timer = None
+        logger.info("participant %s: track %s continues on mid %r after a reconnection", self.id, up.id, m.mid)
+        return up, True
 
     def drop_subscriptions_to(self, track_id: str) -> None:
         """Stop receiving ``track_id`` (it was unpublished); the m-line stays for reuse."""
@@ -438,6 +537,8 @@ class Participant:
     # -- teardown ---------------------------------------------------------------------
 
     def _on_state_change(self, state: str) -> None:
+        if state == "connected":
+            self.was_connected = True
         if state in ("failed", "closed") and not self.closed and self._on_failed is not None:
             self._on_failed()
 
@@ -446,6 +547,13 @@ class Participant:
         if self.closed:
             return
         self.closed = True
+        if self.suspend_timer is not None:
+            self.suspend_timer.cancel()
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+        for up in self._orphans.values():
+            up.close()
+        self._orphans.clear()
         self.downlink.close()
         self.uplink.close()
         self.data.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
 from typing import Any, Callable
 
@@ -96,7 +97,7 @@ class Room:
     def find_track(self, track_id: str) -> UpTrack | None:
         """The published track ``track_id`` of any participant, or None."""
         for p in self.participants.values():
-            up = p.uptracks.get(track_id)
+            up = p.find_published(track_id)
             if up is not None:
                 return up
         return None
@@ -206,13 +207,19 @@ class Room:
         forwarded, the others told. False if it was not in the room."""
         if self.participants.pop(participant.id, None) is None:
             return False
-        for up in list(participant.uptracks.values()):
+        for up in participant.published():
             for p in self.participants.values():
                 p.drop_subscriptions_to(up.id)
         if not participant.hidden:
             self.broadcast({"type": "participant_left", "participantId": participant.id})
         self.emit("participant_left", participant)
         return True
+
+    def replace(self, previous: Participant, participant: Participant) -> None:
+        """Put ``participant`` in the place of ``previous`` (same id: a client that
+        reconnected) without telling anyone: for the others it never left."""
+        if self.participants.get(previous.id) is previous and participant.id == previous.id:
+            self.participants[previous.id] = participant
 
     def emit(self, event: str, participant: Participant | None = None, track: UpTrack | None = None) -> None:
         """Tell the listener (webhooks) of ``event``; its faults stay here."""
@@ -277,6 +284,9 @@ class RoomRegistry:
             that offer it (see :class:`~sfu.rtc.adapter.SfuPeerConnection`).
         connect_timeout: seconds a participant's media connection may take to come
             up after its first answer; the signaling side removes it after that.
+        reconnect_grace: seconds a participant whose client vanished (WebSocket
+            dropped, PeerConnection failed) keeps its place for the client to come
+            back (:meth:`suspend`, :meth:`resume`); 0 removes it at once.
         max_rooms: rooms at once; a join that would create one more raises
             :class:`TooManyRooms`.
     """
@@ -288,6 +298,7 @@ class RoomRegistry:
         transport_cc: bool = True,
         connect_timeout: float = 30.0,
         max_rooms: int = 1000,
+        reconnect_grace: float = 10.0,
     ) -> None:
         self.max_participants = max_participants
         self.max_rooms = max_rooms
@@ -295,6 +306,7 @@ class RoomRegistry:
         self.publisher_bitrate = publisher_bitrate
         self.transport_cc = transport_cc
         self.connect_timeout = connect_timeout
+        self.reconnect_grace = reconnect_grace
         self.rooms: dict[str, Room] = {}
         self._ticker: asyncio.Task[None] | None = None
 
@@ -355,6 +367,101 @@ class RoomRegistry:
         )
         room.add(participant)
         self._ensure_ticker()
+        return room, participant
+
+    def suspend(self, room: Room, participant: Participant) -> bool:
+        """``participant``'s client vanished without leaving (its WebSocket dropped or
+        its PeerConnection failed): keep its place for ``reconnect_grace`` seconds
+        (the others are told nothing; its tracks stay published, frozen if its media
+        stopped too), then remove it (the others get ``participant_left``). A
+        participant whose media never connected, or any when the grace is 0, is
+        removed at once (call :meth:`leave`).
+
+        Returns:
+            True if it was suspended, False if the caller must remove it now.
+        """
+        if (
+            self.reconnect_grace <= 0
+            or participant.closed
+            or not participant.was_connected
+            or room.participants.get(participant.id) is not participant
+        ):
+            return False
+        if participant.suspend_timer is None:
+            participant.suspend_timer = asyncio.get_running_loop().call_later(
+                self.reconnect_grace, self._expire, room, participant
+            )
+            logger.info("participant %s: client away, its place kept %.0f s", participant.id, self.reconnect_grace)
+        return True
+
+    def _expire(self, room: Room, participant: Participant) -> None:
+        participant.suspend_timer = None
+        if room.participants.get(participant.id) is participant:
+            logger.info("participant %s: did not come back within %.0f s", participant.id, self.reconnect_grace)
+            task = asyncio.ensure_future(self.leave(room, participant))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    def resume(
+        self,
+        room_name: str,
+        participant_id: str,
+        resume_key: str,
+        identity: str | None,
+        send_event: Callable[[dict[str, Any]], None],
+        on_failed: Callable[[], None] | None = None,
+        grant: VideoGrant | None = None,
+    ) -> tuple[Room, Participant] | None:
+        """A client that reconnected takes its participant's place again: a new
+        Participant (new PeerConnection) with the same id, identity, name and
+        metadata replaces it without the others being told (see
+        :meth:`Participant.adopt` for its tracks). The previous connection, if the
+        server still had it, is told ``removed`` (reason ``resumed``) and closed.
+
+        Args:
+            participant_id: the id the client had (``joined.participantId``).
+            resume_key: the secret it was given (``joined.resumeKey``), compared in
+                constant time.
+            identity: the identity of the client's token; None when it joins
+                without a token (development mode: the key alone proves it).
+            grant: the new token's grant (None keeps the previous one).
+
+        Returns:
+            (room, participant), or None when there is no such participant any more
+            (the grace period ended, or the key or identity does not match): the
+            caller joins it as a new participant.
+        """
+        room = self.rooms.get(room_name)
+        previous = room.participants.get(participant_id) if room is not None else None
+        if (
+            room is None
+            or previous is None
+            or previous.closed
+            or previous.hidden
+            or not secrets.compare_digest(previous.resume_key, resume_key)
+            or (identity is not None and identity != previous.identity)
+        ):
+            return None
+        if previous.suspend_timer is not None:
+            previous.suspend_timer.cancel()
+            previous.suspend_timer = None
+        participant = Participant(
+            room, previous.name, send_event, on_failed, self.publisher_bitrate, False, self.transport_cc,
+            previous.identity, grant or previous.grant, previous.metadata, participant_id=previous.id,
+        )
+        participant.adopt(previous, self.reconnect_grace)
+        room.replace(previous, participant)
+        notify = previous.on_removed
+        previous.on_removed = None
+        if notify is not None:
+            try:
+                notify("resumed")
+            except Exception:
+                logger.exception("participant %s: telling the previous connection failed", previous.id)
+        task = asyncio.ensure_future(previous.close())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        logger.info("participant %s: resumed on a new connection", participant.id)
         return room, participant
 
     def create_room(self, room_name: str, max_participants: int | None = None) -> Room:

@@ -130,6 +130,20 @@ class Uplink:
         up.close()
         return up
 
+    def release(self) -> list[UpTrack]:
+        """Stop receiving every track without closing them (their DownTracks stay
+        attached): a reconnected participant takes them over.
+
+        Returns:
+            the UpTracks released.
+        """
+        released = list(self.uptracks.values())
+        self.uptracks.clear()
+        self.by_mid.clear()
+        self._routes.clear()
+        self._declared_rtx.clear()
+        return released
+
     def close(self) -> None:
         """Close every UpTrack (the participant is leaving)."""
         for up in list(self.uptracks.values()):

@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a participant's media connection may take to come up after its first answer (default 30)",
     )
     serve.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=10.0,
+        help="seconds a participant whose client vanished (WebSocket dropped, PeerConnection failed) keeps its "
+        "place and tracks for the client to reconnect; the others are told it left only after that (default 10; "
+        "0: at once)",
+    )
+    serve.add_argument(
         "--no-transport-cc",
         action="store_true",
         help="do not negotiate transport-wide congestion control: estimate subscribers' downlinks from REMB and "
@@ -330,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         publisher_bitrate=args.publisher_bitrate,
         transport_cc=not args.no_transport_cc,
         connect_timeout=args.connect_timeout,
+        reconnect_grace=args.reconnect_grace,
         max_rooms=config.limits.max_rooms,
     )
     web.run_app(

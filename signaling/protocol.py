@@ -68,6 +68,9 @@ def _validate_tracks(tracks: Any) -> dict[str, dict[str, Any]]:
                 raise ProtocolError("bad_message", f"source must be one of {', '.join(SOURCES)}", "offer")
             if "muted" in pub and not isinstance(pub["muted"], bool):
                 raise ProtocolError("bad_message", "muted must be a boolean", "offer")
+            track_id = pub.get("trackId")
+            if track_id is not None and (not isinstance(track_id, str) or len(track_id) > 64):
+                raise ProtocolError("bad_message", "publish.trackId must be a track id", "offer")
             spec = {"publish": pub}
         out[str(mid)] = spec
     return out
@@ -105,6 +108,12 @@ def parse_message(text: str) -> dict[str, Any]:
                 raise ProtocolError("invalid_token", "malformed token", kind)
         if msg.get("room") is not None:
             _require_str(msg, "room", kind, 256)
+        resume = msg.get("resume")
+        if resume is not None:
+            if not isinstance(resume, dict):
+                raise ProtocolError("bad_message", "'resume' must be {participantId, key}", kind)
+            _require_str(resume, "participantId", kind, 64)
+            _require_str(resume, "key", kind, 64)
         if msg.get("name") is not None:
             name = _require_str(msg, "name", kind, 256).strip()
             if not name or len(name) > MAX_NAME_CHARS:

@@ -1,8 +1,10 @@
 """One WebSocket connection of the room service: one participant's signaling.
 
 Messages are handled in arrival order, one at a time, so a participant's offers are
-serialized. Every bad message gets an ``error`` reply and the connection goes on; a
-dropped connection removes the participant and the others are told.
+serialized. Every bad message gets an ``error`` reply and the connection goes on. A
+connection that drops without ``leave`` keeps the participant's place for the
+registry's grace period, for the client to reconnect and resume it (``join`` with
+``resume``); after that the participant is removed and the others are told.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _REMOVED_TEXT = {
     "duplicate_identity": "you joined again from another connection",
     "removed": "the application removed you from the room",
     "room_deleted": "the room was deleted",
+    "resumed": "you reconnected on another connection",
 }
 
 
@@ -187,12 +190,24 @@ class Session:
             self.metrics.websocket_connections.dec()
             if self._connect_timer is not None:
                 self._connect_timer.cancel()
-            await self._leave()
+            await self._vanish()
             self._close_soon()
             try:
                 await asyncio.wait_for(writer, timeout=5)
             except (asyncio.TimeoutError, Exception):
                 writer.cancel()
+
+    async def _vanish(self) -> None:
+        """The connection ended without ``leave``: keep the participant's place for a
+        reconnection (:meth:`RoomRegistry.suspend`), or remove it now (server
+        shutdown, media never connected, no grace period)."""
+        room, participant = self.room, self.participant
+        if room is None or participant is None:
+            return
+        if self._close_code != WSCloseCode.GOING_AWAY and self.registry.suspend(room, participant):
+            self.room = self.participant = None
+            return
+        await self._leave()
 
     async def _leave(self) -> None:
         room, participant = self.room, self.participant
@@ -244,8 +259,15 @@ class Session:
             raise ProtocolError("forbidden", str(exc), "join") from exc
         grant = claims.grant
         assert grant.room is not None  # join_claims checked it
+        resumed = None
+        resume = msg.get("resume")
+        if resume is not None and not grant.hidden:
+            resumed = self.registry.resume(
+                grant.room, resume["participantId"], resume["key"], claims.identity if token is not None else None,
+                self.send, on_failed=self._on_peer_failed, grant=grant,
+            )
         try:
-            room, participant = self.registry.join(
+            room, participant = resumed or self.registry.join(
                 grant.room, claims.name, self.send, on_failed=self._on_peer_failed, hidden=grant.hidden,
                 identity=claims.identity, grant=grant, metadata=claims.metadata,
             )
@@ -266,6 +288,8 @@ class Session:
                 "type": "joined",
                 "room": room.name,
                 "participantId": participant.id,
+                "resumeKey": participant.resume_key,
+                "resumed": resumed is not None,
                 "identity": participant.identity,
                 "name": participant.name,
                 "permissions": grant.to_claim(),
@@ -284,6 +308,8 @@ class Session:
     def _on_peer_failed(self) -> None:
         """The PeerConnection failed (ICE or DTLS) or closed by itself: tell the client
         why, then end the session (the participant leaves; the others are told)."""
+        if self.participant is None:
+            return  # a participant whose client is away, or already gone
         logger.info("session %s: PeerConnection closed or failed", self._who())
         self.send(error_message("connection_failed", "the media connection to the server failed (ICE or DTLS)"))
         self._close_soon()
