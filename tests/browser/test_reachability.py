@@ -21,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,11 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import aioice.ice
 import pytest
+from aioice import stun, turn
 
 from loadtest.client import RoomClient
 from loadtest.media import PreEncodedAudioTrack, PreEncodedVideoTrack
 from loadtest.server import ServerProcess
 from sfu.rtc.adapter import set_ice_addresses
+from sfu.turn import turn_rest_credentials
 from tests.browser.pages import assert_receives_media, new_room, wait_joined
 from tests.netns import Namespace, Network
 
@@ -283,3 +288,214 @@ async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_ad
     for name, ice in result["candidates"].items():
         assert ice["pair_remote"] == public and ice["state"] == "connected", (name, ice)
 
+
+
+# --- a client network that lets only TCP out: TURN/TCP and TURN/TLS through coturn ---
+
+
+class Coturn:
+    """coturn inside a namespace, with TURN REST credentials (``use-auth-secret``), a
+    TCP/UDP listener on ``port`` and a TLS one on ``tls_port`` with a self-signed
+    certificate for its address (``cert``, made here with openssl). It is ended by its
+    pid with the namespace's other processes."""
+
+    def __init__(self, ns: Namespace, address: str, directory: Path, secret: str = TURN_SECRET) -> None:
+        binary = shutil.which("turnserver")
+        if binary is None:
+            pytest.fail("turnserver is not installed (.ci/run installs the Debian package coturn)")
+        if shutil.which("openssl") is None:
+            pytest.fail("openssl is not installed (.ci/run installs the Debian package openssl)")
+        self.address, self.port, self.tls_port = address, 3478, 5349
+        self.cert, key = directory / "turn-cert.pem", directory / "turn-key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={address}",
+             "-addext", f"subjectAltName=IP:{address}", "-keyout", str(key), "-out", str(self.cert)],
+            check=True, capture_output=True, timeout=30,
+        )
+        self.log = directory / "turn.log"
+        config = directory / "turnserver.conf"
+        config.write_text(
+            f"listening-ip={address}\nrelay-ip={address}\nlistening-port={self.port}\ntls-listening-port={self.tls_port}\n"
+            f"cert={self.cert}\npkey={key}\nmin-port=49160\nmax-port=49260\n"
+            f"use-auth-secret\nstatic-auth-secret={secret}\nrealm=sfu.test\n"
+            f"no-cli\nno-dtls\nfingerprint\nsimple-log\nverbose\nlog-file={self.log}\npidfile={directory / 'turn.pid'}\n"
+        )
+        self.proc = ns.popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while any(ns.call(_connect_refused, address, p) for p in (self.port, self.tls_port)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"coturn did not start: {self.log_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def only_tcp_out(ns: Namespace, address: str, ports: list[int]) -> None:
+    """The client network's firewall: only TCP to ``address`` on ``ports`` leaves
+    ``ns`` (and loopback); UDP and everything else is dropped."""
+    ns.iptables("-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT")
+    for port in ports:
+        ns.iptables("-A", "OUTPUT", "-p", "tcp", "-d", address, "--dport", str(port), "-j", "ACCEPT")
+    ns.iptables("-A", "OUTPUT", "-j", "DROP")
+
+
+def _udp_send_error(address: str, port: int) -> str | None:
+    """None when a UDP datagram to (address, port) leaves, else the error (an
+    iptables DROP in OUTPUT fails the send with EPERM)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(b"x", (address, port))
+            return None
+        except OSError as exc:
+            return repr(exc)
+
+
+@pytest.mark.parametrize("scheme", ["turn-tcp", "turns"])
+async def test_tcp_only_client_reaches_the_server_through_turn(
+    scheme: str, network: Network, open_page: OpenPage, servers: list[ServerProcess], tmp_path: Path,
+    restore_ice_addresses: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a firewall that drops UDP, Chromium (relay only) and aiortc bots (relay
+    only) reach the server through coturn over TURN/TCP or TURN/TLS, and media flows
+    both ways."""
+    cli, srv = network.namespace("cli"), network.namespace("srv")
+    link = network.connect(srv, cli)
+    address, client = link.a_addr, link.b_addr
+    coturn = Coturn(srv, address, tmp_path)
+    if scheme == "turns":
+        url, relay_protocol = f"turns:{address}:{coturn.tls_port}?transport=tcp", "tls"
+        # aioice verifies the TLS certificate with Python's default context: trust the
+        # test's self-signed certificate through SSL_CERT_FILE.
+        monkeypatch.setenv("SSL_CERT_FILE", str(coturn.cert))
+        browser_args = ["--ignore-certificate-errors"]
+    else:
+        browser_args = []
+        url, relay_protocol = f"turn:{address}:{coturn.port}?transport=tcp", "tcp"
+    server = start_server(servers, tmp_path, srv, address, "--ice-address", address,
+                          "--turn", url, "--turn-secret", TURN_SECRET)
+    only_tcp_out(cli, address, [server.port, coturn.port, coturn.tls_port])
+    assert cli.call(_udp_send_error, address, coturn.port) is not None, "UDP still leaves the client network"
+    base = f"http://{address}:{server.port}"
+
+    room = new_room("turn")
+    bots = Bots(cli, f"ws://{address}:{server.port}/ws", room, client, policy="relay")
+    bots.start()
+    try:
+        bot_id = await bots.wait_ready()
+        page = await open_page(
+            f"{base}/?room={room}&name=Walled&simulcast=0&relay=1", "Walled", netns=cli,
+            args=[f"--unsafely-treat-insecure-origin-as-secure={base}", *browser_args],
+        )
+        await wait_joined(page)
+        ice_servers = await page.page.evaluate("() => window.sfuPc.getConfiguration().iceServers")
+        assert [s["urls"] for s in ice_servers] == [[url]], ice_servers
+        await assert_receives_media(page, [bot_id])
+
+        pair = await wait_selected_pair(page)
+        assert pair["local"]["type"] == "relay" and pair["local"]["relayProtocol"] == relay_protocol, pair
+        assert pair["local"]["address"] == address and pair["remote"]["address"] == address, pair
+        await bots.wait_received()
+        result = await bots.result()
+    finally:
+        bots.stop()
+    assert_bots_received_the_page(result)
+    for name, ice in result["candidates"].items():
+        assert ice["local_types"] == ["relay"] and ice["pair_local"][0] == "relay", (name, ice)
+        assert ice["state"] == "connected", (name, ice)
+    # coturn allocated for each participant with its own credentials (username
+    # "<expiry>:<identity>"), over TLS exactly when the URL is turns:.
+    log = coturn.log_text()
+    sessions = re.findall(r"session \d+: new, realm=<sfu\.test>, username=<\d+:([^>]+)>, lifetime=\d+(.*)", log)
+    assert len({identity for identity, _ in sessions}) >= 3, log[-3000:]
+    assert all(("method=TLS" in rest) == (scheme == "turns") for _, rest in sessions), sessions
+
+
+# ICE candidate types Chromium gathers with these ICE servers (relay only).
+GATHER_JS = """async (iceServers) => {
+  const pc = new RTCPeerConnection({iceServers, iceTransportPolicy: 'relay'});
+  const types = [];
+  pc.onicecandidate = (e) => { if (e.candidate && e.candidate.candidate) types.push(e.candidate.type); };
+  const done = new Promise((resolve) => { pc.onicegatheringstatechange = () => {
+    if (pc.iceGatheringState === 'complete') resolve(); }; });
+  pc.createDataChannel('probe');
+  await pc.setLocalDescription(await pc.createOffer());
+  await Promise.race([done, new Promise((resolve) => setTimeout(resolve, 15000))]);
+  pc.close();
+  return types;
+}"""
+
+
+async def _allocate(address: str, port: int, username: str, password: str, context: ssl.SSLContext | None) -> Any:
+    """A TURN allocation over TCP (TLS with ``context``): the relayed address, or the
+    STUN error code coturn answered, or the TLS error."""
+    try:
+        transport, _ = await turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, (address, port), username, password, ssl=context, transport="tcp"
+        )
+    except stun.TransactionFailed as exc:
+        return exc.response.attributes["ERROR-CODE"][0]
+    except ssl.SSLError as exc:
+        return type(exc).__name__
+    relayed = transport.get_extra_info("sockname")
+    transport.close()
+    await asyncio.sleep(0.2)  # the allocation is deleted (REFRESH lifetime 0)
+    return relayed
+
+
+async def test_coturn_refuses_expired_and_forged_turn_credentials(
+    network: Network, open_page: OpenPage, tmp_path: Path
+) -> None:
+    """Credentials minted like the server's (sfu.turn) are accepted over TURN/TCP and
+    TURN/TLS; expired ones, ones signed with another secret, and a TLS peer that does
+    not check the certificate's trust are refused."""
+    cli, srv = network.namespace("cli"), network.namespace("srv")
+    link = network.connect(srv, cli)
+    address = link.a_addr
+    coturn = Coturn(srv, address, tmp_path)
+    trusted = ssl.create_default_context(cafile=str(coturn.cert))
+    now = time.time()
+    credentials = {
+        "valid": turn_rest_credentials(TURN_SECRET, "alice", 600, now),
+        "expired": turn_rest_credentials(TURN_SECRET, "alice", 60, now - 3600),  # expired an hour ago
+        "forged": turn_rest_credentials("not-the-coturn-secret", "mallory", 600, now),
+    }
+
+    async def attempts() -> dict[str, Any]:
+        out = {}
+        for name, (username, password) in credentials.items():
+            out[f"tcp/{name}"] = await _allocate(address, coturn.port, username, password, None)
+            out[f"tls/{name}"] = await _allocate(address, coturn.tls_port, username, password, trusted)
+        # Python's default trust store does not know the test's certificate: refused.
+        out["tls/untrusted"] = await _allocate(address, coturn.tls_port, *credentials["valid"], ssl.create_default_context())
+        return out
+
+    results = await cli.run_coroutine(attempts, timeout=40)
+    for transport in ("tcp", "tls"):
+        relayed = results[f"{transport}/valid"]
+        assert isinstance(relayed, tuple) and relayed[0] == address, results
+        assert results[f"{transport}/expired"] == 401, results
+        assert results[f"{transport}/forged"] == 401, results
+    assert results["tls/untrusted"] == "SSLCertVerificationError", results
+
+    # Chromium behind the same network gathers a relay candidate with the valid
+    # credentials only (the TLS listener's self-signed certificate is let through).
+    page = await open_page("about:blank", "Gatherer", netns=cli, args=["--ignore-certificate-errors"])
+    urls = [f"turn:{address}:{coturn.port}?transport=tcp", f"turns:{address}:{coturn.tls_port}?transport=tcp"]
+    gathered = {}
+    for name, (username, password) in credentials.items():
+        for url in urls:
+            gathered[(name, url)] = await page.page.evaluate(
+                GATHER_JS, [{"urls": [url], "username": username, "credential": password}]
+            )
+    for (name, url), types in gathered.items():
+        assert ("relay" in types) == (name == "valid"), (name, url, gathered)
+
+    # Without that flag Chromium checks the TURN server's certificate like any other:
+    # a self-signed one gives no relay candidate over TLS (production needs a real
+    # certificate, docs/DEPLOYMENT.md), while TURN/TCP still works.
+    strict = await open_page("about:blank", "Strict", netns=cli)
+    username, password = credentials["valid"]
+    tcp, tls = [await strict.page.evaluate(GATHER_JS, [{"urls": [url], "username": username, "credential": password}])
+                for url in urls]
+    assert "relay" in tcp and "relay" not in tls, (tcp, tls)
