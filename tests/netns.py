@@ -13,7 +13,7 @@ Addresses come out of 10.250.0.0/16 in /30s: no real network here uses them, and
 traffic goes only between the namespaces a test made (TESTING.md).
 
 Typical use (pytest; tests/browser/conftest.py offers the ``network`` fixture, elsewhere
-import it: ``from tests.netns import network  # noqa: F401``)::
+import it: ``from tests.netns import network_fixture  # noqa: F401``)::
 
     def test_x(network: Network) -> None:
         client, router = network.namespace("cli"), network.namespace("nat")
@@ -59,7 +59,7 @@ __all__ = [
     "Namespace",
     "Network",
     "cleanup_leftovers",
-    "network",
+    "network_fixture",
 ]
 
 PREFIX = "sfut-"
@@ -411,8 +411,8 @@ def require_root() -> None:
             pytest.fail(f"{tool} is missing (.ci/run installs iproute2 and iptables)")
 
 
-@pytest.fixture
-def network() -> Iterator[Network]:
+@pytest.fixture(name="network")
+def network_fixture() -> Iterator[Network]:
     """A :class:`Network` for one test, deleted at teardown whatever happened; first
     removes what crashed earlier runs left."""
     require_root()

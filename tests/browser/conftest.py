@@ -36,7 +36,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.browser.firefox import FirefoxPage, check_firefox  # noqa: E402  (needs REPO_ROOT on the path)
-from tests.netns import Namespace, end_browser, network  # noqa: E402, F401  (network: the fixture)
+from tests.netns import Namespace, end_browser, network_fixture  # noqa: E402, F401  (the `network` fixture)
 
 # Flags a headless WebRTC participant needs on this machine (TESTING.md).
 CHROMIUM_FLAGS = [
