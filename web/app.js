@@ -139,6 +139,18 @@ async function enterRoom({ room, name, publish }) {
     }
     setChatEnabled(false);
   });
+  client.addEventListener('reconnecting', () => setStatus('Connection lost. Reconnecting…'));
+  client.addEventListener('reconnected', (e) => {
+    window.sfuPc = client.pc;
+    window.sfuReconnects = (window.sfuReconnects ?? 0) + 1;
+    failed = false;
+    setStatus(e.detail.resumed ? '' : 'Reconnected (the room had let you go; you rejoined).');
+    for (const tile of document.querySelectorAll('#tiles .tile')) startPlayback(tile);
+  });
+  client.addEventListener('disconnected', () => {
+    setStatus('Disconnected: could not reach the server again.');
+    $('#rejoin').hidden = false;
+  });
   $('#rejoin').addEventListener('click', () => location.reload());
   wireChat(client, name);
 

@@ -11,7 +11,14 @@
 // each one out to the other participants and tells the receivers who sent it.
 
 /** Default publish source per track kind (PROTOCOL.md, "offer"). */
+import { reconnect } from './reconnect.js';
+
 const DEFAULT_SOURCE = { video: 'camera', audio: 'microphone' };
+/** A ping goes to the server this often, ms; nothing heard for PING_TIMEOUT_MS is a lost connection. */
+const PING_INTERVAL_MS = 5000;
+const PING_TIMEOUT_MS = 12000;
+/** A PeerConnection `disconnected` this long (ms) is treated as failed. */
+const DISCONNECTED_TIMEOUT_MS = 5000;
 
 /** How long `leave()` waits for the server's `left` before closing anyway. */
 const LEAVE_TIMEOUT_MS = 2000;
@@ -142,7 +149,16 @@ const textDecoder = new TextDecoder('utf-8', { fatal: true });
  *   `label`; it is null otherwise.
  * - `servershutdown` `{message}`: the server is shutting down (it closes the
  *   connection right after; `closed` follows). Join again later with a new client.
- * - `closed` `{reason}`: the connection ended (after `leave()` or when it dropped).
+ * - `reconnecting` `{reason}`: the connection to the server was lost (WebSocket
+ *   closed or silent for 12 s, PeerConnection failed or disconnected for 5 s); the
+ *   client reconnects by itself with backoff (0.5 s doubling to 5 s) and resumes its
+ *   participant (docs/PROTOCOL.md "Reconnection"). Remote tracks arrive again as
+ *   `remotetrack` on the same participants' streams; `client.pc` is a new one.
+ * - `reconnected` `{resumed, participantId}`: back in the room; `resumed` is false when
+ *   the server had already removed us (we are a new participant then).
+ * - `disconnected` `{reason}`: reconnection gave up (`closed` follows).
+ * - `closed` `{reason}`: the connection ended (after `leave()`, a removal, a shutdown
+ *   or a failed reconnection).
  */
 export class SfuClient extends EventTarget {
   /**
@@ -154,13 +170,27 @@ export class SfuClient extends EventTarget {
    * @param {string|null} [options.defaultChannel='chat'] Label of the reliable channel
    *   opened at join, before the first offer (so a participant without media can
    *   exchange data); null to open none.
+   * @param {boolean} [options.reconnect=true] Reconnect by itself when the connection
+   *   is lost (see the `reconnecting` event).
+   * @param {number} [options.reconnectTimeoutMs=60000] How long to keep trying.
    */
-  constructor({ url, rtcConfig = {}, defaultChannel = DEFAULT_CHANNEL } = {}) {
+  constructor({ url, rtcConfig = {}, defaultChannel = DEFAULT_CHANNEL, reconnect = true, reconnectTimeoutMs = 60000 } = {}) {
     super();
     /** WebSocket URL of the room service. */
     this.url = url ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    /** The PeerConnection to the server (exposed for `getStats()`). */
-    this.pc = new RTCPeerConnection({ ...rtcConfig, bundlePolicy: 'max-bundle' });
+    this._rtcConfig = rtcConfig;
+    this._reconnect = reconnect;
+    this._reconnectTimeoutMs = reconnectTimeoutMs;
+    this._reconnecting = false;
+    this._leaving = false;
+    /** Bumped when a connection is dropped: work of the old one stops quietly. */
+    this._generation = 0;
+    this._pingTimer = null;
+    this._lastHeardAt = 0;
+    /** The secret that resumes our participant after a lost connection (from `joined`). */
+    this.resumeKey = null;
+    /** The PeerConnection to the server (exposed for `getStats()`; a new one after a reconnection). */
+    this.pc = null;
     /** Our participant id, once joined. */
     this.participantId = null;
     /** The room joined, once joined. */
@@ -211,18 +241,38 @@ export class SfuClient extends EventTarget {
     /** ICE candidates gathered before the first offer went out. */
     this._candidateBacklog = [];
     this._offerSent = false;
+    this._createPeerConnection();
+  }
 
-    this.pc.addEventListener('icecandidate', (event) => {
+  /** A new PeerConnection to the server, wired to this client (also after a reconnection). */
+  _createPeerConnection() {
+    const pc = new RTCPeerConnection({ ...this._rtcConfig, bundlePolicy: 'max-bundle' });
+    this.pc = pc;
+    this._candidateBacklog = [];
+    this._offerSent = false;
+    let disconnectedTimer = null;
+    pc.addEventListener('icecandidate', (event) => {
+      if (pc !== this.pc) return;
       const candidate = event.candidate ? event.candidate.toJSON() : null;
       if (this._offerSent) this._send({ type: 'candidate', candidate });
       else this._candidateBacklog.push(candidate);
     });
-    this.pc.addEventListener('datachannel', (event) => this._adoptChannel(event.channel, false));
-    this.pc.addEventListener('connectionstatechange', () => {
-      if (this.pc.connectionState === 'failed') {
+    pc.addEventListener('datachannel', (event) => {
+      if (pc === this.pc) this._adoptChannel(event.channel, false);
+    });
+    pc.addEventListener('connectionstatechange', () => {
+      if (pc !== this.pc) return;
+      clearTimeout(disconnectedTimer);
+      if (pc.connectionState === 'failed') {
         this._emit('error', { code: 'connection_failed', message: 'media connection to the server failed', requestType: null, label: null });
+        this._onConnectionLost('the media connection failed');
+      } else if (pc.connectionState === 'disconnected') {
+        disconnectedTimer = setTimeout(() => {
+          if (pc === this.pc && pc.connectionState === 'disconnected') this._onConnectionLost('the media connection is down');
+        }, DISCONNECTED_TIMEOUT_MS);
       }
     });
+    return pc;
   }
 
   /**
@@ -240,22 +290,12 @@ export class SfuClient extends EventTarget {
    */
   async join(room, name, { token } = {}) {
     if (!this._ws) await this._connect();
-    const joined = await new Promise((resolve, reject) => {
-      this._pendingJoin = { resolve, reject };
-      const message = token ? { type: 'join', token } : { type: 'join', room, name };
-      if (token && room) message.room = room;
-      this._send(message);
-    });
-    this.participantId = joined.participantId;
-    this.identity = joined.identity;
-    if (Array.isArray(joined.iceServers) && joined.iceServers.length) {
-      // The server's STUN/TURN servers (TURN credentials minted for us), before the
-      // first offer gathers candidates; servers given to the constructor come first.
-      const config = this.pc.getConfiguration();
-      this.pc.setConfiguration({ ...config, iceServers: [...(config.iceServers || []), ...joined.iceServers] });
-    }
-    this.permissions = joined.permissions || {};
-    this.room = joined.room;
+    const message = token ? { type: 'join', token } : { type: 'join', room, name };
+    if (token && room) message.room = room;
+    const joined = await this._requestJoin(message);
+    this._joinMessage = message;
+    this._onJoined(joined);
+    this._startPings();
     // Before the subscriptions below, so that the first offer carries m=application.
     if (this._defaultChannel) this.openChannel(this._defaultChannel);
     this._ensureApplication();
@@ -402,6 +442,7 @@ export class SfuClient extends EventTarget {
    */
   async leave() {
     if (this._closed) return;
+    this._leaving = true;
     if (this._ws?.readyState === WebSocket.OPEN) {
       await new Promise((resolve) => {
         this._pendingLeave = resolve;
@@ -420,9 +461,97 @@ export class SfuClient extends EventTarget {
       this._ws = ws;
       ws.addEventListener('open', () => resolve(), { once: true });
       ws.addEventListener('error', () => reject(new Error(`cannot connect to ${this.url}`)), { once: true });
-      ws.addEventListener('message', (event) => this._onMessage(event.data));
-      ws.addEventListener('close', () => this._close('connection closed'));
+      ws.addEventListener('message', (event) => {
+        if (ws !== this._ws) return;
+        this._lastHeardAt = performance.now();
+        this._onMessage(event.data);
+      });
+      ws.addEventListener('close', () => {
+        reject(new Error('connection closed'));
+        if (ws === this._ws) this._onConnectionLost('connection closed');
+      });
     });
+  }
+
+  /** Send `join` and wait for `joined` (rejects with the server's error, `code` set). */
+  _requestJoin(message) {
+    return new Promise((resolve, reject) => {
+      this._pendingJoin = { resolve, reject };
+      this._send(message);
+    });
+  }
+
+  /** Take the `joined` reply: our ids, the ICE servers, our permissions. */
+  _onJoined(joined) {
+    this.participantId = joined.participantId;
+    this.identity = joined.identity;
+    this.resumeKey = joined.resumeKey ?? null;
+    if (Array.isArray(joined.iceServers) && joined.iceServers.length) {
+      // The server's STUN/TURN servers (TURN credentials minted for us), before the
+      // first offer gathers candidates; servers given to the constructor come first.
+      const config = this.pc.getConfiguration();
+      this.pc.setConfiguration({ ...config, iceServers: [...(this._rtcConfig.iceServers || []), ...joined.iceServers] });
+    }
+    this.permissions = joined.permissions || {};
+    this.room = joined.room;
+  }
+
+  /** Ping the server every PING_INTERVAL_MS; silence for PING_TIMEOUT_MS is a lost connection. */
+  _startPings() {
+    clearInterval(this._pingTimer);
+    this._lastHeardAt = performance.now();
+    this._pingTimer = setInterval(() => {
+      if (this._reconnecting || this._closed) return;
+      if (performance.now() - this._lastHeardAt > PING_TIMEOUT_MS) {
+        this._onConnectionLost('no answer from the server');
+        return;
+      }
+      this._send({ type: 'ping' });
+    }, PING_INTERVAL_MS);
+  }
+
+  /**
+   * The WebSocket closed or the media connection failed: reconnect (unless we are
+   * leaving, were removed, the server shut down, or reconnection is off), else close.
+   */
+  _onConnectionLost(reason) {
+    if (this._reconnecting || this._closed) return;
+    if (!this._reconnect || this._leaving || this.removed || this.serverShutdown || !this.participantId) {
+      this._close(reason);
+      return;
+    }
+    this._reconnecting = true;
+    reconnect(this, reason, this._reconnectTimeoutMs);
+  }
+
+  /**
+   * Drop the connection without closing the client (before a reconnection): the
+   * WebSocket and PeerConnection close, requests in flight fail with `error`, and
+   * everything bound to the old PeerConnection (our tracks' transceivers, the
+   * subscriptions, the channels) is forgotten. The participants stay listed.
+   */
+  _dropConnection(error) {
+    this._generation += 1;
+    const ws = this._ws;
+    this._ws = null;
+    ws?.close();
+    this._pendingJoin?.reject(error);
+    this._pendingOffer?.reject(error);
+    this._pendingJoin = this._pendingOffer = null;
+    for (const intent of this._intents.splice(0)) intent.reject?.(error);
+    this.pc?.close();
+    for (const [trackId, participantId] of this._remoteOwners) {
+      const transceiver = this._subscriptions.get(trackId);
+      if (transceiver) this.participants.get(participantId)?.stream.removeTrack(transceiver.receiver.track);
+    }
+    this.localTracks.clear();
+    this._subscriptions.clear();
+    this._remoteOwners.clear();
+    this._pendingSettings.clear();
+    this.layers.clear();
+    this._dataChannels.clear();
+    this.channels.clear();
+    this._reopen.clear();
   }
 
   _send(message) {
@@ -556,6 +685,7 @@ export class SfuClient extends EventTarget {
     this._pendingJoin = this._pendingOffer = this._pendingLeave = null;
     for (const intent of this._intents.splice(0)) intent.reject?.(error);
     this._reopen.clear();
+    clearInterval(this._pingTimer);
     this.pc.close();
     this._ws?.close();
     this._emit('closed', { reason });
@@ -651,6 +781,7 @@ export class SfuClient extends EventTarget {
   async _negotiate(batch) {
     /** New mid bindings of this offer: {transceiver, binding, intent, mid}. */
     const bindings = [];
+    const generation = this._generation;
     let changed = false;
     for (const intent of batch) changed = this._apply(intent, bindings) || changed;
     if (!changed) return;
@@ -672,7 +803,7 @@ export class SfuClient extends EventTarget {
       this._applyAnswer(answer.tracks ?? {}, bindings);
     } catch (error) {
       for (const { intent } of bindings) intent.reject?.(error);
-      if (this._closed) return;
+      if (this._closed || generation !== this._generation) return; // the connection was dropped
       if (this.pc.signalingState === 'have-local-offer') {
         await this.pc.setLocalDescription({ type: 'rollback' });
       }
@@ -697,6 +828,7 @@ export class SfuClient extends EventTarget {
           ...(intent.sendEncodings ? { sendEncodings: intent.sendEncodings } : {}),
         });
         const binding = { publish: { source: intent.source, muted: !intent.track.enabled } };
+        if (intent.previousId) binding.publish.trackId = intent.previousId; // after a reconnection
         bindings.push({ transceiver, binding, intent });
         return true;
       }
@@ -743,7 +875,9 @@ export class SfuClient extends EventTarget {
       const entry = answerTracks[mid];
       if (intent.type === 'publish') {
         if (entry?.direction === 'publish') {
-          this.localTracks.set(entry.trackId, { track: intent.track, source: intent.source, transceiver });
+          this.localTracks.set(entry.trackId, {
+            track: intent.track, source: intent.source, transceiver, sendEncodings: intent.sendEncodings, stream: intent.stream,
+          });
           intent.resolve(entry.trackId);
         } else {
           this._release(transceiver);
