@@ -51,6 +51,13 @@ class SignalingMetrics:
             ["limit"],
             registry=registry,
         )
+        self.reconnections = Counter(
+            "sfu_reconnections",
+            "clients that vanished without leaving and whose place was kept (away), and joins that asked to "
+            "resume one: resumed, or not (the grace period was over, or the key did not match)",
+            ["outcome"],
+            registry=registry,
+        )
         self.webhooks = WebhookMetrics(registry)
 
 

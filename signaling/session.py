@@ -205,6 +205,7 @@ class Session:
         if room is None or participant is None:
             return
         if self._close_code != WSCloseCode.GOING_AWAY and self.registry.suspend(room, participant):
+            self.metrics.reconnections.labels(outcome="away").inc()
             self.room = self.participant = None
             return
         await self._leave()
@@ -266,6 +267,7 @@ class Session:
                 grant.room, resume["participantId"], resume["key"], claims.identity if token is not None else None,
                 self.send, on_failed=self._on_peer_failed, grant=grant,
             )
+            self.metrics.reconnections.labels(outcome="resumed" if resumed else "not_resumed").inc()
         try:
             room, participant = resumed or self.registry.join(
                 grant.room, claims.name, self.send, on_failed=self._on_peer_failed, hidden=grant.hidden,

@@ -58,12 +58,15 @@ async def test_dropped_websocket_resumes_the_same_participant_and_tracks(server:
             back_s = time.monotonic() - dropped_at
             after = _video_stream(subscriber.counter, video.mid)
             seen = [subscriber.events.get_nowait()["type"] for _ in range(subscriber.events.qsize())]
+            metrics = server.metrics()
     finally:
         await publisher.close()
         await subscriber.close()
     assert publisher.participant_id == old_pid
     assert sorted(publisher.published) == sorted(old_ids)
     assert publisher.reconnects == 1
+    assert metrics['sfu_reconnections_total{outcome="away"}'] == 1
+    assert metrics['sfu_reconnections_total{outcome="resumed"}'] == 1
     # The subscriber kept its subscriptions and saw nobody leave or join.
     assert "participant_left" not in seen and "participant_joined" not in seen and "track_unpublished" not in seen
     assert sorted(subscriber.subscriptions) == sorted(old_ids)
@@ -109,6 +112,7 @@ async def test_past_the_grace_period_the_others_are_told_and_it_comes_back_new(
         await returning.close()
     assert 1.4 < left_after < 4.0
     assert reply["resumed"] is False and reply["participantId"] != old_pid
+    assert server.metrics()['sfu_reconnections_total{outcome="not_resumed"}'] == 1
     assert joined["participant"]["id"] == reply["participantId"]
     assert not observer.subscriptions
 
