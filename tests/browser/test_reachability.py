@@ -293,13 +293,34 @@ async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_ad
 # --- a client network that lets only TCP out: TURN/TCP and TURN/TLS through coturn ---
 
 
-class Coturn:
-    """coturn inside a namespace, with TURN REST credentials (``use-auth-secret``), a
-    TCP/UDP listener on ``port`` and a TLS one on ``tls_port`` with a self-signed
-    certificate for its address (``cert``, made here with openssl). It is ended by its
-    pid with the namespace's other processes."""
+DEPLOYMENT_MD = Path(__file__).resolve().parents[2] / "docs" / "DEPLOYMENT.md"
 
-    def __init__(self, ns: Namespace, address: str, directory: Path, secret: str = TURN_SECRET) -> None:
+
+def documented_coturn_config(**overrides: str) -> str:
+    """The coturn configuration of docs/DEPLOYMENT.md with these keys' values replaced
+    (``listening_ip="10.250.0.1"``: underscores for dashes); the test runs what the
+    page tells operators to run."""
+    match = re.search(r"```conf\n(# /etc/turnserver\.conf.*?)```", DEPLOYMENT_MD.read_text(), re.DOTALL)
+    assert match, "docs/DEPLOYMENT.md has no coturn configuration block"
+    wanted = {key.replace("_", "-"): value for key, value in overrides.items()}
+    lines = []
+    for line in match.group(1).splitlines():
+        key = line.split("=", 1)[0].strip()
+        if key in wanted:
+            line = f"{key}={wanted.pop(key)}"
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in wanted.items()]  # keys the page does not set
+    return "\n".join(lines) + "\n"
+
+
+class Coturn:
+    """coturn inside a namespace, configured as docs/DEPLOYMENT.md says (TURN REST
+    credentials, TURN over UDP/TCP on ``port`` and TLS on ``tls_port``, private peer
+    ranges denied but ``peer`` allowed), with a self-signed certificate for its
+    address (``cert``, made here with openssl). It is ended by its pid with the
+    namespace's other processes."""
+
+    def __init__(self, ns: Namespace, address: str, directory: Path, peer: str, secret: str = TURN_SECRET) -> None:
         binary = shutil.which("turnserver")
         if binary is None:
             pytest.fail("turnserver is not installed (.ci/run installs the Debian package coturn)")
@@ -314,12 +335,12 @@ class Coturn:
         )
         self.log = directory / "turn.log"
         config = directory / "turnserver.conf"
-        config.write_text(
-            f"listening-ip={address}\nrelay-ip={address}\nlistening-port={self.port}\ntls-listening-port={self.tls_port}\n"
-            f"cert={self.cert}\npkey={key}\nmin-port=49160\nmax-port=49260\n"
-            f"use-auth-secret\nstatic-auth-secret={secret}\nrealm=sfu.test\n"
-            f"no-cli\nno-dtls\nfingerprint\nsimple-log\nverbose\nlog-file={self.log}\npidfile={directory / 'turn.pid'}\n"
-        )
+        config.write_text(documented_coturn_config(
+            listening_ip=address, relay_ip=address, allowed_peer_ip=peer, static_auth_secret=secret,
+            cert=str(self.cert), pkey=str(key), log_file=str(self.log), pidfile=str(directory / "turn.pid"),
+            listening_port=str(self.port), tls_listening_port=str(self.tls_port), verbose="",
+        ).replace("verbose=\n", "verbose\n"))
+        self.realm = re.search(r"^realm=(.*)$", config.read_text(), re.MULTILINE).group(1)
         self.proc = ns.popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while any(ns.call(_connect_refused, address, p) for p in (self.port, self.tls_port)):
@@ -362,7 +383,7 @@ async def test_tcp_only_client_reaches_the_server_through_turn(
     cli, srv = network.namespace("cli"), network.namespace("srv")
     link = network.connect(srv, cli)
     address, client = link.a_addr, link.b_addr
-    coturn = Coturn(srv, address, tmp_path)
+    coturn = Coturn(srv, address, tmp_path, peer=address)  # the SFU is its only allowed peer
     if scheme == "turns":
         url, relay_protocol = f"turns:{address}:{coturn.tls_port}?transport=tcp", "tls"
         # aioice verifies the TLS certificate with Python's default context: trust the
@@ -406,7 +427,7 @@ async def test_tcp_only_client_reaches_the_server_through_turn(
     # coturn allocated for each participant with its own credentials (username
     # "<expiry>:<identity>"), over TLS exactly when the URL is turns:.
     log = coturn.log_text()
-    sessions = re.findall(r"session \d+: new, realm=<sfu\.test>, username=<\d+:([^>]+)>, lifetime=\d+(.*)", log)
+    sessions = re.findall(rf"session \d+: new, realm=<{re.escape(coturn.realm)}>, username=<\d+:([^>]+)>, lifetime=\d+(.*)", log)
     assert len({identity for identity, _ in sessions}) >= 3, log[-3000:]
     assert all(("method=TLS" in rest) == (scheme == "turns") for _, rest in sessions), sessions
 
@@ -443,16 +464,40 @@ async def _allocate(address: str, port: int, username: str, password: str, conte
     return relayed
 
 
+async def _permissions(address: str, port: int, username: str, password: str,
+                       peers: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """One allocation over TCP; per peer, ``"bound"`` when coturn accepts a channel to
+    it (ChannelBind installs the permission, RFC 8656 §12), else its error code."""
+    _, protocol = await asyncio.get_running_loop().create_connection(
+        lambda: turn.TurnClientTcpProtocol((address, port), username=username, password=password,
+                                           lifetime=600, channel_refresh_time=500),
+        host=address, port=port,
+    )
+    out: dict[str, Any] = {}
+    try:
+        await protocol.connect()
+        for number, (name, peer) in enumerate(peers.items(), start=0x4000):
+            try:
+                await protocol.channel_bind(number, peer)
+                out[name] = "bound"
+            except stun.TransactionFailed as exc:
+                out[name] = exc.response.attributes["ERROR-CODE"][0]
+    finally:
+        await protocol.delete()
+    return out
+
+
 async def test_coturn_refuses_expired_and_forged_turn_credentials(
     network: Network, open_page: OpenPage, tmp_path: Path
 ) -> None:
     """Credentials minted like the server's (sfu.turn) are accepted over TURN/TCP and
     TURN/TLS; expired ones, ones signed with another secret, and a TLS peer that does
-    not check the certificate's trust are refused."""
+    not trust the certificate are refused; the documented configuration relays to the
+    SFU's address only."""
     cli, srv = network.namespace("cli"), network.namespace("srv")
     link = network.connect(srv, cli)
     address = link.a_addr
-    coturn = Coturn(srv, address, tmp_path)
+    coturn = Coturn(srv, address, tmp_path, peer=address)
     trusted = ssl.create_default_context(cafile=str(coturn.cert))
     now = time.time()
     credentials = {
@@ -468,6 +513,10 @@ async def test_coturn_refuses_expired_and_forged_turn_credentials(
             out[f"tls/{name}"] = await _allocate(address, coturn.tls_port, username, password, trusted)
         # Python's default trust store does not know the test's certificate: refused.
         out["tls/untrusted"] = await _allocate(address, coturn.tls_port, *credentials["valid"], ssl.create_default_context())
+        out["peers"] = await _permissions(address, coturn.port, *credentials["valid"], {
+            "allowed": (address, 9),  # the SFU's address: allowed-peer-ip
+            "denied": (link.b_addr, 9),  # another address of 10.0.0.0/8: denied-peer-ip
+        })
         return out
 
     results = await cli.run_coroutine(attempts, timeout=40)
@@ -477,6 +526,8 @@ async def test_coturn_refuses_expired_and_forged_turn_credentials(
         assert results[f"{transport}/expired"] == 401, results
         assert results[f"{transport}/forged"] == 401, results
     assert results["tls/untrusted"] == "SSLCertVerificationError", results
+    # Relaying only to the SFU: allowed-peer-ip wins over the denied private ranges.
+    assert results["peers"] == {"allowed": "bound", "denied": 403}, results
 
     # Chromium behind the same network gathers a relay candidate with the valid
     # credentials only (the TLS listener's self-signed certificate is let through).
