@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 
+import pytest
 from aiortc import RTCPeerConnection
 
 from loadtest.client import RoomClient
@@ -73,7 +74,26 @@ def drops(server: ServerProcess) -> dict[str, float]:
     return out
 
 
-async def test_junk_datagrams_hurt_no_one(server: ServerProcess) -> None:
+def mux_drops(server: ServerProcess) -> dict[str, float]:
+    return {
+        key.split('reason="')[1].rstrip('"}'): value
+        for key, value in server.metrics().items()
+        if key.startswith("sfu_udp_mux_dropped_total{")
+    }
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((SERVER_ADDR, 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("shared_port", [False, True], ids=["own-ports", "udp-port"])
+async def test_junk_datagrams_hurt_no_one(start_server: Callable[..., ServerProcess], shared_port: bool) -> None:
+    """With ``--udp-port`` the stranger's datagrams stop at the demultiplexer
+    (``sfu_udp_mux_dropped_total``) and the participants' own junk still meets the ICE
+    guard behind it."""
+    server = start_server(*(("--udp-port", str(free_udp_port())) if shared_port else ()))
     stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stranger.setblocking(False)
     publisher = RoomClient(server.ws_url, auto_subscribe=False)
@@ -114,14 +134,14 @@ async def test_junk_datagrams_hurt_no_one(server: ServerProcess) -> None:
             await asyncio.sleep(0.5)
             connection._protocols[0].transport.sendto = sendto
             assert captured, "no SRTP captured from the publisher"
-            before = drops(server)
+            before, mux_before = drops(server), mux_drops(server)
             ports = {c: server_port(c.pc) for c in (publisher, viewer, chatter)}
             for client, port in ports.items():
                 await blast(stranger.sendto, port, 50)
                 await blast(own_sendto(client.pc), port, 50)
             for data in captured:
                 sendto(data, (SERVER_ADDR, ports[publisher]))  # replays: libsrtp refuses them
-            after = drops(server)
+            after, mux_after = drops(server), mux_drops(server)
 
             # Everyone still works: the viewer keeps receiving, the chat still flows.
             counted = sum(s.packets for s in viewer.counter.snapshot())
@@ -142,8 +162,12 @@ async def test_junk_datagrams_hurt_no_one(server: ServerProcess) -> None:
         await asyncio.gather(publisher.close(), viewer.close(), chatter.close())
 
     increase = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    for reason in ("short_datagram", "unknown_datagram", "unvalidated_source", "srtp_failed"):
+    guarded = ("short_datagram", "unknown_datagram", "srtp_failed") + (() if shared_port else ("unvalidated_source",))
+    for reason in guarded:
         assert increase.get(reason, 0) > 0, (reason, increase)
+    if shared_port:
+        assert mux_after.get("unknown_source", 0) - mux_before.get("unknown_source", 0) >= 50 * len(junk()), (
+            mux_before, mux_after)
     log = server.log_path.read_text(errors="replace")
     assert "Traceback" not in log, server.log_tail(60)
     assert log.count("\n") < 200, f"the server logged per datagram:\n{server.log_tail(60)}"
