@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import re
 import shutil
 import socket
@@ -134,6 +135,13 @@ class Bots:
         self.stop()
         return await self.task
 
+    async def close(self) -> None:
+        """Stop the bots and wait for them to leave (whatever happened before)."""
+        self.stop()
+        if self.task is not None:
+            with contextlib.suppress(Exception):  # the test reports what went wrong
+                await asyncio.wait_for(self.task, 15)
+
     async def wait_ready(self) -> str:
         """BotPub's participant id once it publishes (raises what the bots raised)."""
         assert self.task is not None
@@ -233,12 +241,22 @@ def _connect_refused(address: str, port: int) -> str | None:
         return repr(exc)
 
 
+MEDIA_PORTS = {  # serve flags -> the ports the answer's candidates may carry (None: any)
+    "own-ports": ((), None),
+    "udp-port": (("--udp-port", "50000"), range(50000, 50001)),
+    "udp-port-range": (("--udp-port-range", "50100-50119"), range(50100, 50120)),
+}
+
+
+@pytest.mark.parametrize("ports", list(MEDIA_PORTS))
 async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_address(
-    network: Network, open_page: OpenPage, servers: list[ServerProcess], tmp_path: Path, restore_ice_addresses: None
+    ports: str, network: Network, open_page: OpenPage, servers: list[ServerProcess], tmp_path: Path,
+    restore_ice_addresses: None,
 ) -> None:
     """Chromium behind a MASQUERADE NAT joins a server that binds a private address and
     announces its router's public one; media flows both ways with bots on the public
-    network."""
+    network; with a port per participant, one shared UDP port, or a port range."""
+    flags, allowed_ports = MEDIA_PORTS[ports]
     cli, home, edge, srv, peer = (network.namespace(r) for r in ("cli", "home", "edge", "srv", "peer"))
     lan = network.connect(home, cli)  # home NAT 10.x.a.1 <-> Chromium's host 10.x.a.2
     wan = network.connect(edge, home)  # the edge router's public address <-> the home NAT's
@@ -251,7 +269,8 @@ async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_ad
     public, private = wan.a_addr, dc.b_addr
     edge.one_to_one_nat(public, private, private_dev=dc.a_dev)
 
-    server = start_server(servers, tmp_path, srv, private, "--ice-address", private, "--announced-address", public)
+    server = start_server(servers, tmp_path, srv, private, "--ice-address", private, "--announced-address", public,
+                          *flags)
     base = f"http://{public}:{server.port}"
 
     # The private address is not reachable from the client's network; the public one is.
@@ -271,8 +290,11 @@ async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_ad
         await assert_receives_media(page, [bot_id])  # decodes the bots' video, plays their audio
 
         answer = await page.page.evaluate("() => window.sfuPc.remoteDescription.sdp")
-        hosts = set(re.findall(r"a=candidate:\S+ \d \S+ \d+ (\S+) \d+ typ host", answer))
+        candidates = re.findall(r"a=candidate:\S+ \d \S+ \d+ (\S+) (\d+) typ host", answer)
+        hosts = {host for host, _ in candidates}
         assert hosts == {public}, f"the server's candidates name {hosts}, not only {public}"
+        if allowed_ports is not None:
+            assert all(int(port) in allowed_ports for _, port in candidates), candidates
         assert private not in answer
         pair = await wait_selected_pair(page)
         assert pair["remote"]["address"] == public, pair
@@ -283,7 +305,7 @@ async def test_nat_client_reaches_a_server_behind_1_to_1_nat_at_its_announced_ad
         await bots.wait_received()
         result = await bots.result()
     finally:
-        bots.stop()
+        await bots.close()
     assert_bots_received_the_page(result)
     for name, ice in result["candidates"].items():
         assert ice["pair_remote"] == public and ice["state"] == "connected", (name, ice)
@@ -419,7 +441,7 @@ async def test_tcp_only_client_reaches_the_server_through_turn(
         await bots.wait_received()
         result = await bots.result()
     finally:
-        bots.stop()
+        await bots.close()
     assert_bots_received_the_page(result)
     for name, ice in result["candidates"].items():
         assert ice["local_types"] == ["relay"] and ice["pair_local"][0] == "relay", (name, ice)
