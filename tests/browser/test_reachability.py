@@ -114,13 +114,10 @@ class Bots:
     participant id once it publishes; :meth:`stop` ends them; the result of the run
     is what BotView received from the page and the ICE candidates both used."""
 
-    def __init__(self, ns: Namespace, ws_url: str, room: str, address: str, policy: str = "all",
-                 trusted_cafile: Path | None = None) -> None:
+    def __init__(self, ns: Namespace, ws_url: str, room: str, address: str, policy: str = "all") -> None:
         self.ns, self.ws_url, self.room, self.address, self.policy = ns, ws_url, room, address, policy
-        self.trusted_cafile = trusted_cafile
         self.ready: concurrent.futures.Future[str] = concurrent.futures.Future()
         self._stop = threading.Event()
-        self._viewer_done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.task: asyncio.Task[dict[str, Any]] | None = None
         self.latest: dict[str, dict[str, int]] = {}  # what BotView counted so far, by kind
 
