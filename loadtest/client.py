@@ -596,14 +596,16 @@ class RoomClient:
         await self._drop_connection()
         self._notify()
 
-    async def _drop_connection(self) -> None:
-        """Stop the tasks, close the WebSocket, the HTTP session and the PeerConnection."""
+    async def _drop_connection(self, close_code: int = aiohttp.WSCloseCode.OK) -> None:
+        """Stop the tasks, close the WebSocket (with ``close_code``: 1000 tells the server
+        we left, :data:`~loadtest.reconnect.RECONNECT_CLOSE_CODE` that we come back), the
+        HTTP session and the PeerConnection."""
         for task in (self._subscriber, self._reader):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self._ws is not None:
-            await self._ws.close()
+            await self._ws.close(code=close_code)
         if self._session is not None:
             await self._session.close()
         if self.pc is not None:

@@ -23,10 +23,11 @@ import aiohttp
 if TYPE_CHECKING:
     from .client import RoomClient
 
-__all__ = ["Backoff", "PING_INTERVAL_S", "reconnect"]
+__all__ = ["Backoff", "PING_INTERVAL_S", "RECONNECT_CLOSE_CODE", "reconnect"]
 
 logger = logging.getLogger("loadtest.client")
 
+RECONNECT_CLOSE_CODE = 4000  # closing a WebSocket to reconnect: the server keeps our place (not 1000)
 PING_INTERVAL_S = 5.0  # WebSocket ping interval; no pong within half of it closes the connection
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 5.0
@@ -66,7 +67,7 @@ async def reconnect(client: RoomClient, reason: str) -> None:
     for p in published:
         # Detach the local tracks first: aiortc stops the track of a sender it stops.
         p.transceiver.sender.replaceTrack(None)
-    await client._drop_connection()
+    await client._drop_connection(RECONNECT_CLOSE_CODE)
     client._ws = None
     client.pc = None
     client.published.clear()
@@ -88,7 +89,7 @@ async def reconnect(client: RoomClient, reason: str) -> None:
             reply = await client._request(message)
             break
         except (OSError, aiohttp.ClientError, ConnectionError, TimeoutError, RoomError) as exc:
-            await client._drop_connection()
+            await client._drop_connection(RECONNECT_CLOSE_CODE)
             client._ws = None
             delay = backoff.next()
             if isinstance(exc, RoomError) and exc.code in FINAL_CODES or time.monotonic() + delay > deadline:

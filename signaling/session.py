@@ -2,8 +2,9 @@
 
 Messages are handled in arrival order, one at a time, so a participant's offers are
 serialized. Every bad message gets an ``error`` reply and the connection goes on. A
-connection that drops without ``leave`` keeps the participant's place for the
-registry's grace period, for the client to reconnect and resume it (``join`` with
+connection that drops without ``leave`` (no close frame, no answer to the pings, the
+PeerConnection failed; not a close with code 1000 or 1001) keeps the participant's
+place for the registry's grace period, for the client to reconnect and resume it (``join`` with
 ``resume``); after that the participant is removed and the others are told.
 """
 
@@ -33,6 +34,10 @@ __all__ = ["Session"]
 logger = logging.getLogger(__name__)
 _faults = RateLimitedLog(logger)
 
+# Close codes (RFC 6455 §7.4.1) of a client that closes its WebSocket on purpose: normal
+# closure, and going away (a browser tab closed or navigated away). Any other end (no
+# close frame, a heartbeat timeout, 4000 from a reconnecting client) keeps the place.
+CLIENT_LEFT_CODES = (WSCloseCode.OK, WSCloseCode.GOING_AWAY)
 SEND_QUEUE_LIMIT = 1000  # messages waiting for a slow client at most ...
 SEND_QUEUE_BYTES = 4 * 1024 * 1024  # ... and bytes
 MAX_ERROR_TEXT = 200  # characters of an error message (they may quote what the client sent)
@@ -190,7 +195,10 @@ class Session:
             self.metrics.websocket_connections.dec()
             if self._connect_timer is not None:
                 self._connect_timer.cancel()
-            await self._vanish()
+            if not self._closing and self.ws.close_code in CLIENT_LEFT_CODES:
+                await self._leave()  # the client closed the WebSocket on purpose (a tab closed)
+            else:
+                await self._vanish()
             self._close_soon()
             try:
                 await asyncio.wait_for(writer, timeout=5)

@@ -19,6 +19,8 @@ const PING_INTERVAL_MS = 5000;
 const PING_TIMEOUT_MS = 12000;
 /** A PeerConnection `disconnected` this long (ms) is treated as failed. */
 const DISCONNECTED_TIMEOUT_MS = 5000;
+/** Close code of a WebSocket we close to reconnect (1000 or 1001 would tell the server we left). */
+const RECONNECT_CLOSE_CODE = 4000;
 
 /** How long `leave()` waits for the server's `left` before closing anyway. */
 const LEAVE_TIMEOUT_MS = 2000;
@@ -534,7 +536,7 @@ export class SfuClient extends EventTarget {
     this._generation += 1;
     const ws = this._ws;
     this._ws = null;
-    ws?.close();
+    ws?.close(RECONNECT_CLOSE_CODE); // not 1000: the server keeps our place for the reconnection
     this._pendingJoin?.reject(error);
     this._pendingOffer?.reject(error);
     this._pendingJoin = this._pendingOffer = null;

@@ -289,7 +289,10 @@ asyncio.run(main())
 
 
 @pytest.mark.parametrize("how", ["leave", "close_websocket", "kill_process"])
-async def test_others_see_participant_left(server: ServerProcess, how: str) -> None:
+async def test_others_see_participant_left(start_server: Callable[..., ServerProcess], how: str) -> None:
+    """A leave and a WebSocket closed on purpose are seen at once; a killed client after
+    the place kept for its reconnection (here 1 s)."""
+    server = start_server("--reconnect-grace", "1")
     room = f"left-{how.replace('_', '-')}"
     observer = RoomClient(server.ws_url)
     child: subprocess.Popen[str] | None = None

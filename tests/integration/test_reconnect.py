@@ -45,7 +45,7 @@ async def test_dropped_websocket_resumes_the_same_participant_and_tracks(server:
 
             dropped_at = time.monotonic()
             assert publisher._ws is not None
-            await publisher._ws.close()  # the WebSocket alone, without leave
+            publisher._ws._conn.transport.abort()  # the WebSocket's TCP connection dies (no close frame)
             event = await publisher.next_event("reconnected", timeout=15)
             reconnected_s = time.monotonic() - dropped_at
             assert event["resumed"] is True
@@ -94,7 +94,8 @@ async def test_past_the_grace_period_the_others_are_told_and_it_comes_back_new(
             assert old_pid and key
 
             start = time.monotonic()
-            await leaver.close()  # gone without leave, and does not come back
+            assert leaver._ws is not None
+            leaver._ws._conn.transport.abort()  # gone without leave or close frame, and does not come back
             await asyncio.sleep(1.0)
             assert old_pid in observer.participants  # its place is kept during the grace period
             event = await observer.next_event("participant_left", timeout=5)
@@ -151,7 +152,29 @@ async def test_without_a_grace_period_a_drop_is_a_leave(start_server: Callable[.
             await leaver.publish([PreEncodedAudioTrack()])
             await leaver.wait_connected()
             start = time.monotonic()
-            await leaver.close()
+            assert leaver._ws is not None
+            leaver._ws._conn.transport.abort()
+            event = await observer.next_event("participant_left", timeout=5)
+            elapsed = time.monotonic() - start
+    finally:
+        await observer.close()
+        await leaver.close()
+    assert event["participantId"] == leaver.participant_id
+    assert elapsed < 1.5
+
+
+async def test_a_websocket_closed_on_purpose_is_a_leave(server: ServerProcess) -> None:
+    """Close code 1000 (or 1001, a closed tab) is a leave: nobody waits for a return."""
+    observer = RoomClient(server.ws_url)
+    leaver = RoomClient(server.ws_url, auto_subscribe=False)
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            await observer.join("onpurpose", "Observer")
+            await leaver.join("onpurpose", "Leaver")
+            await leaver.publish([PreEncodedAudioTrack()])
+            await leaver.wait_connected()
+            start = time.monotonic()
+            await leaver.close()  # code 1000, without a leave message
             event = await observer.next_event("participant_left", timeout=5)
             elapsed = time.monotonic() - start
     finally:
