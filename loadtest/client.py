@@ -243,6 +243,7 @@ class RoomClient:
         self.ended: str | None = None  # why the client stopped for good: left, closed, removed, ...
         self._join_message: dict[str, Any] | None = None
         self._reconnector: asyncio.Task[None] | None = None
+        self._was_connected = False  # the media connection has been up once (only then reconnect)
         self._opened_specs: list[ChannelSpec] = []  # channels opened with open_channel()
         self.ice_transport_policy = ice_transport_policy
         self.ice_servers: list[dict[str, Any]] = []  # the join reply's iceServers
@@ -686,6 +687,7 @@ class RoomClient:
             self.reconnect
             and self.ended is None
             and self.participant_id is not None
+            and self._was_connected
             and (self._reconnector is None or self._reconnector.done())
         ):
             self._reconnector = asyncio.create_task(reconnect(self, reason))
@@ -779,6 +781,8 @@ class RoomClient:
 
         def on_state() -> None:
             self._notify()
+            if pc.connectionState == "connected":
+                self._was_connected = True
             if pc.connectionState == "failed" and pc is self.pc:
                 self._connection_lost("the PeerConnection failed")
 

@@ -185,6 +185,8 @@ export class SfuClient extends EventTarget {
     this._reconnectTimeoutMs = reconnectTimeoutMs;
     this._reconnecting = false;
     this._leaving = false;
+    /** Whether the media connection has been up once (only then do we reconnect). */
+    this._wasConnected = false;
     /** Bumped when a connection is dropped: work of the old one stops quietly. */
     this._generation = 0;
     this._pingTimer = null;
@@ -265,6 +267,7 @@ export class SfuClient extends EventTarget {
     pc.addEventListener('connectionstatechange', () => {
       if (pc !== this.pc) return;
       clearTimeout(disconnectedTimer);
+      if (pc.connectionState === 'connected') this._wasConnected = true;
       if (pc.connectionState === 'failed') {
         this._emit('error', { code: 'connection_failed', message: 'media connection to the server failed', requestType: null, label: null });
         this._onConnectionLost('the media connection failed');
@@ -518,7 +521,9 @@ export class SfuClient extends EventTarget {
    */
   _onConnectionLost(reason) {
     if (this._reconnecting || this._closed) return;
-    if (!this._reconnect || this._leaving || this.removed || this.serverShutdown || !this.participantId) {
+    // A media connection that never came up (a firewall, no TURN) would not come up on
+    // another try either: the page shows why instead.
+    if (!this._reconnect || this._leaving || this.removed || this.serverShutdown || !this.participantId || !this._wasConnected) {
       this._close(reason);
       return;
     }
