@@ -1,6 +1,7 @@
 """Forwarding benchmark: server CPU per forwarded RTP packet, memory per participant.
 
     python -m loadtest.bench_forward --subscribers 10 --duration 60
+    python -m loadtest.bench_forward --subscribers 50 --duration 30 --compare-udp-port 50000 --runs 3
 
 Starts the SFU server as a subprocess on 127.0.0.1 (pinned to the first allowed CPU),
 one publisher bot (pre-encoded VP8 640x480 ~1 Mbit/s 30 fps + Opus 20 ms) and N
@@ -13,6 +14,11 @@ a warm-up it measures over a steady window:
 * server CPU (user/system, from ``psutil``) divided by the packets forwarded;
 * server RSS idle and loaded, and (loaded - idle) / participants;
 * subscriber loss from RTP sequence numbers (RFC 3550 §A.3).
+
+``--udp-port P`` runs the server with every participant's media on the one UDP port P
+(``sfu serve --udp-port``); ``--compare-udp-port P --runs N`` runs N pairs, each the
+normal mode then the shared port, alternating in one invocation, and prints both
+modes' figures per run and their medians.
 
 Everything is bounded in time; every process started here is ended by its pid.
 """
@@ -32,6 +38,7 @@ import pstats
 import re
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -193,6 +200,8 @@ class Bench:
         if args.profile == "cprofile":
             python_args = ("-m", "cProfile", "-o", str(workdir / "server.prof"))
         server_args = list(args.server_arg)
+        if args.udp_port is not None:
+            server_args += ["--udp-port", str(args.udp_port)]
         if "--max-participants" in server_help() and not any(a.startswith("--max-participants") for a in server_args):
             server_args += ["--max-participants", str(args.subscribers + 1)]
         self.server = ServerProcess(
@@ -408,11 +417,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for 'signaling.cli serve', e.g. --server-arg=--log-level=DEBUG "
                              "(repeatable; --max-participants defaults to subscribers + 1)")
+    parser.add_argument("--udp-port", type=int, help="the server carries all media on this one UDP port (sfu serve --udp-port)")
+    parser.add_argument("--compare-udp-port", type=int, metavar="P",
+                        help="alternate runs without and with --udp-port P (see --runs) and compare them")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each mode with --compare-udp-port (default 3)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server log, profiles)")
     args = parser.parse_args(argv)
     if args.subscribers < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--subscribers must be >= 1, --duration > 0, --warmup >= 0")
+    if args.compare_udp_port is not None and (args.udp_port is not None or args.profile or not 1 <= args.runs <= 20):
+        parser.error("--compare-udp-port takes 1-20 --runs and neither --udp-port nor --profile")
     args.bot_procs = args.bot_procs or math.ceil(args.subscribers / 25)
     args.ready_timeout = args.ready_timeout or 30.0 + 0.5 * args.subscribers
     return args
@@ -431,8 +446,40 @@ async def _amain(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await bench.close()
 
 
+def compare_udp_port(args: argparse.Namespace) -> None:
+    """``args.runs`` pairs of runs, the normal mode then ``--udp-port``, alternating;
+    prints each run's CPU per forwarded packet and loss, and the medians per mode."""
+    rows: list[tuple[int, str, dict[str, Any]]] = []
+    for run in range(1, args.runs + 1):
+        for mode, port in (("own ports", None), (f"--udp-port {args.compare_udp_port}", args.compare_udp_port)):
+            one = argparse.Namespace(**{**vars(args), "udp_port": port, "compare_udp_port": None})
+            workdir = Path(tempfile.mkdtemp(prefix="bench_forward-"))
+            try:
+                results = uvloop.run(_amain(one, workdir))
+            except BaseException:
+                print(f"benchmark failed; server log kept in {workdir}", file=sys.stderr)
+                raise
+            shutil.rmtree(workdir, ignore_errors=True)
+            rows.append((run, mode, results))
+            loss = 100.0 * results["lost"] / results["expected"] if results["expected"] else 0.0
+            print(f"run {run} {mode:<16} {results['forwarded_pps']:8,.0f} packets/s  "
+                  f"{results['us_per_packet']:5.1f} µs/packet (user {results['us_per_packet_user']:.1f}, "
+                  f"system {results['us_per_packet_system']:.1f})  server CPU {100 * results['server_cpu_share']:.1f} %  "
+                  f"loss {loss:.3f} %", flush=True)
+            if args.json:
+                print(json.dumps({"run": run, "mode": mode, **results}), flush=True)
+    print()
+    for mode in dict.fromkeys(m for _, m, _ in rows):
+        figures = sorted(r["us_per_packet"] for _, m, r in rows if m == mode)
+        print(f"{mode:<16} µs per forwarded packet: {', '.join(f'{f:.1f}' for f in figures)} "
+              f"(median {statistics.median(figures):.1f})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.compare_udp_port is not None:
+        compare_udp_port(args)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="bench_forward-"))
     try:
         results = uvloop.run(_amain(args, workdir))
