@@ -62,8 +62,8 @@ async def _run(args: argparse.Namespace) -> None:
     shared = SharedSocket()
     shared.connection_made(_NullTransport())  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
-    mux._sockets["127.0.0.1"] = loop.create_future()  # noqa: SLF001 (a benchmark of the internals)
-    mux._sockets["127.0.0.1"].set_result(shared)  # noqa: SLF001
+    mux._sockets["127.0.0.1"] = loop.create_future()  # a benchmark of the internals
+    mux._sockets["127.0.0.1"].set_result(shared)
     transports, addrs = [], []
     for i in range(args.connections):
         muxed, protocol = await mux.endpoint(_NullProtocol, "127.0.0.1")

@@ -205,7 +205,7 @@ async def test_bounds_per_connection(mux: UdpMux, connect) -> None:
 
 
 async def test_closing_forgets_everything(mux: UdpMux, connect) -> None:
-    (ta, a), (tb, b) = await connect(), await connect()
+    (ta, a), (_, b) = await connect(), await connect()
     shared = await mux.shared_socket(LOCAL)
     addr = ("10.0.0.3", 3000)
     shared.datagram_received(request(f"{a.ufrag}:x", a.key), addr)
