@@ -121,7 +121,8 @@ class ServerProcess:
 
         Args:
             log_path: where to write the server's output.
-            extra_args: more ``serve`` options, e.g. ``("--max-participants", "2")``.
+            extra_args: more ``serve`` options, e.g. ``("--max-participants", "2")``;
+                ``--workers 1`` unless they name ``--workers``.
             port: the port, default a free one.
             cpus: pin the server to these CPU numbers (``sched_setaffinity``).
             python_args: interpreter arguments before ``-m signaling.cli``, e.g.
@@ -136,6 +137,8 @@ class ServerProcess:
         self.tls = tls
         if tls is not None:
             extra_args = (*extra_args, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
+        if not any(a == "--workers" or a.startswith("--workers=") for a in extra_args):
+            extra_args = ("--workers", "1", *extra_args)  # one process unless a test asks for workers
         self.log_path = log_path
         with open(log_path, "wb") as log:
             prefix = ["ip", "netns", "exec", netns] if netns else []  # ip execs: the pid stays the server's
