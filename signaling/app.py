@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from yarl import URL
 
-from sfu.metrics import MediaCollector, RuntimeCollector
+from sfu.metrics import COUNTERS, MediaCollector, RuntimeCollector
 from sfu.room import ROOM_NAME, RoomRegistry
 from sfu.rtc.adapter import quiet_connect_after_close
 
@@ -82,6 +82,17 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     finally:
         sessions.discard(session)
     return ws
+
+
+async def _internal_load(request: web.Request) -> web.Response:
+    """For the front of a multi-worker server (:mod:`signaling.workers`), on loopback
+    only: the rooms this worker holds, its participants and RTP packets sent so far."""
+    if request.remote not in ("127.0.0.1", "::1"):
+        return web.Response(status=403, text="loopback only\n")
+    registry = request.app[REGISTRY_KEY]
+    _, participants, _, _ = registry.gauges()
+    sent = sum(k.packets_sent for k in COUNTERS.kinds.values())
+    return web.json_response({"rooms": list(registry.rooms), "participants": participants, "packetsSent": sent})
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -209,6 +220,7 @@ def create_app(
     add_routes(app, HttpSessions(registry, app[SIGNALING_METRICS_KEY], access=access, ice_servers=config.ice))
     add_api_routes(app, registry, access)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/internal/load", _internal_load)
     if config.metrics_port is None:
         app.router.add_get("/metrics", _metrics)
     else:

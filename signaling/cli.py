@@ -37,6 +37,7 @@ from sfu.turn import IceServers
 
 from .access import Access
 from .app import create_app
+from .front import run_front
 from .config import ConfigError, ServerConfig, load_config, parse_port_range
 
 __all__ = ["main", "build_parser"]
@@ -49,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the SFU and its room service")
     serve.add_argument("--host", default=os.environ.get("SFU_HOST", "127.0.0.1"), help="bind address (env SFU_HOST)")
     serve.add_argument("--port", type=int, default=int(os.environ.get("SFU_PORT", "8080")), help="port (env SFU_PORT)")
+    serve.add_argument(
+        "--workers", type=int, default=int(os.environ["SFU_WORKERS"]) if os.environ.get("SFU_WORKERS") else None,
+        help="worker processes, each with its own event loop, media sockets and rooms (env SFU_WORKERS; default: "
+        "the number of cores; 1: one process, no front)",
+    )
+    serve.add_argument(
+        "--redis", default=os.environ.get("SFU_REDIS"), metavar="URL",
+        help="redis://host:port/db: this node joins a cluster whose rooms are placed through Redis (env SFU_REDIS)",
+    )
+    serve.add_argument(
+        "--node-address", default=os.environ.get("SFU_NODE_ADDRESS"), metavar="ADDRESS",
+        help="the address the other nodes reach this node's workers at (env SFU_NODE_ADDRESS; default 127.0.0.1)",
+    )
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS and WSS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     serve.add_argument("--max-participants", type=int, help="per room (default 50, or [limits] max_participants)")
@@ -311,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     access = Access.from_keys(config.keys)
     access.log_mode(f"{args.host}:{args.port}")
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        print("sfu: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 or args.redis:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        serve_args = argv[argv.index("serve") + 1:] if "serve" in argv else argv
+        return run_front(args, serve_args, config, access, workers, media_ports, ssl_context,
+                         ice_addresses(args.host, args.ice_address))
     set_ice_addresses(ice_addresses(args.host, args.ice_address))
     announced = args.announced_address or [
         a.strip() for a in os.environ.get("SFU_ANNOUNCED_ADDRESSES", "").split(",") if a.strip()

@@ -98,7 +98,8 @@ def sfu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("sfu-server") / "server.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        # Two workers behind the front, as `sfu serve` runs on a 2-core machine by default.
+        [sys.executable, "-m", "signaling.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
