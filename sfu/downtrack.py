@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .core.forwarder import DropReason, Forwarder, Switch, Translation
 from .core.receive_stats import rtt_from_report_ms
@@ -33,13 +33,16 @@ from .core.rtp import (
     write_packet,
     write_rtx_packet,
 )
-from .core.vp8_munger import Vp8Munger
+from .core.vp8_munger import Vp8Munger, descriptor_fields
 from .metrics import COUNTERS
-from .rtc.adapter import MediaInfo
+from .rtc import batch as _batch
+from .rtc.adapter import MediaInfo, RtpSendPath
 
 if TYPE_CHECKING:
     from .core.twcc import SendHistory
     from .uptrack import SourcePacket, UpTrack
+
+from .uptrack import UNPARSED
 
 __all__ = ["DownTrack", "ntp_now", "LayerListener"]
 
@@ -56,6 +59,47 @@ RESEND_MIN_INTERVAL_MS = 10.0  # never resend one packet sooner than this ...
 RESEND_DEFAULT_RTT_MS = 100.0  # ... nor within a round trip (this until one is measured)
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+
+
+_abs_send_time_ms = -1.0  # now_ms of the cached abs-send-time value ...
+_abs_send_time_value = b""  # ... shared by every subscriber of a packet sent at that time
+
+
+def _abs_send_time(now_ms: float) -> bytes:
+    """abs-send-time for ``now_ms`` (monotonic ms), computed once per distinct time: the
+    same bytes object for every subscriber of one fan-out."""
+    global _abs_send_time_ms, _abs_send_time_value
+    if now_ms != _abs_send_time_ms:
+        _abs_send_time_value = abs_send_time(now_ms / 1000.0)
+        _abs_send_time_ms = now_ms
+    return _abs_send_time_value
+
+
+class _Block:
+    """The bytes around the per-packet value of an extension block (one-byte form,
+    RFC 8285 §4.2), shared by the DownTracks with the same ids and MID, with the block
+    built last: subscribers of one fan-out with the same abs-send-time reuse it."""
+
+    __slots__ = ("head", "tail", "value", "block")
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.head = head
+        self.tail = tail
+        self.value: bytes | None = None
+        self.block = b""
+
+
+_blocks: dict[tuple[bytes, bytes], _Block] = {}
+
+
+def _shared_block(head: bytes, tail: bytes) -> _Block:
+    """The one :class:`_Block` for (head, tail) (a few hundred distinct at most: ids x MIDs)."""
+    block = _blocks.get((head, tail))
+    if block is None:
+        if len(_blocks) >= 4096:
+            _blocks.clear()
+        block = _blocks[(head, tail)] = _Block(head, tail)
+    return block
 
 
 def ntp_now() -> int:
@@ -135,6 +179,11 @@ class DownTrack:
         self._level_out = level_out  # the subscriber's audio level extension id
         self._templates = self._extension_templates()
         self._send_rtp = send_rtp
+        # The batched apply step (sfu.rtc.batch): the send path's socket route, or a route
+        # that calls send_rtp (test doubles, bots' paths the batch cannot write to).
+        path = getattr(send_rtp, "__self__", None)
+        self._path = path if isinstance(path, RtpSendPath) and send_rtp == path.send_rtp else None
+        self._callback_route = _batch.callback_route(send_rtp) if self._path is None else None
         self._connected = connected
         self._ready = False
         self._send_rtcp = send_rtcp
@@ -169,14 +218,15 @@ class DownTrack:
         if not uptrack.simulcast:
             self.set_target(0, "bandwidth", 0.0, request=False)
 
-    def _extension_templates(self) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] | None:
+    def _extension_templates(self) -> tuple[_Block, tuple[bytes, bytes, bytes]] | None:
         """Precomputed bytes around the per-packet values of the one-byte form (RFC 8285
         §4.2; every id 1-14): the block is the MID element, then one value that
         changes per packet (the transport-wide sequence number, else abs-send-time,
         else none), then the audio level when the source packet has one. Returns
-        ``((head, tail), (head, middle, tail))`` for a packet without and with the
-        audio level, so the hot path writes ``head + value + tail``; None when ids
-        need the two-byte form (the slow path)."""
+        ``(block, (head, middle, tail))`` for a packet without and with the audio
+        level, so the hot path writes ``head + value + tail`` (``block``: a shared
+        :class:`_Block` of head and tail); None when ids need the two-byte form (the
+        slow path)."""
         ids = [i for i in (self._twcc_id, self._abs_send_time_id) if i is not None]
         if self._mid_ext is not None:
             ids.append(self._mid_ext[0])
@@ -199,7 +249,7 @@ class DownTrack:
 
         plain_size = len(mid) + len(value_header) + value_size
         word, pad = block(plain_size)
-        plain = (word + mid + value_header, pad) if plain_size else (b"", b"")
+        plain = _shared_block(word + mid + value_header, pad) if plain_size else _shared_block(b"", b"")
         word, pad = block(plain_size + 2)
         with_level = (word + mid + value_header, level_header, pad)
         return plain, with_level
@@ -213,15 +263,19 @@ class DownTrack:
             seq = self._twcc_seq = history.next(now_ms, cluster)
             value = seq.to_bytes(2, "big")
         elif self._abs_send_time_id is not None:
-            value = abs_send_time(now_ms / 1000.0)
+            value = _abs_send_time(now_ms)
         else:
             value = b""
         level = source.packet.extensions.get(self._audio_level[0]) if self._audio_level is not None else None
         templates = self._templates
         if templates is not None:
             if level is None:
-                head, tail = templates[0]
-                return head + value + tail if head else b""
+                shared = templates[0]
+                if value is shared.value:  # another subscriber of this fan-out built it
+                    return shared.block
+                shared.value = value
+                block = shared.block = shared.head + value + shared.tail if shared.head else b""
+                return block
             if len(level) == 1:
                 head, middle, tail = templates[1]
                 return head + value + middle + level + tail
@@ -346,8 +400,14 @@ class DownTrack:
                 return last_out + delta
         return last_out + elapsed
 
-    def forward(self, source: SourcePacket, now_ms: float) -> DropReason | None:
-        """Forward one source packet (hot path). Returns the DropReason if dropped."""
+    def forward(self, source: SourcePacket, now_ms: float, batch: Any = None) -> DropReason | None:
+        """Forward one source packet (hot path). Returns the DropReason if dropped.
+
+        Decide (:meth:`Forwarder.decide`), then apply: with ``batch`` (the fan-out's
+        :class:`sfu.rtc.batch` Batch, between its ``begin`` and ``flush``) the header,
+        SRTP protect and datagram are added to it; without, the packet is written
+        (:func:`~sfu.core.rtp.write_packet`) and sent here. Both send the same bytes.
+        """
         if not self._ready:
             if not self._connected():
                 COUNTERS.dropped[DropReason.NOT_CONNECTED.value] += 1
@@ -368,23 +428,30 @@ class DownTrack:
                 return result  # type: ignore[return-value]
         head = None
         munger = self._munger
-        if munger is not None and packet.payload_end > packet.payload_offset:
-            head = munger.rewrite(packet.data[packet.payload_offset : packet.payload_offset + 8])
+        if munger is not None and not padding_only:
+            start = packet.payload_offset
+            fields = source.vp8
+            if fields is UNPARSED:  # parsed once per source packet, for every subscriber
+                fields = source.vp8 = descriptor_fields(packet.data[start : start + 8])
+            if fields is not None:
+                head = munger.rewrite(packet.data[start : start + 8], fields)
             if self._munging_pending:
                 self._munging_pending = False
                 self._remember_munging(fwd.epoch)
-        data = write_packet(
-            packet,
-            self.ssrc,
-            self.payload_type,
-            result.sequence_number,
-            result.timestamp,
-            packet.marker,
-            self._extensions(source, now_ms),
-            head,
-        )
-        if self._send_rtp(data):
-            size = len(data)
+        extensions = self._extensions(source, now_ms)
+        if batch is not None:
+            path = self._path
+            route = path.batch_route() if path is not None else self._callback_route
+            size = -1 if route is None else batch.add(
+                route, self.payload_type, result.sequence_number, result.timestamp, self.ssrc, extensions, head
+            )
+        else:
+            data = write_packet(
+                packet, self.ssrc, self.payload_type, result.sequence_number, result.timestamp, packet.marker,
+                extensions, head,
+            )
+            size = len(data) if self._send_rtp(data) else -1
+        if size >= 0:
             if self._history is not None:
                 self._history.set_size(self._twcc_seq, size)
             self.packets_sent += 1

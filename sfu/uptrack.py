@@ -23,6 +23,7 @@ from .core.rtcp import ReportBlock, SenderReport
 from .core.rtp import URI_AUDIO_LEVEL, RtpPacket
 from .core.seqnum import SequenceValidator, Unwrapper
 from .metrics import COUNTERS, LATENCY_SAMPLE_EVERY
+from .rtc import batch as _batch
 from .rtc.adapter import CodecInfo
 
 if TYPE_CHECKING:
@@ -37,11 +38,17 @@ RATE_INTERVAL_MS = 500.0
 DEFAULT_LAYER_BITRATES = (150_000, 500_000, 1_500_000)  # bit/s, before a layer is measured
 
 
+UNPARSED = object()  # SourcePacket.vp8 before the first DownTrack that rewrites it asked
+
+
 class SourcePacket:
     """A cached source packet: the parsed packet plus its unwrapped sequence number and
-    timestamp, keyframe flag, arrival time (ms, monotonic) and layer index."""
+    timestamp, keyframe flag, arrival time (ms, monotonic) and layer index.
 
-    __slots__ = ("packet", "sequence", "timestamp", "keyframe", "arrival_ms", "layer")
+    ``vp8`` holds the VP8 payload descriptor's fields once a DownTrack parsed them
+    (:func:`sfu.core.vp8_munger.descriptor_fields`), for every other subscriber."""
+
+    __slots__ = ("packet", "sequence", "timestamp", "keyframe", "arrival_ms", "layer", "vp8")
 
     def __init__(
         self, packet: RtpPacket, sequence: int, timestamp: int, keyframe: bool, arrival_ms: float, layer: int = 0
@@ -52,6 +59,7 @@ class SourcePacket:
         self.keyframe = keyframe
         self.arrival_ms = arrival_ms
         self.layer = layer
+        self.vp8: object = UNPARSED
 
 
 class Layer:
@@ -279,8 +287,19 @@ class UpTrack:
                             layer.width, layer.height = size
         source = SourcePacket(packet, seq, layer.ts.unwrap(packet.timestamp), keyframe, now_ms, layer.index)
         cache.put(seq, source)
-        for downtrack in layer.downtracks:
-            downtrack.forward(source, now_ms)
+        batch = _batch.BATCH
+        if batch is None:  # the pure-Python path: each DownTrack writes, protects and sends
+            for downtrack in layer.downtracks:
+                downtrack.forward(source, now_ms)
+        elif layer.downtracks:  # batched: each DownTrack decides and adds; one flush sends
+            batch.begin(packet.data, packet.payload_offset, packet.body_end, packet.marker, packet.padding)
+            try:
+                for downtrack in layer.downtracks:
+                    downtrack.forward(source, now_ms, batch)
+            finally:
+                failed = batch.flush()
+                if failed:
+                    COUNTERS.dropped["send_failed"] += failed
         if seq % LATENCY_SAMPLE_EVERY == 0 and counters is not None and layer.downtracks:
             COUNTERS.forwarding_latency.observe(max(0.0, time.monotonic() - now_ms / 1000.0))
 

@@ -6,7 +6,9 @@ RFC 5761 §4 (telling RTP from RTCP on one port).
 Packets are parsed once on arrival into :class:`RtpPacket`, which keeps the original
 bytes and the offsets of the payload; every DownTrack then writes its own header in
 front of the unchanged payload with :func:`write_packet`, so payloads are never copied
-per subscriber beyond the one ``bytes`` join.
+per subscriber beyond the one ``bytes`` join (the payload is sliced once per source
+packet, :attr:`RtpPacket.body`). The batched path (:mod:`sfu.rtc.batch`) writes the
+same bytes in C.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class RtpPacket:
         "payload_offset",
         "payload_end",
         "padding",
+        "_body",
     )
 
     def __init__(
@@ -100,6 +103,23 @@ class RtpPacket:
         self.payload_offset = payload_offset
         self.payload_end = payload_end
         self.padding = padding
+        self._body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        """What follows the header in every forwarded copy: the payload, with the
+        padding when the P bit is set (RFC 3550 §5.1). Sliced once, then shared by all
+        subscribers' :func:`write_packet`."""
+        body = self._body
+        if body is None:
+            data = self.data
+            body = self._body = data[self.payload_offset :] if self.padding else data[self.payload_offset : self.payload_end]
+        return body
+
+    @property
+    def body_end(self) -> int:
+        """Index in ``data`` where :attr:`body` ends (the packet's end with padding)."""
+        return len(self.data) if self.padding else self.payload_end
 
     @property
     def payload(self) -> bytes:
@@ -279,9 +299,11 @@ def write_packet(
         timestamp & 0xFFFFFFFF,
         ssrc,
     )
-    start = packet.payload_offset if head is None else packet.payload_offset + len(head)
+    if head is None:  # the common case: the body sliced once per source packet, one copy here
+        return b"".join((header, packet.csrc, extensions, packet.body))
+    start = packet.payload_offset + len(head)
     body = packet.data[start:] if packet.padding else packet.data[start : packet.payload_end]
-    return b"".join((header, packet.csrc, extensions, head or b"", body))
+    return b"".join((header, packet.csrc, extensions, head, body))
 
 
 def write_rtx_packet(

@@ -8,7 +8,7 @@ the receiver's frame-reference logic.
 
 from __future__ import annotations
 
-__all__ = ["Vp8Munger"]
+__all__ = ["Vp8Munger", "descriptor_fields"]
 
 
 class Vp8Munger:
@@ -37,15 +37,19 @@ class Vp8Munger:
         """The (PictureID, TL0PICIDX) offsets in force now."""
         return self._pid_offset, self._tl0_offset
 
-    def rewrite(self, payload: bytes) -> bytes | None:
+    def rewrite(self, payload: bytes, fields: DescriptorFields | None | bool = False) -> bytes | None:
         """The rewritten descriptor bytes for ``payload`` (the start of an RTP payload;
         8 bytes are enough), or None when nothing changes (no offsets, no extension
         fields, or a malformed descriptor).
 
+        ``fields`` is :func:`descriptor_fields` of ``payload`` when the caller parsed it
+        once for all subscribers (False: parse it here).
+
         The returned bytes replace ``payload[:len(returned)]``; the descriptor keeps
         its size (7-bit PictureIDs stay 7-bit).
         """
-        fields = _fields(payload)
+        if fields is False:
+            fields = _fields(payload)
         if fields is None:
             return None
         size, pid, pid_mod, tl0 = fields
@@ -80,7 +84,17 @@ class Vp8Munger:
         return _write(payload, size, pid, pid_mod, tl0, offsets[0], offsets[1])
 
 
-def _fields(payload: bytes) -> tuple[int, int | None, int, int | None] | None:
+DescriptorFields = tuple[int, "int | None", int, "int | None"]
+
+
+def descriptor_fields(payload: bytes) -> DescriptorFields | None:
+    """The VP8 payload descriptor's fields (RFC 7741 §4.2) that the munger rewrites:
+    (bytes up to and including TL0PICIDX, PictureID, its modulus 2^7 or 2^15, TL0PICIDX),
+    or None for a descriptor without the X bit or a truncated one."""
+    return _fields(payload)
+
+
+def _fields(payload: bytes) -> DescriptorFields | None:
     """(bytes up to TL0PICIDX, PictureID, its modulus, TL0PICIDX) or None."""
     n = len(payload)
     if n < 2 or not payload[0] & 0x80:

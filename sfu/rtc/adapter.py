@@ -61,6 +61,7 @@ from ..core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mi
 from ..core.simulcast_sdp import SimulcastOffer, munge_answer, rid_extension_ids
 from ..core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
 from .ice_guard import _RTP_FIRST, _RTP_LAST, _drop, harden_ice, quiet_connect_after_close
+from . import batch
 from .ports import NoMediaPort, port_range
 from .udp_mux import udp_port
 
@@ -410,13 +411,14 @@ class RtpSendPath:
     by load-test bots that send RTP aiortc cannot (simulcast layers).
     """
 
-    __slots__ = ("dtls", "_send_route", "_route_pair", "_nominated")
+    __slots__ = ("dtls", "_send_route", "_route_pair", "_nominated", "_batch_route")
 
     def __init__(self, dtls: RTCDtlsTransport | None = None) -> None:
         self.dtls = dtls
         self._send_route: tuple[Any, Any, _Protector] | None = None
         self._route_pair: Any = None
         self._nominated: dict[int, Any] = {}
+        self._batch_route: Any = None  # sfu.rtc.batch route of the cached pair
 
     def _route(self) -> tuple[Any, Any, _Protector] | None:
         """(sendto, remote address, protector) for the nominated pair, cached until the
@@ -433,6 +435,25 @@ class RtpSendPath:
             # CandidatePair.remote_addr is a property that builds a tuple: read it once.
             route = self._send_route = (pair.protocol.transport.sendto, pair.remote_addr, _Protector(dtls._tx_srtp))
             self._route_pair = pair
+            self._batch_route = None
+        return route
+
+    def batch_route(self) -> Any:
+        """The :mod:`sfu.rtc.batch` route of the nominated pair (its socket, remote
+        address and SRTP session), cached like the send route; None while not
+        connected. Where the socket cannot be written directly, a route that calls
+        :meth:`send_rtp` per packet."""
+        route = self._batch_route
+        if route is not None and self._nominated.get(1) is self._route_pair:
+            return route
+        send = self._route()
+        if send is None:
+            return None
+        pair = self._route_pair
+        route = batch.socket_route(pair.protocol.transport, send[1], send[2].session)
+        if route is None:
+            route = batch.callback_route(self.send_rtp)
+        self._batch_route = route
         return route
 
     def send_rtp(self, data: bytes) -> bool:
@@ -493,6 +514,7 @@ class SfuPeerConnection:
         install_tap(self.pc, handler)
         self._path = RtpSendPath()
         self.send_rtp = self._path.send_rtp  # type: ignore[method-assign]  # the hot path, unwrapped
+        batch.log_mode()
         self.media: dict[str, MediaInfo] = {}
         self.rejected_mids: list[str] = []  # of the last offer: no codec the SFU can forward
         self.transport_cc = transport_cc

@@ -1,0 +1,210 @@
+"""The batched apply step (sfu.rtc.batch, the compiled sfu.rtc._fanout) sends exactly
+what the pure-Python path sends: the same SRTP datagrams, byte for byte, for the same
+keys and packets, through real UDP sockets; and the same RTP for DownTracks whose send
+callable is not a socket (simulcast switches with VP8 PictureID rewriting, audio levels,
+CSRCs, padding, transport-wide sequence numbers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from types import SimpleNamespace
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from sfu.core.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, URI_TRANSPORT_CC, parse_rtp
+from sfu.core.twcc import SendHistory
+from sfu.downtrack import DownTrack
+from sfu.rtc import batch
+from sfu.rtc.adapter import CodecInfo, MediaInfo, RtpSendPath
+from sfu.uptrack import UpTrack
+
+from .synth import rtp, vp8_payload
+
+needs_build = pytest.mark.skipif(not batch.AVAILABLE, reason="sfu.rtc._fanout not built (make setup)")
+
+KEY = bytes(range(28))  # AEAD_AES_128_GCM: 16-byte key + 12-byte salt
+
+
+@pytest.fixture
+def restore_mode():
+    before = batch.BATCH is not None
+    yield
+    batch.set_enabled(before)
+
+
+def _source_packets() -> list[tuple[bytes, float]]:
+    """A VP8 stream: keyframe first, marker bits, a CSRC, padding, a padding-only packet,
+    a duplicate, and an extension the subscribers do not get."""
+    out = []
+    for i in range(60):
+        seq = 1000 + i
+        kw = {}
+        if i % 7 == 3:
+            kw["csrc"] = (0x11223344,)
+        if i % 11 == 5:
+            kw["padding"] = 4
+        payload = vp8_payload(i % 30 == 0, body=bytes([i]) * (200 + 17 * i))
+        if i == 20:
+            payload, kw = b"", {"padding": 200}
+        out.append((rtp(seq, (i // 3) * 3000, ssrc=0xAAAA, marker=i % 3 == 2, payload=payload, ext=[(1, b"0")], **kw), i * 3.0))
+    out.append(out[10])  # a duplicate: dropped before the fan-out
+    return out
+
+
+async def _run_through_sockets(batched: bool, subscribers: int, share_socket: bool) -> tuple[list[list[bytes]], int]:
+    """Forward the stream to ``subscribers`` DownTracks whose send paths are real
+    RtpSendPaths over event-loop UDP transports (stub DTLS/ICE objects around them);
+    return what each subscriber's socket received, in order, and the datagrams sent."""
+    assert batch.set_enabled(batched) == batched
+    loop = asyncio.get_running_loop()
+    random.seed(7)  # DownTracks start at random sequence numbers and timestamps
+    codec = CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97)
+    up = UpTrack("TR_1", "PA_pub", "video", "camera", "0", codec, {URI_MID: 1}, lambda ssrc: None)
+    up.bind_ssrc(0xAAAA)
+    sinks, transports = [], []
+    shared = None
+    for i in range(subscribers):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        sinks.append(sink)
+        if shared is None or not share_socket:
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+            transports.append(transport)
+            shared = transport
+        pair = SimpleNamespace(protocol=SimpleNamespace(transport=shared), remote_addr=sink.getsockname())
+        session = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+        dtls = SimpleNamespace(_tx_srtp=session, transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair})))
+        path = RtpSendPath(dtls)  # type: ignore[arg-type]
+        ext = {URI_MID: 3, URI_ABS_SEND_TIME: 2} if i % 2 == 0 else {URI_MID: 5}
+        media = MediaInfo(str(i), "video", "sendonly", [CodecInfo(120, "video/VP8", 90000, rtx_payload_type=121)], ext,
+                          ssrc=0xB000 + i, rtx_ssrc=0xC000 + i)
+        up.downtracks.append(DownTrack(up, f"S{i}", media, path.send_rtp, lambda d: True))
+    stats_before = batch.BATCH.stats() if batched else None
+    for data, now in _source_packets():
+        up.on_rtp(parse_rtp(data), now)
+    await asyncio.sleep(0.05)
+    received = []
+    for sink in sinks:
+        got = []
+        while True:
+            try:
+                got.append(sink.recv(4096))
+            except BlockingIOError:
+                break
+        received.append(got)
+        sink.close()
+    for transport in transports:
+        transport.close()
+    syscalls = 0
+    if batched:
+        syscalls = batch.BATCH.stats()["syscalls"] - stats_before["syscalls"]
+    return received, syscalls
+
+
+@needs_build
+@pytest.mark.parametrize("share_socket", [False, True], ids=["socket-per-subscriber", "shared-socket"])
+async def test_batched_srtp_datagrams_equal_the_python_paths_byte_for_byte(restore_mode, share_socket):
+    python, _ = await _run_through_sockets(False, 4, share_socket)
+    batched, syscalls = await _run_through_sockets(True, 4, share_socket)
+    assert [len(r) for r in python] == [59, 59, 59, 59]  # 61 in, a duplicate and a padding-only packet out
+    assert batched == python
+    if share_socket:  # one sendmmsg per received packet carries all four subscribers
+        assert syscalls == 59
+    else:
+        assert syscalls == 4 * 59
+
+
+def _callback_run(batched: bool, kind: str, transport_cc: bool) -> list[bytes]:
+    """A simulcast VP8 track (layer switches: PictureID/TL0PICIDX rewriting) or an audio
+    track with audio levels, forwarded to DownTracks with plain send callables."""
+    assert batch.set_enabled(batched) == batched
+    random.seed(11)
+    sent: list[bytes] = []
+    if kind == "video":
+        codec = CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97)
+        up = UpTrack("TR_1", "PA_pub", "video", "camera", "0", codec, {URI_MID: 1}, lambda ssrc: None, rids=["q", "h"])
+        for index, layer in enumerate(up.layers):
+            layer.bind_ssrc(0xA0 + index)
+    else:
+        codec = CodecInfo(111, "audio/opus", 48000, 2)
+        up = UpTrack("TR_1", "PA_pub", "audio", "microphone", "0", codec, {URI_AUDIO_LEVEL: 1}, lambda ssrc: None)
+        up.bind_ssrc(0xA0)
+    downtracks = []
+    for i in range(3):
+        ext = {URI_MID: 3, URI_ABS_SEND_TIME: 2, URI_AUDIO_LEVEL: 4}
+        history = None
+        if transport_cc:
+            ext[URI_TRANSPORT_CC] = 6
+            history = SendHistory()
+        media = MediaInfo(str(i), kind, "sendonly", [CodecInfo(120, codec.mime_type, codec.clock_rate, rtx_payload_type=121)],
+                          ext, ssrc=0xB000 + i, rtx_ssrc=0xC000 + i)
+        dt = DownTrack(up, f"S{i}", media, lambda d: sent.append(d) or True, lambda d: True, transport_cc=history)
+        up.downtracks.append(dt)
+        downtracks.append(dt)
+    if kind == "video":
+        for dt in downtracks:
+            dt.set_target(0, "bandwidth", 0.0)
+        for n in range(90):
+            for index, layer in enumerate(up.layers):
+                if n == 40:
+                    downtracks[0].set_target(1, "bandwidth", n * 10.0)
+                    downtracks[2].set_target(1, "bandwidth", n * 10.0)
+                keyframe = n % 30 == 0 or (index == 1 and n == 45)
+                payload = vp8_payload(keyframe, picture_id=(n * 3 + index * 1000) & 0x7FFF, body=bytes([n, index]) * 40)
+                data = rtp(500 + n, n * 3000 + index, ssrc=0xA0 + index, payload=payload, marker=True)
+                up.on_rtp(parse_rtp(data), n * 10.0 + index, layer)
+    else:
+        for n in range(50):
+            data = rtp(7 + n, n * 960, ssrc=0xA0, pt=111, payload=bytes([n]) * 80, ext=[(1, bytes([0x80 | n]))] if n % 4 else None)
+            up.on_rtp(parse_rtp(data), n * 20.0)
+    return sent
+
+
+@needs_build
+@pytest.mark.parametrize("kind", ["video", "audio"])
+@pytest.mark.parametrize("transport_cc", [False, True], ids=["abs-send-time", "transport-cc"])
+def test_batched_rtp_equals_the_python_paths_for_callback_routes(restore_mode, kind, transport_cc):
+    python = _callback_run(False, kind, transport_cc)
+    batched = _callback_run(True, kind, transport_cc)
+    assert len(python) > 100
+    assert batched == python
+    if kind == "video":  # the switch happened and rewrote PictureIDs (the head path)
+        assert len({parse_rtp(p).ssrc for p in python}) == 3
+
+
+def test_sfu_batch_selects_the_path(monkeypatch, restore_mode):
+    monkeypatch.setenv("SFU_BATCH", "0")
+    assert batch._requested() is False
+    monkeypatch.setenv("SFU_BATCH", "1")
+    assert batch._requested() is batch.AVAILABLE
+    monkeypatch.delenv("SFU_BATCH")
+    assert batch._requested() is batch.AVAILABLE
+    assert batch.set_enabled(False) is False and batch.mode() == "python"
+    assert batch.set_enabled(True) is batch.AVAILABLE
+
+
+@needs_build
+def test_batch_refuses_what_srtp_cannot_take_and_reports_unsendable_datagrams():
+    b = batch._fanout.Batch()
+    session = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        route = batch.Route(fd=sock.fileno(), address=("127.0.0.1", 9), ctx=int(batch._srtp_ffi.cast("uintptr_t", session._srtp[0])), keep=session)
+        big = parse_rtp(rtp(1, 0, payload=os.urandom(1400)))
+        b.begin(big.data, big.payload_offset, big.body_end, False, False)
+        assert b.add(route, 96, 1, 0, 1, b"", None) == -1  # 1412 bytes + trailer do not fit libsrtp's 1500
+        b.flush()
+        with pytest.raises(RuntimeError):
+            b.add(route, 96, 1, 0, 1, b"", None)  # outside begin/flush
+        small = parse_rtp(rtp(2, 0, payload=b"x" * 100))
+        b.begin(small.data, small.payload_offset, small.body_end, False, False)
+        assert b.add(route, 96, 2, 0, 1, b"", None) == 112
+        sock.close()  # the socket went away: the kernel takes nothing, nothing raises
+        assert b.flush() == 1
+    finally:
+        sock.close()
