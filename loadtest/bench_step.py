@@ -153,7 +153,7 @@ async def _worker_main(backend: str, url: str, feed: int, names: list[str], pref
     try:
         try:
             async with asyncio.timeout(ready_timeout):
-                if backend == "sfu":
+                if backend.startswith("sfu"):
                     await asyncio.gather(*(start_sfu(n, c) for n, c in zip(names, counters, strict=True)))
                 else:
                     session = JanusSession(url)
@@ -257,9 +257,18 @@ class ServerRun:
     async def start(self) -> None:
         """Start the server and the publisher."""
         cpus = self.server_cpus if self.pinned else None
-        if self.server == "sfu":
+        if self.server.startswith("sfu"):
             extra = ["--max-participants", str(max(self.args.steps) + 1), *self.args.server_arg]
-            self.sfu = ServerProcess(self.workdir / "sfu.log", extra, cpus=cpus)
+            saved = os.environ.get("SFU_BATCH")
+            if self.server == "sfu-python":  # the pure-Python packet path (sfu/rtc/batch.py)
+                os.environ["SFU_BATCH"] = "0"
+            try:
+                self.sfu = ServerProcess(self.workdir / f"{self.server}.log", extra, cpus=cpus)
+            finally:
+                if saved is None:
+                    os.environ.pop("SFU_BATCH", None)
+                else:
+                    os.environ["SFU_BATCH"] = saved
             await asyncio.to_thread(self.sfu.wait_healthy, 30.0)
             self.pid, self.url = self.sfu.pid, self.sfu.ws_url
         else:
@@ -271,7 +280,7 @@ class ServerRun:
         await asyncio.sleep(1.0)
         self.rss_idle = self.ps.memory_info().rss
         tracks = [TimedVideoTrack(self.video, self.log), PreEncodedAudioTrack(self.audio)]
-        if self.server == "sfu":
+        if self.server.startswith("sfu"):
             publisher = RoomClient(self.url, auto_subscribe=False)
             self.closers.append(publisher.close)
             await publisher.join(ROOM, "publisher")
@@ -353,8 +362,8 @@ class ServerRun:
         await asyncio.sleep(args.warmup)
         first = await self.snapshot(None)
         spy = None
-        if profile and self.server == "sfu":
-            spy = start_py_spy(self.pid, args.window, self.workdir / f"sfu-{self.subscribers}.pyspy.txt")
+        if profile and self.server.startswith("sfu"):
+            spy = start_py_spy(self.pid, args.window, self.workdir / f"{self.server}-{self.subscribers}.pyspy.txt")
         latencies: list[float] = []
         deadline = time.monotonic() + args.window
         while time.monotonic() < deadline:  # drain arrivals every 2 s (bounded memory)
@@ -509,25 +518,30 @@ def report(results: dict[str, list[list[Step]]], args: argparse.Namespace) -> st
     lines.append("")
     for server, steps in median_steps.items():
         lines += summary(server, steps)
-    if "sfu" in results and "janus" in results:
-        lines += ["", "CPU per forwarded packet, SFU / Janus (same run; median of the per-run ratios):",
+    for sfu in (name for name in results if name.startswith("sfu")):
+        if "janus" not in results:
+            break
+        lines += ["", f"CPU per forwarded packet, {sfu} / Janus (same run; median of the per-run ratios):",
                   f"{'subs':>5} {'SFU µs':>8} {'Janus µs':>9} {'ratio':>6}"]
         for n in args.steps:
             ratios = []
-            for sfu_steps, janus_steps in zip(results["sfu"], results["janus"], strict=False):
+            for sfu_steps, janus_steps in zip(results[sfu], results["janus"], strict=False):
                 a = next((s for s in sfu_steps if s.subscribers == n), None)
                 b = next((s for s in janus_steps if s.subscribers == n), None)
                 if a and b and b.us_per_packet > 0:
                     ratios.append((a.us_per_packet, b.us_per_packet, a.us_per_packet / b.us_per_packet))
             if ratios:
                 lines.append(f"{n:>5} {statistics.median(r[0] for r in ratios):>8.1f} "
-                             f"{statistics.median(r[1] for r in ratios):>9.1f} {statistics.median(r[2] for r in ratios):>6.2f}")
+                             f"{statistics.median(r[1] for r in ratios):>9.1f} {statistics.median(r[2] for r in ratios):>6.2f}"
+                             f"  (per run: {', '.join(f'{r[2]:.2f}' for r in ratios)})")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_step", description=__doc__.split("\n\n")[0])
-    p.add_argument("--servers", default="sfu,janus", help="comma-separated: sfu, janus (default both)")
+    p.add_argument("--servers", default="sfu,janus",
+                   help="comma-separated: sfu (the packet path SFU_BATCH selects, batched when built), "
+                        "sfu-python (SFU_BATCH=0), janus (default sfu,janus)")
     p.add_argument("--steps", default="10,25,50,100", help="subscriber counts (default 10,25,50,100)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before each window (default 3)")
     p.add_argument("--window", type=float, default=10.0, help="measurement window per step, s (default 10)")
@@ -542,8 +556,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles, Janus config)")
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not args.servers or set(args.servers) - {"sfu", "janus"}:
-        p.error("--servers takes sfu and/or janus")
+    if not args.servers or set(args.servers) - {"sfu", "sfu-python", "janus"}:
+        p.error("--servers takes sfu, sfu-python and/or janus")
     try:
         args.steps = sorted({int(v) for v in args.steps.split(",")})
     except ValueError:
