@@ -19,13 +19,21 @@ other node reconnect, the room moves there and media flows again.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from loadtest.client import RoomClient
+from loadtest.media import PreEncodedAudioTrack, PreEncodedVideoTrack
+from loadtest.server import ServerProcess
+from sfu.auth import VideoGrant, mint_token
+from sfu.server_api import ServerApi
 from signaling import redis_placement
 from signaling.placement import NoWorker, WorkerLoad
 from signaling.redis_placement import NODES_KEY, RedisPlacement, node_key, room_key
@@ -47,7 +55,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client to look at the keys."""
+    """A plain client to look at the keys ."""
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         yield client
@@ -176,3 +184,130 @@ async def test_redis_down_serves_from_what_the_front_knows_and_recovers(
     finally:
         await a.close()
         await b.close()
+
+
+# -- two nodes ------------------------------------------------------------------------
+
+
+def member_token(room: str, identity: str) -> str:
+    return mint_token(KEY, SECRET, identity, VideoGrant(room=room, room_join=True), name=identity.title())
+
+
+async def member(server: ServerProcess, room: str, identity: str, viewer: bool = False) -> RoomClient:
+    """A bot joined to ``room`` through ``server``'s front (a viewer counts RTP and
+    subscribes to everything; a publisher subscribes to nothing)."""
+    client = RoomClient(server.ws_url, count_rtp=viewer, auto_subscribe=viewer)
+    await client.join(None, token=member_token(room, identity))
+    return client
+
+
+def received(client: RoomClient) -> int:
+    assert client.counter is not None
+    return sum(s.packets for s in client.counter.snapshot())
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_two_nodes_one_room_api_across_nodes_redis_restart_and_a_killed_node(
+    redis_server: RedisServer, store: aioredis.Redis, start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "sfu.toml"
+    config.write_text(f'[keys]\n{KEY} = "{SECRET}"\n')
+    node_args = ("--workers", "1", "--redis", redis_server.url, "--config", str(config), "--reconnect-grace", "5")
+    clients: list[RoomClient] = []
+    apis: list[ServerApi] = []
+    try:
+        async with asyncio.timeout(90):
+            # Node B alone: room "moving" lands on its worker (carol joins through B).
+            b = start_server(*node_args)
+            carol = await member(b, "moving", "carol")
+            clients.append(carol)
+            b_worker = str(await store.get(room_key("moving")))
+            a = start_server(*node_args)
+            api = ServerApi(a.http_url, KEY, SECRET)
+            apis.append(api)
+
+            async def two_workers() -> bool:
+                return len(await api_health(a)) == 2
+
+            await wait_for(two_workers, 10, "node A sees both nodes' workers")
+            a_worker = next(url for url in await api_health(a) if url != b_worker)
+
+            # Through A, to B's worker: a publisher and a viewer meet carol, media flows.
+            pub = await member(a, "moving", "pub")
+            view = await member(a, "moving", "view", viewer=True)
+            clients += [pub, view]
+            await pub.publish([PreEncodedVideoTrack(), PreEncodedAudioTrack()])
+            # "meet" goes to A's worker (the least loaded): alice through A, bob through B.
+            alice = await member(a, "meet", "alice")
+            bob = await member(b, "meet", "bob", viewer=True)
+            clients += [alice, bob]
+            await alice.publish([PreEncodedAudioTrack()])
+            await view.wait_until(lambda: len(view.subscriptions) == 2 and received(view) > 50, timeout=20)
+            await bob.wait_until(lambda: len(bob.subscriptions) == 1 and received(bob) > 20, timeout=20)
+            assert set(view.participants) == {pub.participant_id, carol.participant_id}
+            assert set(bob.participants) == {alice.participant_id} and set(alice.participants) == {bob.participant_id}
+            assert await store.get(room_key("moving")) == b_worker
+            assert await store.get(room_key("meet")) == a_worker
+
+            # The server API of node A: every room of the cluster; a participant on node B removed.
+            rooms = {r["name"]: r["numParticipants"] for r in await api.list_rooms()}
+            assert rooms == {"moving": 3, "meet": 2}, rooms
+            assert {p["identity"] for p in await api.list_participants("moving")} == {"carol", "pub", "view"}
+            await api.remove_participant("moving", "carol")
+            assert (await carol.next_event("removed", timeout=5))["reason"] == "removed"
+            await view.wait_until(lambda: set(view.participants) == {pub.participant_id}, timeout=5)
+
+            # Redis restarted, empty: each node claims its rooms again, new joins land there.
+            redis_server.stop()
+            await asyncio.sleep(1.5)  # the nodes' reports fail meanwhile
+            redis_server.start()
+            restarted = time.monotonic()
+            await store.connection_pool.disconnect()  # the test's own client: connect again
+
+            async def rooms_back() -> bool:
+                return (await store.get(room_key("moving")), await store.get(room_key("meet"))) == (b_worker, a_worker)
+
+            await wait_for(rooms_back, 5, "the nodes re-claimed their rooms")
+            reclaimed_s = time.monotonic() - restarted
+            dave = await member(b, "meet", "dave")  # through B, to A's worker
+            erin = await member(a, "moving", "erin")  # through A, to B's worker
+            clients += [dave, erin]
+            assert set(dave.participants) == {alice.participant_id, bob.participant_id}
+            assert set(erin.participants) == {pub.participant_id, view.participant_id}
+            await asyncio.gather(erin.leave(), dave.leave())
+
+            # Node B SIGKILLed, front and worker: "moving" moves to A's worker; pub and view
+            # (connected through A) reconnect and media flows again; "meet" goes on.
+            os.killpg(b.pid, signal.SIGKILL)
+            b.proc.wait(timeout=5)
+            killed = time.monotonic()
+            before = received(view)
+            await view.wait_until(
+                lambda: pub.reconnects >= 1 and view.reconnects >= 1 and len(view.subscriptions) == 2
+                and received(view) > before + 50, timeout=20)
+            moved_s = time.monotonic() - killed
+            assert await store.get(room_key("moving")) == a_worker
+            assert alice.reconnects == 0
+            alice_rooms = {r["name"]: r["numParticipants"] for r in await api.list_rooms()}
+            assert alice_rooms["moving"] == 2, alice_rooms
+
+            async def b_gone() -> bool:
+                return await api_health(a) == [a_worker]
+
+            await wait_for(b_gone, 10, "node B's heartbeat expired")
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), *(api.close() for api in apis), return_exceptions=True)
+    print(f"rooms re-claimed {reclaimed_s:.1f} s after the Redis restart; media back {moved_s:.1f} s after node B's SIGKILL")
+
+
+async def api_health(server: ServerProcess) -> list[str]:
+    """The worker URLs a node's /healthz lists (every live node's)."""
+    async with aiohttp.ClientSession() as http, http.get(server.http_url + "/healthz") as response:
+        return sorted(w["url"] for w in (await response.json())["workers"])
