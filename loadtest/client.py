@@ -314,17 +314,15 @@ class RoomClient:
         return await self._on_joined(reply)
 
     async def _on_joined(self, reply: dict[str, Any]) -> dict[str, Any]:
-        """Take the ``joined`` reply: roster, a new PeerConnection, the channels."""
+        """Take the ``joined`` reply (its roster was taken as it arrived, see
+        :meth:`_dispatch`): a new PeerConnection, the channels."""
         self.resume_key = reply.get("resumeKey")
-        self.participants.clear()
         self.permissions = reply.get("permissions", {})
         self.ice_servers = reply.get("iceServers", [])
         if self.permissions.get("canSubscribe") is False:
             self.auto_subscribe = False
         self.participant_id = reply["participantId"]
         self.room = reply["room"]
-        for participant in reply.get("participants", []):
-            self._add_participant(participant)
         self.pc = self._create_peer_connection()
         # Channels exist before any offer, so that the first one carries m=application.
         opened = [self._create_channel(spec) for spec in (*self._channel_specs, *self._opened_specs)]
@@ -701,6 +699,12 @@ class RoomClient:
         if kind == "error":
             request_type = message.get("requestType")
         future = self._pending.get(request_type) if isinstance(request_type, str) else None
+        if kind == "joined" and future is not None and not future.done():
+            # The roster now, before the events that follow the reply (a track published
+            # right after our join) are applied to it: join() resumes only after them.
+            self.participants.clear()
+            for participant in message.get("participants", []):
+                self._add_participant(participant)
         if future is not None and not future.done():
             future.set_result(message)
         elif kind in _REPLY_TO_REQUEST:
