@@ -250,8 +250,10 @@ class KeyStore:
     @classmethod
     def development(cls) -> KeyStore:
         """A key with a random secret that lives as long as this process (development
-        mode: the server mints its own tokens)."""
-        return cls({"devkey": secrets.token_urlsafe(32)})
+        mode: the server mints its own tokens), or as long as the front of a
+        multi-worker server, whose workers get the front's from ``SFU_DEV_SECRET`` (so
+        that a token the front mints is one every worker accepts)."""
+        return cls({"devkey": os.environ.get("SFU_DEV_SECRET") or secrets.token_urlsafe(32)})
 
 
 def mint_token(

@@ -84,7 +84,10 @@ def run_front(
     else:
         placement = LocalPlacement()
     log_dir = os.environ.get("SFU_WORKER_LOG_DIR") or None  # else the workers write to the front's output
-    supervisor = Supervisor(workers, node_id, placement.report, placement.forget_worker, log_dir)
+    env = {}
+    if access.development:  # the workers accept the tokens the front's /dev/token mints
+        env["SFU_DEV_SECRET"] = access.keys.secret("devkey") or ""
+    supervisor = Supervisor(workers, node_id, placement.report, placement.forget_worker, log_dir, env)
     logger.info("front of %d workers (node %s%s)", count, node_id, f", Redis {args.redis}" if args.redis else "")
     uvloop.install()
     web.run_app(

@@ -33,7 +33,7 @@ START_TIMEOUT_S = 30.0
 RESTART_DELAY_S = 0.5
 STOP_GRACE_S = 6.0  # a worker's graceful exit takes up to 5 s
 # Options of `sfu serve` that the front keeps for itself (with the number of values each takes).
-FRONT_OPTIONS = {"--workers": 1, "--host": 1, "--port": 1, "--redis": 1, "--node-address": 1, "--node-id": 1,
+FRONT_OPTIONS = {"--workers": 1, "--host": 1, "--port": 1, "--redis": 1, "--node-address": 1,
                  "--metrics-port": 1, "--tls-cert": 1, "--tls-key": 1, "--udp-port": 1, "--udp-port-range": 1,
                  "--ice-address": 1}
 
@@ -97,6 +97,7 @@ class Supervisor:
         on_loads: called with the live workers' loads every ``LOAD_INTERVAL_S``.
         on_death: called with a worker's URL as soon as it is found dead.
         log_dir: where each worker's output goes (``worker-<i>.log``); None: inherited.
+        env: environment variables the workers get on top of the front's.
     """
 
     def __init__(
@@ -106,8 +107,10 @@ class Supervisor:
         on_loads: Callable[[list[WorkerLoad]], Awaitable[None]],
         on_death: Callable[[str], Awaitable[None]],
         log_dir: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workers = workers
+        self.env = env or {}
         self.node = node
         self._on_loads = on_loads
         self._on_death = on_death
@@ -121,7 +124,8 @@ class Supervisor:
         output = None
         if self._log_dir is not None:
             output = open(os.path.join(self._log_dir, f"worker-{worker.index}.log"), "ab")  # noqa: SIM115
-        worker.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None)
+        worker.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None,
+                                          env={**os.environ, **self.env})
         if output is not None:
             output.close()
         worker.alive = False

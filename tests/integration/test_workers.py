@@ -116,3 +116,25 @@ async def test_rooms_on_two_workers_and_a_killed_worker(start_server: Callable[.
     assert back_s < 10, back_s
     assert len(restarted["workers"]) == 2, restarted
     print(f"rooms per worker {by_worker}; media back {back_s:.1f} s after the SIGKILL")
+
+
+async def test_a_dev_token_of_the_front_is_good_on_every_worker(start_server: Callable[..., ServerProcess]) -> None:
+    """Development mode behind a front: a token from the front's /dev/token joins rooms
+    on either worker (the workers share the front's development key)."""
+    server = start_server("--workers", "2")
+    clients = [RoomClient(server.ws_url, auto_subscribe=False) for _ in range(4)]
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            for i, client in enumerate(clients):
+                token = get_json(f"{server.http_url}/dev/token?room=tok{i}&name=T{i}")["token"]
+                joined = await client.join(None, token=token)
+                assert joined["room"] == f"tok{i}"
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the workers report their rooms every second
+                health = get_json(server.http_url + "/healthz")
+                if health["rooms"] == 4:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    assert sorted(w["rooms"] for w in health["workers"]) == [2, 2]
