@@ -441,7 +441,12 @@ class DownTrack:
         extensions = self._extensions(source, now_ms)
         if batch is not None:
             path = self._path
-            route = path.batch_route() if path is not None else self._callback_route
+            if path is None:
+                route = self._callback_route
+            else:  # RtpSendPath.batch_route() without the call while its pair stays nominated
+                route = path._batch_route
+                if route is None or path._nominated.get(1) is not path._route_pair:
+                    route = path.batch_route()
             size = -1 if route is None else batch.add(
                 route, self.payload_type, result.sequence_number, result.timestamp, self.ssrc, extensions, head
             )

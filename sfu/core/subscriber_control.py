@@ -24,6 +24,7 @@ video; only a link that cannot carry the lowest layers does.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -196,7 +197,9 @@ class SubscriberController:
         self.peak_sent_bps = 0.0
         self.floor_bps = 0.0
         self._sent_samples: list[tuple[float, int, int]] = []
-        self._rate_history: list[tuple[float, float]] = []
+        # (ms, send rate) with falling rates: the window's maximum is the first (a
+        # monotonic queue: O(1) per tick instead of a max over ~75 samples).
+        self._rate_history: deque[tuple[float, float]] = deque()
         self._nacked: list[tuple[float, int]] = []  # (ms, sequence numbers NACKed)
         self._video_sent: list[tuple[float, int]] = []  # (ms, video packets sent so far)
         self._floor_loss_since: float | None = None  # loss at the floor seen since then
@@ -334,10 +337,13 @@ class SubscriberController:
             self.sent_bps = max(0.0, (sent.bytes - b0) * 8000.0 / (now_ms - t0))
             self.media_bps = max(0.0, (sent.bytes - sent.padding_bytes - b0 + p0) * 8000.0 / (now_ms - t0))
         history = self._rate_history
-        history.append((now_ms, self.sent_bps))
+        rate = self.sent_bps
+        while history and history[-1][1] <= rate:
+            history.pop()  # never the maximum again while this newer sample is in the window
+        history.append((now_ms, rate))
         while now_ms - history[0][0] > PEAK_WINDOW_MS:
-            del history[0]
-        self.peak_sent_bps = max(rate for _, rate in history)
+            history.popleft()
+        self.peak_sent_bps = history[0][1]
 
     def _nack_loss(self, now_ms: float, video_packets: int) -> None:
         """Loss from NACKs over the last ``NACK_WINDOW_MS``: they come within a round
