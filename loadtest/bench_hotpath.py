@@ -134,6 +134,7 @@ async def _main(args: argparse.Namespace) -> None:
         now = 0.0
         for n, data in enumerate(raw):
             up.on_rtp(parse_rtp(data), now)
+            batch.send_pending()  # as if each packet came in its own event-loop turn (the worst case)
             now += 1.0
             if estimators and n % 50 == 49:
                 feedback(now)

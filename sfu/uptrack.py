@@ -297,9 +297,7 @@ class UpTrack:
                 for downtrack in layer.downtracks:
                     downtrack.forward(source, now_ms, batch)
             finally:
-                failed = batch.flush()
-                if failed:
-                    COUNTERS.dropped["send_failed"] += failed
+                _batch.finish(batch)  # sent at the end of the event-loop turn
         if seq % LATENCY_SAMPLE_EVERY == 0 and counters is not None and layer.downtracks:
             COUNTERS.forwarding_latency.observe(max(0.0, time.monotonic() - now_ms / 1000.0))
 

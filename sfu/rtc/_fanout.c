@@ -7,7 +7,8 @@
  * block (RFC 8285, built in Python) and optionally a rewritten VP8 payload descriptor are
  * written into a reused buffer in front of one copy of the received payload, SRTP-protected
  * in place (RFC 3711 3.3, libsrtp's srtp_protect on the session pylibsrtp holds), and
- * queued. flush() hands the queue to the kernel with one sendmmsg(2) per socket.
+ * queued. flush() hands the queue to the kernel with one sendmmsg(2) per socket: at the
+ * end of each fan-out, or (end() instead) once for all the fan-outs of an event-loop turn.
  *
  * libsrtp is not linked here: Python passes the address of pylibsrtp's srtp_protect
  * (set_protect) and, per route, the srtp_t of the pylibsrtp session, kept alive by the
@@ -259,9 +260,7 @@ static PyObject *Batch_begin(BatchObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "begin(data, payload_offset, body_end, marker, padding)");
         return NULL;
     }
-    if (self->n)
-        send_queue(self);
-    release_src(self);
+    release_src(self); /* the queue stays: end() then begin() again queues more */
     if (PyObject_GetBuffer(args[0], &self->src, PyBUF_SIMPLE) < 0)
         return NULL;
     self->has_src = 1;
@@ -397,6 +396,11 @@ static PyObject *Batch_flush(BatchObject *self, PyObject *unused) {
     return PyLong_FromLong(failed);
 }
 
+static PyObject *Batch_end(BatchObject *self, PyObject *unused) {
+    release_src(self);
+    return PyLong_FromLong(self->n);
+}
+
 static PyObject *Batch_stats(BatchObject *self, PyObject *unused) {
     return Py_BuildValue("{s:K,s:K,s:K,s:K}", "packets", self->packets, "datagrams_failed",
                          self->datagrams_failed, "protect_failed", self->protect_failed, "syscalls",
@@ -414,6 +418,9 @@ static PyMethodDef Batch_methods[] = {
     {"flush", (PyCFunction)Batch_flush, METH_NOARGS,
      "flush() -> int: send the queue, one sendmmsg per socket; returns the datagrams the "
      "kernel did not take."},
+    {"end", (PyCFunction)Batch_end, METH_NOARGS,
+     "end() -> int: the end of one received packet's fan-out; the queue stays for a later "
+     "flush() (several received packets in one sendmmsg per socket). Returns the queued packets."},
     {"stats", (PyCFunction)Batch_stats, METH_NOARGS, "counters since creation"},
     {NULL},
 };

@@ -5,8 +5,9 @@ decide in Python (translate or drop, its extension block, its VP8 descriptor); w
 batching on, the DownTrack then only *adds* its decision to one :class:`Batch` (the
 compiled :mod:`sfu.rtc._fanout`), which writes the header in front of one copy of the
 payload in a reused buffer, SRTP-protects it in place (RFC 3711 §3.3, libsrtp's
-``srtp_protect`` on the pylibsrtp session) and, at the end of the fan-out, sends the
-whole batch with one ``sendmmsg(2)`` per socket. With batching off (or where
+``srtp_protect`` on the pylibsrtp session) and, at the end of the event-loop turn
+(:func:`finish`), sends what the turn's fan-outs queued with one ``sendmmsg(2)`` per
+socket. With batching off (or where
 the compiled module could not be built) every DownTrack writes, protects and sends its
 packet itself (:func:`sfu.core.rtp.write_packet`, ``RtpSendPath.send_rtp``): the
 pure-Python path. Both send the same bytes (``tests/unit/test_fanout_batch.py``).
@@ -21,6 +22,7 @@ would drop it a hop later, instead of being buffered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, Callable
@@ -28,6 +30,8 @@ from typing import Any, Callable
 import pylibsrtp
 from pylibsrtp._binding import ffi as _srtp_ffi
 from pylibsrtp._binding import lib as _srtp_lib
+
+from ..metrics import COUNTERS
 
 try:
     from . import _fanout
@@ -42,7 +46,18 @@ else:
         1500 - pylibsrtp.SRTP_MAX_TRAILER_LEN,
     )
 
-__all__ = ["BATCH", "AVAILABLE", "Route", "mode", "set_enabled", "callback_route", "socket_route", "log_mode"]
+__all__ = [
+    "BATCH",
+    "AVAILABLE",
+    "Route",
+    "mode",
+    "set_enabled",
+    "finish",
+    "send_pending",
+    "callback_route",
+    "socket_route",
+    "log_mode",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +95,47 @@ def set_enabled(enabled: bool) -> bool:
         if BATCH is None:
             BATCH = _fanout.Batch()
     else:
+        if BATCH is not None:
+            BATCH.flush()
         BATCH = None
     return BATCH is not None
+
+
+_send_scheduled = False
+
+
+def send_pending() -> None:
+    """Send what the event-loop turn's fan-outs queued (one sendmmsg per socket); called
+    by the loop after :func:`finish`, or by a caller that wants it sent now."""
+    global _send_scheduled
+    _send_scheduled = False
+    batch = BATCH
+    if batch is not None:
+        failed = batch.flush()
+        if failed:
+            COUNTERS.dropped["send_failed"] += failed
+
+
+def finish(batch: Any) -> None:
+    """End one received packet's fan-out (after every DownTrack's ``add``).
+
+    In an event loop the queue is sent once at the end of the loop turn (``call_soon``):
+    the packets that arrived together (a video frame's) leave in one ``sendmmsg`` per
+    socket. Without a running loop (tests, tools) it is sent at once.
+    """
+    global _send_scheduled
+    if batch.end() == 0:
+        return
+    if not _send_scheduled:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            failed = batch.flush()
+            if failed:
+                COUNTERS.dropped["send_failed"] += failed
+            return
+        loop.call_soon(send_pending)
+        _send_scheduled = True
 
 
 def mode() -> str:
