@@ -38,11 +38,11 @@ from .metrics import COUNTERS
 from .rtc import batch as _batch
 from .rtc.adapter import MediaInfo, RtpSendPath
 
+from .uptrack import UNPARSED
+
 if TYPE_CHECKING:
     from .core.twcc import SendHistory
     from .uptrack import SourcePacket, UpTrack
-
-from .uptrack import UNPARSED
 
 __all__ = ["DownTrack", "ntp_now", "LayerListener"]
 
