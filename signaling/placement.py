@@ -50,20 +50,27 @@ class WorkerLoad:
     reported_at: float = 0.0
 
 
+PENDING_ROOM_WEIGHT = 2  # participants a room given to a worker but not reported yet is expected to bring
+
+
 def least_loaded(workers: list[WorkerLoad], placed: dict[str, int]) -> WorkerLoad:
-    """The worker to give a new room: fewest participants, then fewest rooms (counting
-    ``placed``, rooms just given to it that it has not reported yet), then fewest
-    packets/s.
+    """The worker to give a new room: the fewest participants, counting each room given
+    to it that it has not reported yet (``placed`` minus its reported rooms: the
+    reports are up to a second old, and rooms placed in between must not all land on
+    one worker) as ``PENDING_ROOM_WEIGHT`` participants; then the fewest rooms; then
+    the fewest packets/s.
 
     Raises:
         NoWorker: ``workers`` is empty.
     """
     if not workers:
         raise NoWorker("no live worker")
-    return min(
-        workers,
-        key=lambda w: (w.participants, max(len(w.rooms), placed.get(w.url, 0)), w.packets_per_s, w.url),
-    )
+
+    def load(w: WorkerLoad) -> tuple[int, int, float, str]:
+        rooms = max(len(w.rooms), placed.get(w.url, 0))
+        return (w.participants + PENDING_ROOM_WEIGHT * (rooms - len(w.rooms)), rooms, w.packets_per_s, w.url)
+
+    return min(workers, key=load)
 
 
 class Placement(Protocol):
