@@ -23,7 +23,7 @@ import aiohttp
 if TYPE_CHECKING:
     from .client import RoomClient
 
-__all__ = ["Backoff", "PING_INTERVAL_S", "RECONNECT_CLOSE_CODE", "reconnect"]
+__all__ = ["PING_INTERVAL_S", "RECONNECT_CLOSE_CODE", "Backoff", "reconnect"]
 
 logger = logging.getLogger("loadtest.client")
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .core.forwarder import DropReason, Forwarder, Switch, Translation
 from .core.receive_stats import rtt_from_report_ms
@@ -37,14 +38,13 @@ from .core.vp8_munger import Vp8Munger, descriptor_fields
 from .metrics import COUNTERS
 from .rtc import batch as _batch
 from .rtc.adapter import MediaInfo, RtpSendPath
-
 from .uptrack import UNPARSED
 
 if TYPE_CHECKING:
     from .core.twcc import SendHistory
     from .uptrack import SourcePacket, UpTrack
 
-__all__ = ["DownTrack", "ntp_now", "LayerListener"]
+__all__ = ["DownTrack", "LayerListener", "ntp_now"]
 
 LayerListener = Callable[["DownTrack", "int | None", "int | None", str], None]
 """Called with (DownTrack, previous layer, new layer, reason) when the layer forwarded
@@ -80,7 +80,7 @@ class _Block:
     RFC 8285 §4.2), shared by the DownTracks with the same ids and MID, with the block
     built last: subscribers of one fan-out with the same abs-send-time reuse it."""
 
-    __slots__ = ("head", "tail", "value", "block")
+    __slots__ = ("block", "head", "tail", "value")
 
     def __init__(self, head: bytes, tail: bytes) -> None:
         self.head = head

@@ -14,11 +14,21 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .auth import TRACK_SOURCES, VideoGrant
-from .core.rtcp import Bye, Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_rtcp
+from .core.rtcp import (
+    Bye,
+    Fir,
+    Nack,
+    Pli,
+    ReceiverReport,
+    Remb,
+    SenderReport,
+    parse_rtcp,
+)
 from .core.simulcast_sdp import SimulcastOffer, parse_simulcast_offers
 from .core.twcc import TwccFeedback
 from .datachannel import DataChannels
@@ -32,7 +42,7 @@ from .uptrack import UpTrack
 if TYPE_CHECKING:
     from .room import Room
 
-__all__ = ["Participant", "OfferError", "SOURCES", "TICK_MS", "TrackSettings"]
+__all__ = ["SOURCES", "TICK_MS", "OfferError", "Participant", "TrackSettings"]
 
 logger = logging.getLogger(__name__)
 

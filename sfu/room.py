@@ -13,17 +13,18 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from .auth import VideoGrant
 from .core.envelope import Outgoing
 from .core.speaker import ActiveSpeakerDetector
-from .auth import VideoGrant
 from .datachannel import ChannelKey, fan_out
 from .metrics import COUNTERS
 from .participant import TICK_MS, Participant, new_id
 from .uptrack import UpTrack
 
-__all__ = ["Room", "RoomRegistry", "RoomFull", "TooManyRooms", "InvalidRoomName", "ROOM_NAME"]
+__all__ = ["ROOM_NAME", "InvalidRoomName", "Room", "RoomFull", "RoomRegistry", "TooManyRooms"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["WorkerLoad", "Placement", "LocalPlacement", "NoWorker", "ROOM_CLAIM_S", "least_loaded"]
+__all__ = ["ROOM_CLAIM_S", "LocalPlacement", "NoWorker", "Placement", "WorkerLoad", "least_loaded"]
 
 ROOM_CLAIM_S = 30.0  # a room placed but not reported by its worker yet keeps its place this long
 

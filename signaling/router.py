@@ -164,7 +164,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     await client.prepare(request)
     try:
         first = await client.receive(timeout=FIRST_MESSAGE_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await client.close()
         return client
     if first.type != WSMsgType.TEXT:
@@ -186,7 +186,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
                 await placement.forget_worker(url)
         if upstream is None:
             raise NoWorker("no worker answered")
-    except (NoWorker, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, NoWorker, aiohttp.ClientError, OSError) as exc:
         logger.warning("no worker for room %r: %s", room, exc)
         await client.send_str(json.dumps({"type": "error", "code": "unavailable", "requestType": "join",
                                           "message": "no media worker can take the room now; try again"}))
@@ -247,7 +247,7 @@ async def _relay(request: web.Request, url: str) -> web.Response:
             data = await response.read()
             out = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS}
             return web.Response(status=response.status, body=data, headers=out)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         logger.warning("relaying %s %s to %s failed: %s", request.method, request.path, url, exc)
         return web.json_response({"error": "unavailable", "message": "the room's worker did not answer"}, status=503)
 
@@ -298,7 +298,7 @@ async def _gather_rooms(request: web.Request) -> web.Response:
                     return web.Response(status=response.status, body=await response.read(),
                                         content_type=response.content_type)
                 rooms += (await response.json()).get("rooms", [])
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             continue  # a worker that just died: its rooms are gone
     return web.json_response({"rooms": rooms})
 
@@ -331,7 +331,7 @@ async def _metrics(request: web.Request) -> web.Response:
         try:
             async with request.app[HTTP_KEY].get(url + "/metrics", headers=headers) as response:
                 return (str(index), await response.text()) if response.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return None
 
     fetched = await asyncio.gather(*(fetch(w.index, w.url) for w in supervisor.workers if w.alive))

@@ -57,7 +57,7 @@ class TokenBucket:
         burst: the bucket's size (it starts full).
     """
 
-    __slots__ = ("rate", "burst", "_tokens", "_at")
+    __slots__ = ("_at", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
@@ -202,7 +202,7 @@ class Session:
             self._close_soon()
             try:
                 await asyncio.wait_for(writer, timeout=5)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 writer.cancel()
 
     async def _vanish(self) -> None:

@@ -24,7 +24,7 @@ import aiohttp
 
 from .placement import WorkerLoad
 
-__all__ = ["Worker", "Supervisor", "worker_args", "LOAD_INTERVAL_S"]
+__all__ = ["LOAD_INTERVAL_S", "Supervisor", "Worker", "worker_args"]
 
 logger = logging.getLogger("sfu.workers")
 
@@ -162,7 +162,7 @@ class Supervisor:
                 if response.status != 200:
                     return None
                 body = await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         now = time.monotonic()
         packets = float(body.get("packetsSent", 0))

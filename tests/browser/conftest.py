@@ -35,8 +35,9 @@ CHROMIUM = "/usr/bin/chromium"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.browser.firefox import FirefoxPage, check_firefox  # noqa: E402  (needs REPO_ROOT on the path)
-from tests.netns import Namespace, end_browser, network_fixture  # noqa: E402, F401  (the `network` fixture)
+from loadtest.server import ServerProcess
+from tests.browser.firefox import FirefoxPage, check_firefox
+from tests.netns import Namespace, end_browser, network_fixture  # noqa: F401  (the `network` fixture)
 
 # Flags a headless WebRTC participant needs on this machine (TESTING.md).
 CHROMIUM_FLAGS = [
@@ -266,3 +267,16 @@ def tc_available() -> None:
     qdiscs = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout
     if "htb" in qdiscs:
         pytest.fail(f"lo is shaped already (another test run?); not touching it:\n{qdiscs}")
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    """Servers a test starts itself (e.g. inside its namespaces): append them; each is
+    stopped by its pid at teardown and the end of its log printed."""
+    started: list[ServerProcess] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            code = server.stop()
+            print(f"--- server pid {server.pid} exited {code}; log tail ---\n{server.log_tail()}")

@@ -87,18 +87,6 @@ def restore_ice_addresses() -> Iterator[None]:
         aioice.ice.get_host_addresses = saved
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    """Servers the test starts (in namespaces); stopped by pid at teardown."""
-    started: list[ServerProcess] = []
-    try:
-        yield started
-    finally:
-        for server in started:
-            code = server.stop()
-            print(f"--- server pid {server.pid} exited {code}; log tail ---\n{server.log_tail()}")
-
-
 def start_server(servers: list[ServerProcess], tmp_path: Path, ns: Namespace, address: str, *args: str) -> ServerProcess:
     """The SFU inside ``ns``, bound to ``address`` (development mode: no tokens)."""
     server = ServerProcess(tmp_path / f"server-{len(servers)}.log", ("--dev", *args), netns=ns.name, host=address)

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from loadtest.server import ServerProcess
-from tests.browser.pages import MEDIA_STATS_JS, assert_receives_media, new_room, wait_joined
+from tests.browser.pages import (
+    MEDIA_STATS_JS,
+    assert_receives_media,
+    new_room,
+    wait_joined,
+)
 from tests.netns import Network
 
 if TYPE_CHECKING:
@@ -48,17 +52,6 @@ STATE_JS = """() => ({notReloaded: window.notReloaded === true, participantId: w
   reconnects: window.sfuReconnects ?? 0, connection: window.sfuPc.connectionState})"""
 
 
-@pytest.fixture
-def server_proc(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    try:
-        yield started
-    finally:
-        for server in started:
-            code = server.stop()
-            print(f"--- server pid {server.pid} exited {code}; log tail ---\n{server.log_tail()}")
-
-
 async def frames_from(viewer: BrowserPage, participant_id: str) -> int:
     stats = await viewer.page.evaluate(MEDIA_STATS_JS)
     entry = stats.get(participant_id)
@@ -81,7 +74,7 @@ async def roster(viewer: BrowserPage) -> list[list]:
 
 
 async def test_a_page_whose_network_fails_comes_back_by_itself(
-    network: Network, open_page: OpenPage, server_proc: list[ServerProcess], tmp_path: Path
+    network: Network, open_page: OpenPage, servers: list[ServerProcess], tmp_path: Path
 ) -> None:
     srv, mob, obs = (network.namespace(r) for r in ("srv", "mob", "obs"))
     mob_link = network.connect(srv, mob)
@@ -92,7 +85,7 @@ async def test_a_page_whose_network_fails_comes_back_by_itself(
     server = ServerProcess(
         tmp_path / "server.log", ("--dev", "--reconnect-grace", str(GRACE_S)), netns=srv.name, host=address
     )
-    server_proc.append(server)
+    servers.append(server)
     server.wait_healthy(30)
     base = f"http://{address}:{server.port}"
     insecure_ok = [f"--unsafely-treat-insecure-origin-as-secure={base}"]

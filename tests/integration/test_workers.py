@@ -80,8 +80,7 @@ async def test_rooms_on_two_workers_and_a_killed_worker(start_server: Callable[.
             assert health["rooms"] == ROOMS and health["participants"] == 2 * ROOMS
             listed = get_json(server.http_url + "/admin/rooms")["rooms"]
             assert sorted(r["name"] for r in listed) == [r.name for r in rooms]
-            with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-                metrics = response.read().decode()
+            metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(server.http_url + "/metrics", timeout=5).read().decode())
             assert 'sfu_participants{worker="0"}' in metrics and 'sfu_participants{worker="1"}' in metrics
             assert 'sfu_workers_live{worker="front"} 2.0' in metrics
 

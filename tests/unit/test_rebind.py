@@ -4,11 +4,11 @@ a jump, timestamps advance by the time away, the new source starts at a keyframe
 is asked for at once, and NACKs for the old source's packets are never answered from
 the new one's cache."""
 
+import pytest
+
 from sfu.core.rtp import URI_AUDIO_LEVEL, parse_rtp
 from sfu.rtc.adapter import CodecInfo
 from sfu.uptrack import UpTrack
-
-import pytest
 
 from .synth import rtp, vp8_payload
 from .test_downtrack import make
@@ -69,7 +69,7 @@ def test_nack_of_an_old_source_packet_is_not_answered_from_the_new_cache():
 
 
 def test_audio_level_follows_the_new_publishers_extension_id():
-    old, dt, sent, _, _ = make(kind="audio", pub_ext={URI_AUDIO_LEVEL: 1})
+    _old, dt, sent, _, _ = make(kind="audio", pub_ext={URI_AUDIO_LEVEL: 1})
     opus = CodecInfo(111, "audio/opus", 48000, 2)
     new, _ = new_uptrack("audio", opus, ext={URI_AUDIO_LEVEL: 3})
     dt.rebind(new, 0.0)

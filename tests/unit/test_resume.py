@@ -31,7 +31,7 @@ async def setup(grace: float = 0.3):
     seen: list[dict] = []
     room, watcher = registry.join("r", "watcher", seen.append, identity="w")
     _, pub = registry.join("r", "pub", lambda e: None, identity="alice")
-    _, tracks, published = await pub.handle_offer(
+    _, _tracks, published = await pub.handle_offer(
         await offer(["audio", "video"]), {"0": {"publish": {"source": "microphone"}}, "1": {"publish": {"source": "camera"}}}
     )
     ids = {up.kind: up.id for up in published}
@@ -69,7 +69,7 @@ async def test_resume_keeps_ids_and_moves_the_subscribers_to_the_new_tracks():
 
 
 async def test_away_past_the_grace_period_is_a_leave():
-    registry, room, watcher, pub, ids, seen = await setup(grace=0.2)
+    registry, room, watcher, pub, _ids, seen = await setup(grace=0.2)
     try:
         pub.was_connected = True
         assert registry.suspend(room, pub)
