@@ -137,3 +137,29 @@ async def test_a_dev_token_of_the_front_is_good_on_every_worker(start_server: Ca
     finally:
         await asyncio.gather(*(c.close() for c in clients))
     assert sorted(w["rooms"] for w in health["workers"]) == [2, 2]
+
+
+async def test_each_worker_takes_the_next_shared_udp_port(start_server: Callable[..., ServerProcess]) -> None:
+    """``--udp-port P`` with two workers: worker i carries all its media on P + i, and
+    the server holds no other UDP port."""
+    from loadtest.server import free_port
+
+    port = free_port()
+    while port > 65000:
+        port = free_port()
+    server = start_server("--workers", "2", "--udp-port", str(port))
+    rooms = [Room(server.ws_url, f"u{i}") for i in range(2)]
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            for room in rooms:
+                await room.start()
+            for room in rooms:
+                await room.viewer.wait_until(lambda r=room: r.received() > 50, timeout=20)
+            udp = set()
+            for proc in [psutil.Process(server.pid), *psutil.Process(server.pid).children()]:
+                udp |= {c.laddr.port for c in proc.net_connections(kind="udp")}
+            health = get_json(server.http_url + "/healthz")
+    finally:
+        await asyncio.gather(*(room.close() for room in rooms))
+    assert udp == {port, port + 1}, udp
+    assert sorted(w["rooms"] for w in health["workers"]) == [1, 1]
