@@ -9,6 +9,7 @@ its health and metrics are read from a thread that entered that namespace.
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import functools
 import os
 import signal
@@ -216,9 +217,10 @@ class ServerProcess:
                 samples[name] = float(value)
         return samples
 
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 7.0) -> int:
         """Send ``sig`` to the server's pid, wait up to ``grace`` seconds, then
-        SIGKILL it. Returns its exit code."""
+        SIGKILL it; then SIGKILL whatever is left of its process group (the workers of
+        a front). Returns its exit code."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
             try:
@@ -226,6 +228,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: pgid == pid
         return self.proc.returncode
 
     def log_tail(self, lines: int = 40) -> str:

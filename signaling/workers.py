@@ -11,6 +11,7 @@ placed again when their participants reconnect.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -72,6 +73,18 @@ def worker_args(serve_args: Sequence[str], index: int, count: int, host: str, po
     return out
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM it when the front dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so that a killed front leaves no worker behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still ends the workers
+
+
 @dataclass
 class Worker:
     """One worker process: its index, port, URL, process and restarts."""
@@ -125,7 +138,7 @@ class Supervisor:
         if self._log_dir is not None:
             output = open(os.path.join(self._log_dir, f"worker-{worker.index}.log"), "ab")  # noqa: SIM115
         worker.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                          env={**os.environ, **self.env})
+                                          env={**os.environ, **self.env}, preexec_fn=_die_with_parent)
         if output is not None:
             output.close()
         worker.alive = False
