@@ -8,8 +8,8 @@ its health and metrics are read from a thread that entered that namespace.
 
 from __future__ import annotations
 
-import ctypes
 import contextlib
+import ctypes
 import functools
 import os
 import signal

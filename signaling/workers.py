@@ -138,7 +138,8 @@ class Supervisor:
         if self._log_dir is not None:
             output = open(os.path.join(self._log_dir, f"worker-{worker.index}.log"), "ab")  # noqa: SIM115
         worker.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None,
-                                          env={**os.environ, **self.env}, preexec_fn=_die_with_parent)
+                                          env={**os.environ, **self.env},
+                                          preexec_fn=_die_with_parent)  # noqa: PLW1509 (one prctl call)
         if output is not None:
             output.close()
         worker.alive = False
