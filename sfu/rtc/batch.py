@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pylibsrtp
 from pylibsrtp._binding import ffi as _srtp_ffi
@@ -47,16 +48,16 @@ else:
     )
 
 __all__ = [
-    "BATCH",
     "AVAILABLE",
+    "BATCH",
     "Route",
-    "mode",
-    "set_enabled",
-    "finish",
-    "send_pending",
     "callback_route",
-    "socket_route",
+    "finish",
     "log_mode",
+    "mode",
+    "send_pending",
+    "set_enabled",
+    "socket_route",
 ]
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,13 @@ from types import SimpleNamespace
 import pytest
 from pylibsrtp import Policy, Session
 
-from sfu.core.rtp import URI_ABS_SEND_TIME, URI_AUDIO_LEVEL, URI_MID, URI_TRANSPORT_CC, parse_rtp
+from sfu.core.rtp import (
+    URI_ABS_SEND_TIME,
+    URI_AUDIO_LEVEL,
+    URI_MID,
+    URI_TRANSPORT_CC,
+    parse_rtp,
+)
 from sfu.core.twcc import SendHistory
 from sfu.downtrack import DownTrack
 from sfu.rtc import batch
