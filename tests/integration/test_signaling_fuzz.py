@@ -18,7 +18,7 @@ from __future__ import annotations
 from loadtest.server import ServerProcess
 from tests.fuzz.signaling import SignalingFuzz, text_frame
 
-MESSAGES = 10_000  # frames sent and judged (each also followed by a ping)
+MESSAGES = 6_000  # frames sent and judged (each also followed by a ping); long runs: docs/BENCHMARKS.md
 SEED = 20261201  # hypothesis seed of the first batch; batch n uses SEED + n
 WARMUP = 1_000  # frames before the baseline sample (lazy imports, first PeerConnections)
 MIB = 1024 * 1024

@@ -16,7 +16,7 @@ import pytest
 from tests.fuzz.run import REGRESSIONS, run_target
 from tests.fuzz.targets import SEEDS, TARGETS
 
-SECONDS_PER_TARGET = 3  # libFuzzer -max_total_time; ~1.3 s of start-up comes on top
+SECONDS_PER_TARGET = 2  # libFuzzer -max_total_time; ~1.3 s of start-up comes on top (long runs: tests/fuzz/run.py)
 PARALLEL = 2
 
 
