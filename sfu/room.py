@@ -439,7 +439,7 @@ class RoomRegistry:
             or previous is None
             or previous.closed
             or previous.hidden
-            or not secrets.compare_digest(previous.resume_key, resume_key)
+            or not secrets.compare_digest(previous.resume_key.encode(), resume_key.encode("utf-8", "surrogatepass"))
             or (identity is not None and identity != previous.identity)
         ):
             return None

@@ -98,6 +98,7 @@ async def test_a_wrong_key_or_identity_resumes_nothing():
         pub.was_connected = True
         registry.suspend(room, pub)
         assert registry.resume("r", pub.id, "x" * 22, "alice", lambda e: None) is None
+        assert registry.resume("r", pub.id, "ключ\udc80", "alice", lambda e: None) is None  # not ASCII
         assert registry.resume("r", pub.id, pub.resume_key, "mallory", lambda e: None) is None
         assert registry.resume("other", pub.id, pub.resume_key, "alice", lambda e: None) is None
         assert room.participants[pub.id] is pub and seen == []
