@@ -59,6 +59,7 @@ from ..core.stun_peek import (
     stun_class,
 )
 from ..metrics import COUNTERS
+from .bind_hook import install_binder
 from .ports import port_range
 
 __all__ = [
@@ -423,31 +424,13 @@ def _unique_ufrag_init(self: Any, *args: Any, local_username: str | None = None,
     _connection_init(self, *args, local_username=local_username, **kwargs)
 
 
-class _Loop:
-    """The running loop, answering aioice's ``(address, 0)`` binds with the shared port."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loop, name)
-
-    async def create_datagram_endpoint(self, factory: Any, local_addr: Any = None, **kwargs: Any) -> Any:
-        mux = _mux
-        if mux is None or local_addr is None or local_addr[1] != 0 or kwargs:
-            return await self._loop.create_datagram_endpoint(factory, local_addr=local_addr, **kwargs)
-        return await mux.endpoint(factory, local_addr[0])
-
-
-class _Asyncio:
-    """``asyncio`` as aioice.ice sees it: the same, but its running loop is a :class:`_Loop`."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    @staticmethod
-    def get_running_loop() -> Any:
-        return _Loop(asyncio.get_running_loop())
+async def _bind_shared(loop: asyncio.AbstractEventLoop, factory: Any, address: str, kwargs: dict[str, Any]) -> Any:
+    """A :data:`~sfu.rtc.bind_hook.Binder`: a virtual transport on the shared port of
+    ``address`` (a bind with other options than the address gets a socket of its own)."""
+    mux = _mux
+    if mux is None or kwargs:
+        return await loop.create_datagram_endpoint(factory, local_addr=(address, 0), **kwargs)
+    return await mux.endpoint(factory, address)
 
 
 def udp_port() -> int | None:
@@ -476,7 +459,7 @@ def set_udp_port(port: int | None, addresses: Iterable[str] | None = None) -> Ud
         _mux.close()
         _mux = None
     if port is None:
-        aioice.ice.asyncio = asyncio  # type: ignore[attr-defined]
+        install_binder(None)
         aioice.ice.Connection.__init__ = _connection_init  # type: ignore[method-assign]
         return None
     if port_range() is not None:
@@ -486,6 +469,6 @@ def set_udp_port(port: int | None, addresses: Iterable[str] | None = None) -> Ud
         addresses = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
     mux.prebind(addresses)
     _mux = mux
-    aioice.ice.asyncio = _Asyncio()  # type: ignore[attr-defined]
+    install_binder(_bind_shared)
     aioice.ice.Connection.__init__ = _unique_ufrag_init  # type: ignore[method-assign]
     return mux
