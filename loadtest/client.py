@@ -23,7 +23,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -56,6 +55,7 @@ from .data import (
 )
 from .latency import FrameSendLog
 from .reconnect import PING_INTERVAL_S, reconnect
+from .roster import ParticipantInfo, PublishedTrack, RoomError, Subscription, TrackInfo
 from .simulcast import SimulcastClips, SimulcastSender, add_simulcast_to_offer
 
 __all__ = [
@@ -71,97 +71,6 @@ logger = logging.getLogger("loadtest.client")
 
 # Replies that answer a request, by the request's type.
 _REPLY_TO_REQUEST = {"joined": "join", "answer": "offer", "pong": "ping", "left": "leave"}
-
-
-# --------------------------------------------------------------------------- roster
-
-
-@dataclass(slots=True)
-class TrackInfo:
-    """A track published in the room, as the server describes it.
-
-    Attributes:
-        id: the server's track id (``TR_...``).
-        kind: ``"audio"`` or ``"video"``.
-        source: ``camera``, ``microphone``, ``screen``, ``screen_audio`` or ``custom``.
-        muted: the publisher's mute flag.
-    """
-
-    id: str
-    kind: str
-    source: str
-    muted: bool = False
-
-
-@dataclass(slots=True)
-class ParticipantInfo:
-    """Another participant in the room and the tracks it publishes (by track id)."""
-
-    id: str
-    name: str
-    tracks: dict[str, TrackInfo] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class PublishedTrack:
-    """One of this client's tracks that the server accepted.
-
-    Attributes:
-        track_id: the server's id for it.
-        mid: the m-line (transceiver mid) that carries it.
-        track: the local track being sent.
-        source: the source announced to the room.
-        transceiver: the aiortc transceiver (sendonly).
-    """
-
-    track_id: str
-    mid: str
-    track: MediaStreamTrack
-    source: str | None
-    transceiver: RTCRtpTransceiver
-
-
-@dataclass(slots=True)
-class Subscription:
-    """A remote track this client receives.
-
-    Attributes:
-        track_id: the remote track's id.
-        participant_id: its publisher.
-        kind: ``"audio"`` or ``"video"``.
-        mid: the local recvonly m-line it arrives on.
-        transceiver: the aiortc transceiver; ``transceiver.receiver.track`` yields
-            decoded frames unless the client counts RTP instead (``count_rtp``).
-            aiortc keeps one track object per transceiver, so when an inactive
-            m-line is reused the same track object carries the new remote track.
-    """
-
-    track_id: str
-    participant_id: str
-    kind: str
-    mid: str
-    transceiver: RTCRtpTransceiver
-
-    @property
-    def track(self) -> MediaStreamTrack:
-        """The received track (decoded frames from ``await track.recv()``)."""
-        return self.transceiver.receiver.track
-
-
-class RoomError(Exception):
-    """The server answered a request with an ``error`` message.
-
-    Attributes:
-        code: the protocol error code (``bad_sdp``, ``room_full``, ...).
-        message: the server's human-readable text.
-        request_type: the ``type`` of the failed request, when the server named it.
-    """
-
-    def __init__(self, code: str, message: str, request_type: str | None) -> None:
-        super().__init__(f"{code}: {message} (request {request_type})")
-        self.code = code
-        self.message = message
-        self.request_type = request_type
 
 
 # ---------------------------------------------------------------------- the client

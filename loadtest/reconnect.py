@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from .roster import RoomError
+
 if TYPE_CHECKING:
     from .client import RoomClient
 
@@ -58,8 +60,6 @@ class Backoff:
 async def reconnect(client: RoomClient, reason: str) -> None:
     """Reconnect ``client`` (see the module docstring); on giving up, the client is
     closed with ``client.ended == "disconnected"``."""
-    from .client import RoomError
-
     client.events.put_nowait({"type": "reconnecting", "reason": reason})
     client._notify()
     logger.info("participant %s: %s; reconnecting", client.participant_id, reason)
