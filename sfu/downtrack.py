@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .core.extension_block import abs_send_time_at, extension_templates
 from .core.forwarder import DropReason, Forwarder, Switch, Translation
 from .core.receive_stats import rtt_from_report_ms
 from .core.rtcp import ReportBlock, SenderReport, build_sr
@@ -29,7 +30,6 @@ from .core.rtp import (
     URI_AUDIO_LEVEL,
     URI_MID,
     URI_TRANSPORT_CC,
-    abs_send_time,
     build_extensions,
     write_packet,
     write_rtx_packet,
@@ -59,47 +59,6 @@ RESEND_MIN_INTERVAL_MS = 10.0  # never resend one packet sooner than this ...
 RESEND_DEFAULT_RTT_MS = 100.0  # ... nor within a round trip (this until one is measured)
 
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
-
-
-_abs_send_time_ms = -1.0  # now_ms of the cached abs-send-time value ...
-_abs_send_time_value = b""  # ... shared by every subscriber of a packet sent at that time
-
-
-def _abs_send_time(now_ms: float) -> bytes:
-    """abs-send-time for ``now_ms`` (monotonic ms), computed once per distinct time: the
-    same bytes object for every subscriber of one fan-out."""
-    global _abs_send_time_ms, _abs_send_time_value
-    if now_ms != _abs_send_time_ms:
-        _abs_send_time_value = abs_send_time(now_ms / 1000.0)
-        _abs_send_time_ms = now_ms
-    return _abs_send_time_value
-
-
-class _Block:
-    """The bytes around the per-packet value of an extension block (one-byte form,
-    RFC 8285 §4.2), shared by the DownTracks with the same ids and MID, with the block
-    built last: subscribers of one fan-out with the same abs-send-time reuse it."""
-
-    __slots__ = ("block", "head", "tail", "value")
-
-    def __init__(self, head: bytes, tail: bytes) -> None:
-        self.head = head
-        self.tail = tail
-        self.value: bytes | None = None
-        self.block = b""
-
-
-_blocks: dict[tuple[bytes, bytes], _Block] = {}
-
-
-def _shared_block(head: bytes, tail: bytes) -> _Block:
-    """The one :class:`_Block` for (head, tail) (a few hundred distinct at most: ids x MIDs)."""
-    block = _blocks.get((head, tail))
-    if block is None:
-        if len(_blocks) >= 4096:
-            _blocks.clear()
-        block = _blocks[(head, tail)] = _Block(head, tail)
-    return block
 
 
 def ntp_now() -> int:
@@ -177,7 +136,9 @@ class DownTrack:
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, level_out) if level_in and level_out else None
         self._level_out = level_out  # the subscriber's audio level extension id
-        self._templates = self._extension_templates()
+        self._templates = extension_templates(
+            self._twcc_id, self._abs_send_time_id, self._mid_ext, self._audio_level[1] if self._audio_level else None
+        )
         self._send_rtp = send_rtp
         # The batched apply step (sfu.rtc.batch): the send path's socket route, or a route
         # that calls send_rtp (test doubles, bots' paths the batch cannot write to).
@@ -218,42 +179,6 @@ class DownTrack:
         if not uptrack.simulcast:
             self.set_target(0, "bandwidth", 0.0, request=False)
 
-    def _extension_templates(self) -> tuple[_Block, tuple[bytes, bytes, bytes]] | None:
-        """Precomputed bytes around the per-packet values of the one-byte form (RFC 8285
-        §4.2; every id 1-14): the block is the MID element, then one value that
-        changes per packet (the transport-wide sequence number, else abs-send-time,
-        else none), then the audio level when the source packet has one. Returns
-        ``(block, (head, middle, tail))`` for a packet without and with the audio
-        level, so the hot path writes ``head + value + tail`` (``block``: a shared
-        :class:`_Block` of head and tail); None when ids need the two-byte form (the
-        slow path)."""
-        ids = [i for i in (self._twcc_id, self._abs_send_time_id) if i is not None]
-        if self._mid_ext is not None:
-            ids.append(self._mid_ext[0])
-        if self._audio_level is not None:
-            ids.append(self._audio_level[1])
-        if any(not 1 <= i <= 14 for i in ids) or (self._mid_ext is not None and not 1 <= len(self._mid_ext[1]) <= 16):
-            return None
-        mid = bytes(((self._mid_ext[0] << 4) | (len(self._mid_ext[1]) - 1),)) + self._mid_ext[1] if self._mid_ext else b""
-        if self._twcc_id is not None:
-            value_header, value_size = bytes(((self._twcc_id << 4) | 1,)), 2
-        elif self._abs_send_time_id is not None:
-            value_header, value_size = bytes(((self._abs_send_time_id << 4) | 2,)), 3
-        else:
-            value_header, value_size = b"", 0
-        level_header = bytes((self._audio_level[1] << 4,)) if self._audio_level is not None else b""
-
-        def block(body_size: int) -> tuple[bytes, bytes]:
-            padding = -body_size % 4
-            return b"\xbe\xde" + ((body_size + padding) >> 2).to_bytes(2, "big"), b"\x00" * padding
-
-        plain_size = len(mid) + len(value_header) + value_size
-        word, pad = block(plain_size)
-        plain = _shared_block(word + mid + value_header, pad) if plain_size else _shared_block(b"", b"")
-        word, pad = block(plain_size + 2)
-        with_level = (word + mid + value_header, level_header, pad)
-        return plain, with_level
-
     def _extensions(self, source: SourcePacket, now_ms: float, cluster: int | None = None) -> bytes:
         """The subscriber's extension block for one packet sent now: its MID, the next
         transport-wide sequence number (recorded in the send history with ``cluster``,
@@ -263,7 +188,7 @@ class DownTrack:
             seq = self._twcc_seq = history.next(now_ms, cluster)
             value = seq.to_bytes(2, "big")
         elif self._abs_send_time_id is not None:
-            value = _abs_send_time(now_ms)
+            value = abs_send_time_at(now_ms)
         else:
             value = b""
         level = source.packet.extensions.get(self._audio_level[0]) if self._audio_level is not None else None
@@ -667,7 +592,9 @@ class DownTrack:
         self._first_epoch = self.forwarder.epoch + 1
         level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
         self._audio_level = (level_in, self._level_out) if level_in and self._level_out else None
-        self._templates = self._extension_templates()
+        self._templates = extension_templates(
+            self._twcc_id, self._abs_send_time_id, self._mid_ext, self._audio_level[1] if self._audio_level else None
+        )
         if self._munger is None and uptrack.simulcast and uptrack.codec.mime_type.lower() == "video/vp8":
             self._munger = Vp8Munger()
         if self._munger is not None:
