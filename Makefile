@@ -16,7 +16,7 @@ PACKET_PATH_TESTS := tests/unit/test_fanout_batch.py tests/unit/test_downtrack.p
 	tests/unit/test_downtrack_simulcast.py tests/unit/test_rtp.py tests/unit/test_forwarder.py \
 	tests/unit/test_vp8_munger.py tests/unit/test_rebind.py tests/unit/test_participant_simulcast.py \
 	tests/integration/test_forwarding.py tests/integration/test_loss.py \
-	tests/integration/test_metrics_media.py tests/integration/test_udp_port.py
+	tests/unit/test_twcc.py tests/integration/test_metrics_media.py tests/integration/test_udp_port.py
 
 .PHONY: serve test setup clean
 

@@ -2,7 +2,7 @@
 
 It keeps the participant's DownTracks (one per subscribed m-line), hands them the
 subscriber's RTCP (receiver reports, NACK, PLI/FIR), and runs the subscriber's control
-loop: every ``TICK_MS`` it feeds :class:`~sfu.core.subscriber_control.SubscriberController`
+loop: every ``TICK_MS`` while probing (every 100 ms otherwise) it feeds :class:`~sfu.core.subscriber_control.SubscriberController`
 what was sent and applies what it decides (probe padding now, and every
 ``ALLOCATE_INTERVAL_MS`` the layer of each simulcast video track). Transport-cc
 feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01) is matched against the
@@ -187,18 +187,22 @@ class Downlink:
     # -- control ----------------------------------------------------------------------
 
     def tick(self, now_ms: float) -> None:
-        """Every ``TICK_MS``: probe padding now, and the allocation when it is due."""
-        total = padding = video = 0
-        for dt in self.downtracks.values():
-            total += dt.bytes_sent
-            padding += dt.padding_bytes_sent
-            if dt.kind == "video":
-                video += dt.packets_sent
-        decision = self.control.tick(now_ms, SentTotals(total, padding, video))
-        if decision.padding_bytes > 0:
-            carrier = self._padding_carrier()
-            if carrier is not None:
-                carrier.send_padding(decision.padding_bytes, now_ms, decision.cluster)
+        """Every ``TICK_MS``: the controller's tick when it is due (every tick while it
+        probes, with the padding to send now; every ``idle_tick_ms`` otherwise), and the
+        allocation when it is due."""
+        control = self.control
+        if control.due(now_ms):
+            total = padding = video = 0
+            for dt in self.downtracks.values():
+                total += dt.bytes_sent
+                padding += dt.padding_bytes_sent
+                if dt.kind == "video":
+                    video += dt.packets_sent
+            decision = control.tick(now_ms, SentTotals(total, padding, video))
+            if decision.padding_bytes > 0:
+                carrier = self._padding_carrier()
+                if carrier is not None:
+                    carrier.send_padding(decision.padding_bytes, now_ms, decision.cluster)
         if now_ms - self._last_allocate_ms >= ALLOCATE_INTERVAL_MS:
             self.allocate(now_ms)
 

@@ -120,11 +120,16 @@ class DownTrack:
         self.rtx_payload_type = codec.rtx_payload_type
         self.rtx_ssrc = media.rtx_ssrc if codec.rtx_payload_type is not None else None
         self.kind = uptrack.kind
+        # The compiled fan-out's Lane when built (sfu.rtc.batch): the forwarder's state,
+        # and where Batch.fanout applies its common decision once bound (_bind_lane).
+        self._lane = _batch.new_lane()
         self.forwarder = Forwarder(
             needs_keyframe=uptrack.is_video,
             initial_sequence=random.randrange(0x10000),
             initial_timestamp=random.randrange(0x100000000),
+            state=self._lane,
         )
+        self._state = self.forwarder.state  # the sent counters live there too
         self._mid_ext = (media.extensions[URI_MID], media.mid.encode()) if URI_MID in media.extensions else None
         twcc_id = media.extensions.get(URI_TRANSPORT_CC) if transport_cc is not None else None
         self._history = transport_cc if twcc_id is not None else None
@@ -150,9 +155,6 @@ class DownTrack:
         self._send_rtcp = send_rtcp
         self._counters = COUNTERS.kinds[uptrack.kind] if COUNTERS.per_packet else None
         self._rtx_sequence = random.randrange(0x10000)
-        self.packets_sent = 0
-        self.octets_sent = 0
-        self.bytes_sent = 0  # all RTP bytes sent, padding included
         self.padding_bytes_sent = 0
         self.rtt_ms: float | None = None
         self.fraction_lost = 0.0
@@ -176,8 +178,49 @@ class DownTrack:
         self._resend_tokens = float(RESEND_BURST)
         self._resend_refill_ms = 0.0
         self._resent_at: list[tuple[int, float]] = [(-1, 0.0)] * (RESEND_SLOTS_MASK + 1)  # by out seq & mask
+        self._lane_eligible = self._can_use_lane()
         if not uptrack.simulcast:
             self.set_target(0, "bandwidth", 0.0, request=False)
+
+    @property
+    def packets_sent(self) -> int:
+        """RTP packets forwarded to the subscriber (retransmissions and padding not counted)."""
+        return self._state.packets_sent
+
+    @property
+    def octets_sent(self) -> int:
+        """Payload bytes of those packets (the SR's octet count, RFC 3550 §6.4.1)."""
+        return self._state.octets_sent
+
+    @property
+    def bytes_sent(self) -> int:
+        """All RTP bytes sent to the subscriber, retransmissions and padding included."""
+        return self._state.bytes_sent
+
+    def _can_use_lane(self) -> bool:
+        """Whether the compiled fan-out can apply this DownTrack's common decision: a
+        one-byte extension block (RFC 8285 §4.2) and no VP8 PictureID rewrite (simulcast
+        VP8 decides every packet in Python)."""
+        return self._lane is not None and self._templates is not None and self._munger is None and not self.closed
+
+    def _bind_lane(self, route: Any) -> None:
+        """Let ``Batch.fanout`` apply the common decision from now on, sending through
+        ``route`` while the ICE connection's nominated pair stays the one it was made
+        for (the fan-out unbinds it otherwise, and the next packet comes back here)."""
+        lane = self._lane
+        plain, (head, middle, tail) = self._templates  # type: ignore[misc]
+        history = self._history  # transport-wide sequence numbers are stamped from it
+        value_len = 2 if history is not None else 3 if self._abs_send_time_id is not None else 0
+        value = bytes(value_len)
+        block = plain.head + value + plain.tail if plain.head else b""
+        if self._audio_level is not None:
+            level_block, level_off = head + value + middle + b"\x00" + tail, len(head) + value_len + len(middle)
+        else:
+            level_block, level_off = None, -1
+        path = self._path
+        nominated, pair = (path._nominated, path._route_pair) if path is not None else (None, None)
+        lane.bind(route, nominated, pair, self.ssrc, self.payload_type, value_len, block, len(plain.head),
+                  level_block, len(head), level_off, history)
 
     def _extensions(self, source: SourcePacket, now_ms: float, cluster: int | None = None) -> bytes:
         """The subscriber's extension block for one packet sent now: its MID, the next
@@ -384,13 +427,16 @@ class DownTrack:
         if size >= 0:
             if self._history is not None:
                 self._history.set_size(self._twcc_seq, size)
-            self.packets_sent += 1
-            self.octets_sent += packet.payload_end - packet.payload_offset
-            self.bytes_sent += size
+            state = self._state
+            state.packets_sent += 1
+            state.octets_sent += packet.payload_end - packet.payload_offset
+            state.bytes_sent += size
             counters = self._counters
             if counters is not None:
                 counters.packets_sent += 1
                 counters.bytes_sent += size
+            if batch is not None and self._lane_eligible and not self._lane.active:
+                self._bind_lane(route)
         else:
             COUNTERS.dropped["send_failed"] += 1
         return None
@@ -472,7 +518,7 @@ class DownTrack:
             data = self._retransmission(out_seq, now_ms, ref.layer, ref.sequence, ref.timestamp_offset, ref.epoch)
             if data is not None and self._send_rtp(data):
                 self._sent(len(data))
-                self.bytes_sent += len(data)
+                self._state.bytes_sent += len(data)
                 self._resend_tokens -= 1.0
                 resent[slot] = (out_seq, now_ms)
                 sent += 1
@@ -511,7 +557,7 @@ class DownTrack:
                 self._sent(len(data))
                 sent += len(data)
                 self._padding_credit -= len(data)
-        self.bytes_sent += sent
+        self._state.bytes_sent += sent
         self.padding_bytes_sent += sent
         COUNTERS.padding_bytes_sent += sent
         return sent
@@ -599,6 +645,9 @@ class DownTrack:
             self._munger = Vp8Munger()
         if self._munger is not None:
             self._munging_pending = True
+        if self._lane is not None:
+            self._lane.unbind()  # the templates may have changed: bound again at the next packet
+        self._lane_eligible = self._can_use_lane()
         target = self.target_layer
         if target is None and not uptrack.simulcast:
             target = 0
@@ -645,6 +694,9 @@ class DownTrack:
     def close(self) -> None:
         """Stop forwarding (unsubscribed, unpublished, or a participant left)."""
         self.closed = True
+        self._lane_eligible = False
+        if self._lane is not None:
+            self._lane.unbind()
         self._register([])
         if self in self.uptrack.downtracks:
             self.uptrack.downtracks.remove(self)

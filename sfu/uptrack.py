@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from .core.codecs import is_keyframe, rtx_original_sequence, vp8_keyframe_size
+from .core.extension_block import abs_send_time_at
 from .core.keyframe import KeyframeRequester
 from .core.nack import NackGenerator
 from .core.packet_cache import PacketCache
@@ -197,6 +198,7 @@ class UpTrack:
         self._counters = COUNTERS.kinds[kind] if COUNTERS.per_packet else None
         self._send_pli = send_pli
         self._level_id = extensions.get(URI_AUDIO_LEVEL) if kind == "audio" else None
+        self._ext_level_id = extensions.get(URI_AUDIO_LEVEL)  # what DownTracks map, of either kind
         self._level_min = 128  # loudest level since take_audio_level (128: none)
 
     # Single-encoding conveniences (layer 0).
@@ -291,11 +293,26 @@ class UpTrack:
         if batch is None:  # the pure-Python path: each DownTrack writes, protects and sends
             for downtrack in layer.downtracks:
                 downtrack.forward(source, now_ms)
-        elif layer.downtracks:  # batched: each DownTrack decides and adds; one flush sends
+        elif layer.downtracks:
+            # Batched: the compiled fan-out applies the common decision of every bound
+            # DownTrack (the next packet of the layer it forwards); the others decide here
+            # and add to the batch; the queue leaves at the end of the event-loop turn.
             batch.begin(packet.data, packet.payload_offset, packet.body_end, packet.marker, packet.padding)
             try:
-                for downtrack in layer.downtracks:
-                    downtrack.forward(source, now_ms, batch)
+                payload_len = packet.payload_end - packet.payload_offset
+                level = packet.extensions.get(self._ext_level_id) if self._ext_level_id is not None else None
+                packets, size, failed, rest = batch.fanout(
+                    layer.downtracks, layer.index, seq, source.timestamp, payload_len == 0, payload_len,
+                    abs_send_time_at(now_ms), level, now_ms,
+                )
+                if counters is not None and packets:
+                    counters.packets_sent += packets
+                    counters.bytes_sent += size
+                if failed:
+                    COUNTERS.dropped["send_failed"] += failed
+                if rest is not None:
+                    for downtrack in rest:
+                        downtrack.forward(source, now_ms, batch)
             finally:
                 _batch.finish(batch)  # sent at the end of the event-loop turn
         if seq % LATENCY_SAMPLE_EVERY == 0 and counters is not None and layer.downtracks:

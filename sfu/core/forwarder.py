@@ -19,7 +19,7 @@ import enum
 from bisect import bisect_right
 from typing import NamedTuple
 
-__all__ = ["DropReason", "Translation", "Switch", "SourceRef", "Forwarder"]
+__all__ = ["DropReason", "ForwardState", "Translation", "Switch", "SourceRef", "Forwarder"]
 
 
 class DropReason(enum.Enum):
@@ -69,10 +69,58 @@ class SourceRef(NamedTuple):
     epoch: int
 
 
+class ForwardState:
+    """The fields of one DownTrack that every forwarded packet reads and writes: the
+    forwarder's position in the current epoch and the sent counters.
+
+    The :class:`Forwarder` keeps them here (not in its epochs) so that the compiled
+    fan-out (``sfu.rtc._fanout.Lane``, which has the same attributes and subclasses
+    nothing) can apply the common decision itself: a packet of ``layer`` newer than
+    ``highest_src`` goes out as ``seq + seq_offset`` (16 bit) and ``timestamp +
+    ts_offset`` (32 bit), and these fields move on exactly as :meth:`Forwarder.decide`
+    moves them. Every other packet goes through :meth:`Forwarder.decide`.
+
+    Attributes:
+        layer: the source layer forwarded, -1 for none.
+        highest_src: the newest unwrapped source sequence number of the current epoch.
+        seq_offset: output minus source sequence number of the current segment.
+        ts_offset: output minus source timestamp (unwrapped, 90 kHz or 48 kHz ticks).
+        last_out_ts: the newest output timestamp, unwrapped.
+        packets_sent, octets_sent, bytes_sent: RTP packets, payload bytes and all
+            bytes (padding included) sent to the subscriber.
+        active: the compiled fan-out may forward for this DownTrack (its owner says).
+    """
+
+    __slots__ = (
+        "active",
+        "bytes_sent",
+        "highest_src",
+        "last_out_ts",
+        "layer",
+        "octets_sent",
+        "packets_sent",
+        "seq_offset",
+        "ts_offset",
+    )
+
+    def __init__(self) -> None:
+        self.active = False
+        self.layer = -1
+        self.highest_src = -1
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.last_out_ts = 0
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.bytes_sent = 0
+
+
 class _Epoch:
     """The numbering of one stretch of one source layer: offset segments (from source
     seq ``seg_start[i]`` on, ``out = src + seg_offset[i]``), closed padding slots, the
-    newest source seq and the timestamp offset."""
+    newest source seq and the timestamp offset. For the current epoch the newest source
+    seq, the last segment's offset and the timestamp offset live in the
+    :class:`ForwardState`; ``highest_src`` here is synchronised from it before use."""
 
     __slots__ = ("index", "layer", "seg_start", "seg_offset", "closed", "highest_src", "ts_offset")
 
@@ -113,6 +161,8 @@ class Forwarder:
             mapping late packets and NACKs.
         max_late: a packet more than this many sequence numbers behind the newest
             forwarded one is dropped as too old.
+        state: where the per-packet fields live (:class:`ForwardState`, or the
+            compiled fan-out's ``Lane``); a new ForwardState by default.
 
     Sequence numbers and timestamps given to it are unwrapped source numbers of the
     current source ``layer``; the output is kept unwrapped internally and truncated in
@@ -131,6 +181,7 @@ class Forwarder:
         initial_timestamp: int,
         history: int = 64,
         max_late: int = 1000,
+        state: ForwardState | None = None,
     ) -> None:
         self.needs_keyframe = needs_keyframe
         self._next_out_seq = initial_sequence & 0xFFFF
@@ -138,12 +189,37 @@ class Forwarder:
         self._history = history
         self._max_late = max_late
         self.started = False
-        self.layer: int | None = None
         self.target: int | None = None  # the layer wanted: forwarded from its next keyframe
-        self.last_out_timestamp = self._out_ts_start  # unwrapped, of the newest packet
         self._switches: dict[int, Switch] = {}
         self._epoch = _Epoch(0, 0, 0, self._next_out_seq, 0)
         self._old: list[_Epoch] = []
+        st = self.state = state if state is not None else ForwardState()
+        st.layer = -1
+        st.highest_src = self._epoch.highest_src
+        st.seq_offset = self._epoch.seg_offset[-1]
+        st.ts_offset = 0
+        st.last_out_ts = self._out_ts_start
+
+    @property
+    def layer(self) -> int | None:
+        """The source layer forwarded now (None before the start or while paused)."""
+        layer = self.state.layer
+        return None if layer < 0 else layer
+
+    @layer.setter
+    def layer(self, layer: int | None) -> None:
+        self.state.layer = -1 if layer is None else layer
+
+    @property
+    def last_out_timestamp(self) -> int:
+        """The newest output timestamp, unwrapped."""
+        return self.state.last_out_ts
+
+    def _current(self) -> _Epoch:
+        """The current epoch with its newest source seq brought up from the state."""
+        epoch = self._epoch
+        epoch.highest_src = self.state.highest_src
+        return epoch
 
     def switch(self, layer: int, seq: int, timestamp: int, out_timestamp: int | None = None) -> None:
         """Start forwarding source ``layer`` from its packet ``seq`` (call at a keyframe).
@@ -157,7 +233,8 @@ class Forwarder:
 
         The packet's output sequence number is the one after the last sent.
         """
-        epoch = self._epoch
+        epoch = self._current()
+        st = self.state
         if self.started:
             next_out = epoch.highest_src + 1 + epoch.seg_offset[-1]
             self._old.append(epoch)
@@ -167,9 +244,12 @@ class Forwarder:
             next_out = self._next_out_seq
             self.started = True
         if out_timestamp is None:
-            out_timestamp = self._out_ts_start if not self._old else self.last_out_timestamp + 1
-        self.layer = layer
-        self._epoch = _Epoch(epoch.index + 1, layer, seq, next_out, out_timestamp - timestamp)
+            out_timestamp = self._out_ts_start if not self._old else st.last_out_ts + 1
+        new = self._epoch = _Epoch(epoch.index + 1, layer, seq, next_out, out_timestamp - timestamp)
+        st.layer = layer
+        st.highest_src = new.highest_src
+        st.seq_offset = new.seg_offset[-1]
+        st.ts_offset = new.ts_offset
 
     def decide(
         self, layer: int, seq: int, timestamp: int, keyframe: bool, padding_only: bool
@@ -183,14 +263,14 @@ class Forwarder:
         publisher for a keyframe) and ``OTHER_LAYER`` while the current layer goes on;
         so are the last packets of a layer being left.
         """
-        if layer == self.layer:
-            epoch = self._epoch
-            if seq > epoch.highest_src and not padding_only:
-                # The common case, inline: the next packet of the current layer.
-                epoch.highest_src = seq
-                out_ts = timestamp + epoch.ts_offset
-                self.last_out_timestamp = out_ts
-                return Translation((seq + epoch.seg_offset[-1]) & 0xFFFF, out_ts & 0xFFFFFFFF)
+        st = self.state
+        if layer == st.layer:
+            if seq > st.highest_src and not padding_only:
+                # The common case, inline (the compiled fan-out does the same): the next
+                # packet of the current layer.
+                st.highest_src = seq
+                out_ts = st.last_out_ts = timestamp + st.ts_offset
+                return Translation((seq + st.seq_offset) & 0xFFFF, out_ts & 0xFFFFFFFF)
             return self.translate(seq, timestamp, keyframe, padding_only)
         if layer != self.target:
             return DropReason.OTHER_LAYER
@@ -216,24 +296,22 @@ class Forwarder:
             a Translation to send, or the DropReason. Before the first :meth:`switch`,
             a keyframe (any packet for audio) starts layer 0.
         """
-        epoch = self._epoch
         if not self.started:
             if padding_only:
                 return DropReason.PADDING
             if self.needs_keyframe and not keyframe:
                 return DropReason.WAITING_FOR_KEYFRAME
             self.switch(0, seq, timestamp)
-            epoch = self._epoch
+        epoch = self._current()
+        st = self.state
 
         if seq > epoch.highest_src:
+            st.highest_src = epoch.highest_src = seq
             if padding_only:
                 # Close the slot: everything after it shifts down by one.
-                epoch.highest_src = seq
                 self._push_segment(epoch, seq + 1, epoch.seg_offset[-1] - 1)
                 return DropReason.PADDING
-            epoch.highest_src = seq
-            out_ts = timestamp + epoch.ts_offset
-            self.last_out_timestamp = out_ts
+            out_ts = st.last_out_ts = timestamp + epoch.ts_offset
             return Translation((seq + epoch.seg_offset[-1]) & 0xFFFF, out_ts & 0xFFFFFFFF)
 
         # Late (reordered or retransmitted upstream) packet.
@@ -254,7 +332,7 @@ class Forwarder:
         """Up to ``count`` of the newest packets sent in the current epoch, newest
         first, as ``(unwrapped source seq, 16-bit output seq)`` (for padding with
         redundant retransmissions)."""
-        epoch = self._epoch
+        epoch = self._current()
         out: list[tuple[int, int]] = []
         seq = epoch.highest_src
         while len(out) < count and seq >= epoch.seg_start[0] and self.started:
@@ -273,6 +351,7 @@ class Forwarder:
         epoch.closed.add(start - 1)
         epoch.seg_start.append(start)
         epoch.seg_offset.append(offset)
+        self.state.seq_offset = offset
         if len(epoch.seg_start) > self._history:
             dropped = epoch.seg_start[0]
             del epoch.seg_start[0]
@@ -288,7 +367,7 @@ class Forwarder:
         """
         if not self.started:
             return None
-        epoch = self._epoch
+        epoch = self._current()
         # Unwrap the output number near the newest output.
         newest_out = epoch.highest_src + epoch.seg_offset[-1]
         delta = (out_seq - newest_out) & 0xFFFF

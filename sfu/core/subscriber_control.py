@@ -175,7 +175,11 @@ class SubscriberController:
         transport_cc: the subscriber negotiated transport-wide congestion control:
             estimate from its feedback (else from REMB and receiver reports).
         initial_bps: the estimate before any feedback, bit/s.
-        tick_ms: how often :meth:`tick` is called (padding per call is sized by it).
+        tick_ms: how often :meth:`tick` is called while probing (padding per call is
+            sized by it); otherwise every ``idle_tick_ms`` (:meth:`due` tells).
+        idle_tick_ms: how often :meth:`tick` is due while no probe runs, ms: measuring
+            the send rate and NACK loss needs no finer grain than the 1 s windows they
+            are read over, and most subscribers are not probing at any moment.
 
     Attributes:
         sent_bps: all RTP bit/s sent over the last second; ``media_bps`` without
@@ -184,9 +188,12 @@ class SubscriberController:
             the up-margin), from the last allocation.
     """
 
-    def __init__(self, transport_cc: bool = False, initial_bps: int = 1_500_000, tick_ms: float = 20.0) -> None:
+    def __init__(
+        self, transport_cc: bool = False, initial_bps: int = 1_500_000, tick_ms: float = 20.0, idle_tick_ms: float = 100.0
+    ) -> None:
         self.transport_cc = transport_cc
         self.tick_ms = tick_ms
+        self.idle_tick_ms = idle_tick_ms
         self.bwe = BandwidthEstimator(initial_bps)
         self.probe = ProbeController()
         self.gcc = GccEstimator(initial_bps)
@@ -204,6 +211,7 @@ class SubscriberController:
         self._video_sent: list[tuple[float, int]] = []  # (ms, video packets sent so far)
         self._floor_loss_since: float | None = None  # loss at the floor seen since then
         self._last_ms = 0.0  # the newest time given to tick or allocate
+        self._last_tick_ms = float("-inf")  # the last tick
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -257,10 +265,18 @@ class SubscriberController:
         """A probe (cluster or padding goal) runs."""
         return self.prober.probing if self.transport_cc else self.probe.probing
 
+    def due(self, now_ms: float) -> bool:
+        """Whether :meth:`tick` is due at ``now_ms`` (ms): every ``tick_ms`` while a probe
+        runs (its padding is paced per tick), every ``idle_tick_ms`` otherwise (half a
+        ``tick_ms`` early, so a caller on a ``tick_ms`` timer ticks every
+        ``idle_tick_ms / tick_ms``-th time)."""
+        return self.probing or now_ms - self._last_tick_ms >= self.idle_tick_ms - self.tick_ms / 2
+
     def tick(self, now_ms: float, sent: SentTotals) -> Decision:
-        """Every ``tick_ms``: measure the send rate, read loss, and say how much
-        padding to send now (a probe)."""
+        """When :meth:`due`: measure the send rate, read loss, and say how much
+        padding to send now (a probe: ``tick_ms`` worth of it)."""
         self._last_ms = now_ms
+        self._last_tick_ms = now_ms
         self._measure_sent(now_ms, sent)
         if self.transport_cc:
             self._watch_floor_loss(now_ms)

@@ -18,6 +18,7 @@ ms, on whatever clock the caller passes (nothing here reads a clock).
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -445,9 +446,8 @@ class SendHistory:
 
     __slots__ = (
         "_cluster",
-        "_in_flight",
+        "_counts",
         "_mask",
-        "_next",
         "_reference_us",
         "_send_ms",
         "_size",
@@ -458,33 +458,36 @@ class SendHistory:
         if capacity <= 0 or capacity & (capacity - 1) or capacity > 0x8000:
             raise ValueError("SendHistory capacity must be a power of two <= 32768")
         self._mask = capacity - 1
-        self._next = 0  # unwrapped sequence number of the next packet
-        self._send_ms: list[float] = [0.0] * capacity
-        self._size: list[int] = [0] * capacity
-        self._cluster: list[int | None] = [None] * capacity
+        # Typed arrays, so that the compiled fan-out (sfu.rtc._fanout.Lane.bind) can
+        # stamp packets into the same ring: send time (ms), size (bytes), probe cluster
+        # (-1: none), state; _counts = [next unwrapped sequence number, bytes in flight].
+        self._send_ms = array("d", bytes(8 * capacity))
+        self._size = array("q", bytes(8 * capacity))
+        self._cluster = array("q", [-1]) * capacity
         self._state = bytearray(capacity)  # _PENDING, _REPORTED_LOST, _REPORTED_RECEIVED
-        self._in_flight = 0
+        self._counts = array("q", [0, 0])
         self._reference_us: int | None = None  # last reference time, unwrapped, µs
 
     def next(self, now_ms: float, cluster: int | None = None) -> int:
         """Allocate the next transport sequence number for a packet sent at ``now_ms``
         (ms) as part of probe cluster ``cluster``; returns its 16-bit wire value."""
-        seq = self._next
-        self._next = seq + 1
+        counts = self._counts
+        seq = counts[0]
+        counts[0] = seq + 1
         i = seq & self._mask
         if not self._state[i]:  # the packet this slot held was never reported
-            self._in_flight -= self._size[i]
+            counts[1] -= self._size[i]
         self._state[i] = _PENDING
         self._size[i] = 0
         self._send_ms[i] = now_ms
-        self._cluster[i] = cluster
+        self._cluster[i] = -1 if cluster is None else cluster
         return seq & 0xFFFF
 
     def set_size(self, seq16: int, size: int) -> None:
         """Record the size in bytes of the packet just numbered ``seq16`` as sent."""
         i = seq16 & self._mask
         if not self._state[i]:
-            self._in_flight += size - self._size[i]
+            self._counts[1] += size - self._size[i]
         self._size[i] = size
 
     @property
@@ -495,7 +498,8 @@ class SendHistory:
     @property
     def newest_sequence(self) -> int | None:
         """Unwrapped sequence number of the last packet numbered (the first is 0), or None."""
-        return self._next - 1 if self._next else None
+        sent = self._counts[0]
+        return sent - 1 if sent else None
 
     def in_flight_bytes(self) -> int:
         """Bytes sent and not yet reported in any feedback (received or lost), O(1).
@@ -503,7 +507,7 @@ class SendHistory:
         A packet never reported leaves this count when its slot is reused, ``capacity``
         packets later.
         """
-        return self._in_flight
+        return self._counts[1]
 
     def on_feedback(self, feedback: TwccFeedback) -> list[PacketResult]:
         """Match a transport feedback to the packets sent.
@@ -519,7 +523,8 @@ class SendHistory:
         Returns:
             the results in sequence order.
         """
-        newest = self._next - 1
+        counts = self._counts
+        newest = counts[0] - 1
         if newest < 0:
             return []
         offset_us = 0
@@ -555,16 +560,19 @@ class SendHistory:
                 if previous:
                     continue
                 state[i] = _REPORTED_LOST
-                self._in_flight -= sizes[i]
-                results.append(new(PacketResult, (seq, send_ms[i], sizes[i], None, clusters[i])))
+                counts[1] -= sizes[i]
+                cluster = clusters[i]
+                results.append(new(PacketResult, (seq, send_ms[i], sizes[i], None, cluster if cluster >= 0 else None)))
             else:
                 if previous == _REPORTED_RECEIVED:
                     continue
                 if not previous:
-                    self._in_flight -= sizes[i]
+                    counts[1] -= sizes[i]
                 state[i] = _REPORTED_RECEIVED
+                cluster = clusters[i]
                 results.append(
-                    new(PacketResult, (seq, send_ms[i], sizes[i], (arrival_us + offset_us) / 1000.0, clusters[i]))
+                    new(PacketResult, (seq, send_ms[i], sizes[i], (arrival_us + offset_us) / 1000.0,
+                                       cluster if cluster >= 0 else None))
                 )
         return results
 

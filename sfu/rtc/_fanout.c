@@ -10,12 +10,19 @@
  * queued. flush() hands the queue to the kernel with one sendmmsg(2) per socket: at the
  * end of each fan-out, or (end() instead) once for all the fan-outs of an event-loop turn.
  *
+ * The common decision can be applied here too (Batch.fanout): a DownTrack whose Lane is
+ * active and forwards the packet's layer gets the packet's next sequence number and
+ * timestamp from the Lane's offsets (the arithmetic of Forwarder.decide's common case,
+ * sfu/core/forwarder.py) and its extension block from the Lane's templates; every other
+ * DownTrack is handed back to Python, which decides as before.
+ *
  * libsrtp is not linked here: Python passes the address of pylibsrtp's srtp_protect
  * (set_protect) and, per route, the srtp_t of the pylibsrtp session, kept alive by the
  * route. Single-threaded use only (the event loop's thread), as pylibsrtp itself.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -318,6 +325,63 @@ static void write_rtp(unsigned char *out, unsigned char b0, unsigned char b1, un
     memcpy(p, body, (size_t)body_len);
 }
 
+/* Write one subscriber's packet from the current source and queue it SRTP-protected (a
+ * callback route is called at once with it unprotected). Returns 1 when queued or sent, 0
+ * when it cannot be sent (too large, protect failed, the callback said no), -1 on a Python
+ * error. *size_out: the RTP size in bytes. */
+static int queue_packet(BatchObject *self, RouteObject *route, long pt, unsigned long seq, unsigned long ts,
+                        unsigned long ssrc, const char *ext, Py_ssize_t ext_len, const char *head,
+                        Py_ssize_t head_len, Py_ssize_t *size_out) {
+    Py_ssize_t csrc_len = 4 * self->cc;
+    Py_ssize_t body_start = self->body_start + head_len;
+    if (body_start > self->body_end)
+        body_start = self->body_end, head_len = self->body_end - self->body_start;
+    Py_ssize_t body_len = self->body_end - body_start;
+    Py_ssize_t size = 12 + csrc_len + ext_len + head_len + body_len;
+    const unsigned char *src = self->src.buf;
+    unsigned char b0 = (unsigned char)(0x80 | (self->padding ? 0x20 : 0) | (ext_len ? 0x10 : 0) | self->cc);
+    unsigned char b1 = (unsigned char)((self->marker ? 0x80 : 0) | (pt & 0x7F));
+    *size_out = size;
+
+    if (route->callback != NULL) {
+        PyObject *packet = PyBytes_FromStringAndSize(NULL, size);
+        if (packet == NULL)
+            return -1;
+        write_rtp((unsigned char *)PyBytes_AS_STRING(packet), b0, b1, seq, ts, ssrc, src + 12, csrc_len,
+                  ext, ext_len, head, head_len, src + body_start, body_len);
+        PyObject *ok = PyObject_CallOneArg(route->callback, packet);
+        Py_DECREF(packet);
+        if (ok == NULL)
+            return -1;
+        int truth = PyObject_IsTrue(ok);
+        Py_DECREF(ok);
+        if (truth < 0)
+            return -1;
+        self->packets += truth;
+        return truth;
+    }
+    if (size > g_max_input || size > SLOT_SIZE - 144 || g_protect == NULL) {
+        self->protect_failed++;
+        return 0;
+    }
+    if (self->n == MAX_QUEUE)
+        send_queue(self);
+    unsigned char *out = self->slots + (size_t)self->n * SLOT_SIZE;
+    write_rtp(out, b0, b1, seq, ts, ssrc, src + 12, csrc_len, ext, ext_len, head, head_len, src + body_start,
+              body_len);
+    int len = (int)size;
+    if (g_protect(route->ctx, out, &len) != 0) {
+        self->protect_failed++;
+        return 0;
+    }
+    Py_INCREF(route);
+    self->routes[self->n] = route;
+    self->lens[self->n] = len;
+    self->n++;
+    self->packets++;
+    return 1;
+}
+
 static PyObject *Batch_add(BatchObject *self, PyObject *const *args, Py_ssize_t nargs) {
     /* add(route, payload_type, sequence_number, timestamp, ssrc, extensions, head) */
     if (nargs != 7 || Py_TYPE(args[0]) != &RouteType) {
@@ -328,7 +392,6 @@ static PyObject *Batch_add(BatchObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_RuntimeError, "add() outside begin()/flush()");
         return NULL;
     }
-    RouteObject *route = (RouteObject *)args[0];
     long pt = PyLong_AsLong(args[1]);
     unsigned long seq = PyLong_AsUnsignedLongMask(args[2]);
     unsigned long ts = PyLong_AsUnsignedLongMask(args[3]);
@@ -336,58 +399,396 @@ static PyObject *Batch_add(BatchObject *self, PyObject *const *args, Py_ssize_t 
     if (PyErr_Occurred())
         return NULL;
     char *ext = NULL, *head = NULL;
-    Py_ssize_t ext_len = 0, head_len = 0;
+    Py_ssize_t ext_len = 0, head_len = 0, size = 0;
     if (PyBytes_AsStringAndSize(args[5], &ext, &ext_len) < 0)
         return NULL;
     if (args[6] != Py_None && PyBytes_AsStringAndSize(args[6], &head, &head_len) < 0)
         return NULL;
-    Py_ssize_t csrc_len = 4 * self->cc;
-    Py_ssize_t body_start = self->body_start + head_len;
-    if (body_start > self->body_end)
-        body_start = self->body_end, head_len = self->body_end - self->body_start;
-    Py_ssize_t body_len = self->body_end - body_start;
-    Py_ssize_t size = 12 + csrc_len + ext_len + head_len + body_len;
-    const unsigned char *src = self->src.buf;
-    unsigned char b0 = (unsigned char)(0x80 | (self->padding ? 0x20 : 0) | (ext_len ? 0x10 : 0) | self->cc);
-    unsigned char b1 = (unsigned char)((self->marker ? 0x80 : 0) | (pt & 0x7F));
+    int ok = queue_packet(self, (RouteObject *)args[0], pt, seq, ts, ssrc, ext, ext_len, head, head_len, &size);
+    if (ok < 0)
+        return NULL;
+    return PyLong_FromSsize_t(ok ? size : -1);
+}
 
-    if (route->callback != NULL) {
-        PyObject *packet = PyBytes_FromStringAndSize(NULL, size);
-        if (packet == NULL)
-            return NULL;
-        write_rtp((unsigned char *)PyBytes_AS_STRING(packet), b0, b1, seq, ts, ssrc, src + 12, csrc_len,
-                  ext, ext_len, head, head_len, src + body_start, body_len);
-        PyObject *ok = PyObject_CallOneArg(route->callback, packet);
-        Py_DECREF(packet);
-        if (ok == NULL)
-            return NULL;
-        int truth = PyObject_IsTrue(ok);
-        Py_DECREF(ok);
-        if (truth < 0)
-            return NULL;
-        self->packets += truth;
-        return PyLong_FromSsize_t(truth ? size : -1);
+/* ---- Lane: one DownTrack's standing decision ----------------------------------------- */
+
+#define MAX_EXT 64 /* an extension block a Lane writes: MID (<= 16 bytes), one value, a level */
+
+typedef struct {
+    PyObject_HEAD
+    int active;                 /* Python says: apply the common decision here */
+    int layer;                  /* the source layer forwarded, -1 none */
+    long long highest_src;      /* newest unwrapped source seq of the current epoch */
+    long long seq_offset;       /* output - source seq, current segment */
+    long long ts_offset;        /* output - source timestamp (unwrapped) */
+    long long last_out_ts;      /* newest output timestamp (unwrapped) */
+    long long packets_sent, octets_sent, bytes_sent;
+    /* bound by bind(): where and how to write */
+    RouteObject *route;
+    PyObject *nominated;        /* the ICE connection's nominated pairs (dict), or NULL */
+    PyObject *pair;             /* the pair the route was made for */
+    unsigned long ssrc;
+    long pt;
+    Py_ssize_t value_len;       /* per-packet value: 0 none, 3 abs-send-time */
+    unsigned char plain[MAX_EXT];
+    Py_ssize_t plain_len, plain_value_off;
+    int maps_level;             /* the subscriber gets the audio level */
+    unsigned char level[MAX_EXT];
+    Py_ssize_t level_len, level_value_off, level_off;
+    /* value_len 2: the transport-wide sequence number, from the connection's SendHistory
+     * (sfu/core/twcc.py), whose typed arrays are written here as SendHistory.next and
+     * set_size write them: send time ms, size bytes, cluster (-1), state, [next, in flight] */
+    int has_history;
+    long long mask;
+    Py_buffer h_send_ms, h_size, h_cluster, h_state, h_counts;
+} LaneObject;
+
+static void release_history(LaneObject *self) {
+    if (self->has_history) {
+        PyBuffer_Release(&self->h_send_ms);
+        PyBuffer_Release(&self->h_size);
+        PyBuffer_Release(&self->h_cluster);
+        PyBuffer_Release(&self->h_state);
+        PyBuffer_Release(&self->h_counts);
+        self->has_history = 0;
     }
-    if (size > g_max_input || size > SLOT_SIZE - 144 || g_protect == NULL) {
-        self->protect_failed++;
-        return PyLong_FromLong(-1);
+}
+
+static void Lane_clear_binding(LaneObject *self) {
+    Py_CLEAR(self->route);
+    Py_CLEAR(self->nominated);
+    Py_CLEAR(self->pair);
+    release_history(self);
+    self->active = 0;
+}
+
+/* Acquire one of the SendHistory's arrays: writable, `count` items of `itemsize` bytes. */
+static int history_buffer(PyObject *history, const char *name, Py_buffer *view, Py_ssize_t itemsize,
+                          Py_ssize_t count) {
+    PyObject *obj = PyObject_GetAttrString(history, name);
+    if (obj == NULL)
+        return -1;
+    int r = PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT);
+    Py_DECREF(obj);
+    if (r < 0)
+        return -1;
+    if (view->itemsize != itemsize || view->len != itemsize * count) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "SendHistory.%s: %zd items of %zd bytes expected", name, count, itemsize);
+        return -1;
     }
-    if (self->n == MAX_QUEUE)
-        send_queue(self);
-    unsigned char *out = self->slots + (size_t)self->n * SLOT_SIZE;
-    write_rtp(out, b0, b1, seq, ts, ssrc, src + 12, csrc_len, ext, ext_len, head, head_len, src + body_start,
-              body_len);
-    int len = (int)size;
-    if (g_protect(route->ctx, out, &len) != 0) {
-        self->protect_failed++;
-        return PyLong_FromLong(-1);
+    return 0;
+}
+
+static int bind_history(LaneObject *self, PyObject *history) {
+    PyObject *mask = PyObject_GetAttrString(history, "_mask");
+    if (mask == NULL)
+        return -1;
+    long long m = PyLong_AsLongLong(mask);
+    Py_DECREF(mask);
+    if (m == -1 && PyErr_Occurred())
+        return -1;
+    if (m < 0 || m > 0x7FFF || (m & (m + 1))) {
+        PyErr_SetString(PyExc_ValueError, "SendHistory capacity must be a power of two <= 32768");
+        return -1;
     }
-    Py_INCREF(route);
-    self->routes[self->n] = route;
-    self->lens[self->n] = len;
-    self->n++;
-    self->packets++;
-    return PyLong_FromSsize_t(size);
+    Py_ssize_t n = (Py_ssize_t)m + 1;
+    int got = 0;
+    if (history_buffer(history, "_send_ms", &self->h_send_ms, sizeof(double), n) < 0)
+        goto fail;
+    got = 1;
+    if (history_buffer(history, "_size", &self->h_size, sizeof(long long), n) < 0)
+        goto fail;
+    got = 2;
+    if (history_buffer(history, "_cluster", &self->h_cluster, sizeof(long long), n) < 0)
+        goto fail;
+    got = 3;
+    if (history_buffer(history, "_state", &self->h_state, 1, n) < 0)
+        goto fail;
+    got = 4;
+    if (history_buffer(history, "_counts", &self->h_counts, sizeof(long long), 2) < 0)
+        goto fail;
+    self->mask = m;
+    self->has_history = 1;
+    return 0;
+fail:
+    if (got >= 1)
+        PyBuffer_Release(&self->h_send_ms);
+    if (got >= 2)
+        PyBuffer_Release(&self->h_size);
+    if (got >= 3)
+        PyBuffer_Release(&self->h_cluster);
+    if (got >= 4)
+        PyBuffer_Release(&self->h_state);
+    return -1;
+}
+
+static void Lane_dealloc(LaneObject *self) {
+    Lane_clear_binding(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if ((args != NULL && PyTuple_GET_SIZE(args)) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Lane() takes no arguments");
+        return NULL;
+    }
+    LaneObject *self = (LaneObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->layer = -1;
+    self->highest_src = -1;
+    return (PyObject *)self;
+}
+
+static int copy_template(PyObject *obj, unsigned char *out, Py_ssize_t *len, Py_ssize_t value_off,
+                         Py_ssize_t value_len, Py_ssize_t level_off) {
+    char *buf;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(obj, &buf, &n) < 0)
+        return -1;
+    if (n > MAX_EXT || (value_len && (value_off < 0 || value_off + value_len > n)) ||
+        (level_off != -1 && (level_off < 0 || level_off >= n))) {
+        PyErr_SetString(PyExc_ValueError, "extension template too long or offsets outside it");
+        return -1;
+    }
+    memcpy(out, buf, (size_t)n);
+    *len = n;
+    return 0;
+}
+
+static PyObject *Lane_bind(LaneObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* bind(route, nominated, pair, ssrc, payload_type, value_len, plain, plain_value_off,
+     *      level_template, level_value_off, level_off, history) */
+    if (nargs != 12 || Py_TYPE(args[0]) != &RouteType) {
+        PyErr_SetString(PyExc_TypeError, "bind(route, nominated, pair, ssrc, payload_type, value_len, plain, "
+                                         "plain_value_off, level_template, level_value_off, level_off, history)");
+        return NULL;
+    }
+    if (args[1] != Py_None && !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "nominated must be a dict or None");
+        return NULL;
+    }
+    unsigned long ssrc = PyLong_AsUnsignedLongMask(args[3]);
+    long pt = PyLong_AsLong(args[4]);
+    Py_ssize_t value_len = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t plain_off = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t level_value_off = PyLong_AsSsize_t(args[9]);
+    Py_ssize_t level_off = PyLong_AsSsize_t(args[10]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (value_len != 0 && value_len != 3 && !(value_len == 2 && args[11] != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "value_len must be 0, 3 (abs-send-time) or 2 (with a history)");
+        return NULL;
+    }
+    Lane_clear_binding(self);
+    if (value_len == 2 && bind_history(self, args[11]) < 0)
+        return NULL;
+    self->maps_level = args[8] != Py_None;
+    if (copy_template(args[6], self->plain, &self->plain_len, plain_off, value_len, -1) < 0 ||
+        (self->maps_level &&
+         copy_template(args[8], self->level, &self->level_len, level_value_off, value_len, level_off) < 0)) {
+        Lane_clear_binding(self);
+        return NULL;
+    }
+    self->plain_value_off = plain_off;
+    self->level_value_off = level_value_off;
+    self->level_off = level_off;
+    self->value_len = value_len;
+    self->ssrc = ssrc;
+    self->pt = pt;
+    Py_INCREF(args[0]);
+    self->route = (RouteObject *)args[0];
+    if (args[1] != Py_None) {
+        Py_INCREF(args[1]);
+        self->nominated = args[1];
+        Py_INCREF(args[2]);
+        self->pair = args[2];
+    }
+    self->active = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_unbind(LaneObject *self, PyObject *unused) {
+    Lane_clear_binding(self);
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef Lane_members[] = {
+    {"active", T_INT, offsetof(LaneObject, active), 0, "the common decision is applied here (bind/unbind)"},
+    {"layer", T_INT, offsetof(LaneObject, layer), 0, "the source layer forwarded, -1 for none"},
+    {"highest_src", T_LONGLONG, offsetof(LaneObject, highest_src), 0, "newest unwrapped source seq"},
+    {"seq_offset", T_LONGLONG, offsetof(LaneObject, seq_offset), 0, "output - source sequence number"},
+    {"ts_offset", T_LONGLONG, offsetof(LaneObject, ts_offset), 0, "output - source timestamp"},
+    {"last_out_ts", T_LONGLONG, offsetof(LaneObject, last_out_ts), 0, "newest output timestamp, unwrapped"},
+    {"packets_sent", T_LONGLONG, offsetof(LaneObject, packets_sent), 0, "RTP packets sent"},
+    {"octets_sent", T_LONGLONG, offsetof(LaneObject, octets_sent), 0, "payload bytes sent"},
+    {"bytes_sent", T_LONGLONG, offsetof(LaneObject, bytes_sent), 0, "RTP bytes sent, padding included"},
+    {NULL},
+};
+
+static PyMethodDef Lane_methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))Lane_bind, METH_FASTCALL,
+     "bind(route, nominated, pair, ssrc, payload_type, value_len, plain, plain_value_off, level_template, "
+     "level_value_off, level_off): apply the common decision from now on, sending through route while "
+     "nominated[1] is pair (nominated None: always), with the extension block plain (the per-packet "
+     "value of value_len bytes at plain_value_off) or, for a source packet with a one-byte audio level, "
+     "level_template (value at level_value_off, the level at level_off; None: the level is not mapped). "
+     "value_len 3: abs-send-time; 2: the next transport-wide sequence number of history (a "
+     "sfu.core.twcc.SendHistory, recorded with the send time and size as its next() and set_size() do)."},
+    {"unbind", (PyCFunction)Lane_unbind, METH_NOARGS, "unbind(): every packet goes to Python again"},
+    {NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sfu.rtc._fanout.Lane",
+    .tp_basicsize = sizeof(LaneObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One DownTrack's forwarding position and sent counters (the attributes of "
+              "sfu.core.forwarder.ForwardState), and what Batch.fanout needs to apply its common "
+              "decision.",
+    .tp_new = Lane_new,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_members = Lane_members,
+    .tp_methods = Lane_methods,
+};
+
+static PyObject *g_lane_name = NULL; /* "_lane" */
+static PyObject *g_one = NULL;       /* 1: the key of the nominated pair */
+
+static PyObject *Batch_fanout(BatchObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    /* fanout(downtracks, layer, seq, timestamp, padding_only, payload_len, value, level, now_ms)
+     *   -> (packets, bytes, failed, the DownTracks left to Python or None) */
+    if (nargs != 9 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "fanout(downtracks, layer, seq, timestamp, padding_only, payload_len, value, level, now_ms)");
+        return NULL;
+    }
+    if (!self->has_src) {
+        PyErr_SetString(PyExc_RuntimeError, "fanout() outside begin()/flush()");
+        return NULL;
+    }
+    long layer = PyLong_AsLong(args[1]);
+    long long seq = PyLong_AsLongLong(args[2]);
+    long long ts = PyLong_AsLongLong(args[3]);
+    int padding_only = PyObject_IsTrue(args[4]);
+    long long payload_len = PyLong_AsLongLong(args[5]);
+    double now_ms = PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred() || padding_only < 0)
+        return NULL;
+    char *value = NULL, *level = NULL;
+    Py_ssize_t value_len = 0, level_len = -1;
+    if (PyBytes_AsStringAndSize(args[6], &value, &value_len) < 0)
+        return NULL;
+    if (args[7] != Py_None && PyBytes_AsStringAndSize(args[7], &level, &level_len) < 0)
+        return NULL;
+    PyObject *list = args[0];
+    PyObject *slow = NULL;
+    long long packets = 0, bytes = 0, failed = 0;
+    unsigned char ext[MAX_EXT];
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(list); i++) {
+        PyObject *dt = PyList_GET_ITEM(list, i);
+        Py_INCREF(dt);
+        PyObject *obj = PyObject_GetAttr(dt, g_lane_name);
+        int fast = 0;
+        LaneObject *lane = NULL;
+        if (obj == NULL) {
+            Py_DECREF(dt);
+            goto error;
+        }
+        if (Py_TYPE(obj) == &LaneType) {
+            lane = (LaneObject *)obj;
+            fast = lane->active && lane->layer == layer && !padding_only && seq > lane->highest_src &&
+                   (lane->has_history || value_len >= lane->value_len) && (level == NULL || !lane->maps_level || level_len == 1);
+            if (fast && lane->nominated != NULL) {
+                PyObject *current = PyDict_GetItemWithError(lane->nominated, g_one);
+                if (current != lane->pair) {
+                    if (current == NULL && PyErr_Occurred()) {
+                        Py_DECREF(obj);
+                        Py_DECREF(dt);
+                        goto error;
+                    }
+                    Lane_clear_binding(lane); /* the route is stale: Python binds again */
+                    fast = 0;
+                }
+            }
+        }
+        if (!fast) {
+            Py_DECREF(obj);
+            if (slow == NULL && (slow = PyList_New(0)) == NULL) {
+                Py_DECREF(dt);
+                goto error;
+            }
+            int r = PyList_Append(slow, dt);
+            Py_DECREF(dt);
+            if (r < 0)
+                goto error;
+            continue;
+        }
+        /* Forwarder.decide's common case: the next packet of the current layer. */
+        lane->highest_src = seq;
+        long long out_ts = ts + lane->ts_offset;
+        lane->last_out_ts = out_ts;
+        unsigned long out_seq = (unsigned long)((unsigned long long)(seq + lane->seq_offset) & 0xFFFF);
+        const unsigned char *tmpl;
+        Py_ssize_t ext_len, value_off;
+        if (level != NULL && lane->maps_level) {
+            memcpy(ext, lane->level, (size_t)lane->level_len);
+            ext[lane->level_off] = (unsigned char)level[0];
+            tmpl = ext, ext_len = lane->level_len, value_off = lane->level_value_off;
+        } else {
+            memcpy(ext, lane->plain, (size_t)lane->plain_len);
+            tmpl = ext, ext_len = lane->plain_len, value_off = lane->plain_value_off;
+        }
+        long long slot = -1;
+        if (lane->has_history) { /* SendHistory.next(now_ms) */
+            long long *counts = lane->h_counts.buf, *sizes = lane->h_size.buf;
+            unsigned char *state = lane->h_state.buf;
+            long long twcc = counts[0]++;
+            slot = twcc & lane->mask;
+            if (!state[slot])
+                counts[1] -= sizes[slot];
+            state[slot] = 0;
+            sizes[slot] = 0;
+            ((double *)lane->h_send_ms.buf)[slot] = now_ms;
+            ((long long *)lane->h_cluster.buf)[slot] = -1;
+            ext[value_off] = (unsigned char)(twcc >> 8);
+            ext[value_off + 1] = (unsigned char)twcc;
+        } else if (lane->value_len) {
+            memcpy(ext + value_off, value, (size_t)lane->value_len);
+        }
+        Py_ssize_t size = 0;
+        int ok = queue_packet(self, lane->route, lane->pt, out_seq, (unsigned long)((unsigned long long)out_ts & 0xFFFFFFFF),
+                              lane->ssrc, (const char *)tmpl, ext_len, NULL, 0, &size);
+        if (ok < 0) {
+            Py_DECREF(obj);
+            Py_DECREF(dt);
+            goto error;
+        }
+        if (ok) {
+            if (slot >= 0) { /* SendHistory.set_size: the slot is pending, its size was 0 */
+                ((long long *)lane->h_size.buf)[slot] = size;
+                ((long long *)lane->h_counts.buf)[1] += size;
+            }
+            lane->packets_sent++;
+            lane->octets_sent += payload_len;
+            lane->bytes_sent += size;
+            packets++;
+            bytes += size;
+        } else {
+            failed++;
+        }
+        Py_DECREF(obj);
+        Py_DECREF(dt);
+    }
+    PyObject *result = Py_BuildValue("(LLLO)", packets, bytes, failed, slow != NULL ? slow : Py_None);
+    Py_XDECREF(slow);
+    return result;
+error:
+    Py_XDECREF(slow);
+    return NULL;
 }
 
 static PyObject *Batch_flush(BatchObject *self, PyObject *unused) {
@@ -415,6 +816,12 @@ static PyMethodDef Batch_methods[] = {
      "add(route, payload_type, sequence_number, timestamp, ssrc, extensions, head) -> int: "
      "write one subscriber's packet and SRTP-protect it into the queue (a callback route is "
      "called at once). Returns the RTP size in bytes, or -1 when it cannot be sent."},
+    {"fanout", (PyCFunction)(void (*)(void))Batch_fanout, METH_FASTCALL,
+     "fanout(downtracks, layer, seq, timestamp, padding_only, payload_len, value, level, now_ms) -> (packets, "
+     "bytes, failed, rest): for each DownTrack whose _lane is an active Lane forwarding this layer and not "
+     "yet past seq (unwrapped), write and queue its packet as add() does (value: the abs-send-time bytes, "
+     "level: the source packet's audio level or None, now_ms: the send time for a transport-wide sequence "
+     "number); rest lists the others (None: none), for Python to decide."},
     {"flush", (PyCFunction)Batch_flush, METH_NOARGS,
      "flush() -> int: send the queue, one sendmmsg per socket; returns the datagrams the "
      "kernel did not take."},
@@ -461,14 +868,20 @@ static struct PyModuleDef fanout_module = {
 };
 
 PyMODINIT_FUNC PyInit__fanout(void) {
-    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&BatchType) < 0)
+    if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&BatchType) < 0 || PyType_Ready(&LaneType) < 0)
+        return NULL;
+    g_lane_name = PyUnicode_InternFromString("_lane");
+    g_one = PyLong_FromLong(1);
+    if (g_lane_name == NULL || g_one == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&fanout_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&RouteType);
     Py_INCREF(&BatchType);
+    Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Route", (PyObject *)&RouteType) < 0 ||
+        PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0 ||
         PyModule_AddObject(m, "Batch", (PyObject *)&BatchType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_QUEUE", MAX_QUEUE) < 0) {
         Py_DECREF(m);

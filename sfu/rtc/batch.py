@@ -1,9 +1,12 @@
 """The batched apply step of the packet path: which one runs, and its routes.
 
-For each received packet, :meth:`sfu.uptrack.UpTrack.on_rtp` lets every DownTrack
-decide in Python (translate or drop, its extension block, its VP8 descriptor); with
-batching on, the DownTrack then only *adds* its decision to one :class:`Batch` (the
-compiled :mod:`sfu.rtc._fanout`), which writes the header in front of one copy of the
+For each received packet, :meth:`sfu.uptrack.UpTrack.on_rtp` hands the fan-out to one
+:class:`Batch` (the compiled :mod:`sfu.rtc._fanout`): ``Batch.fanout`` applies the
+common decision itself for every DownTrack whose ``Lane`` is bound (the next packet of
+the layer it forwards: the Lane's sequence and timestamp offsets, its extension block
+templates; see :meth:`sfu.downtrack.DownTrack.forward`) and hands every other DownTrack
+back to Python, which decides (translate or drop, switch layers, its VP8 descriptor)
+and *adds* its decision to the batch. The batch writes the header in front of one copy of the
 payload in a reused buffer, SRTP-protects it in place (RFC 3711 §3.3, libsrtp's
 ``srtp_protect`` on the pylibsrtp session) and, at the end of the event-loop turn
 (:func:`finish`), sends what the turn's fan-outs queued with one ``sendmmsg(2)`` per
@@ -55,6 +58,7 @@ __all__ = [
     "finish",
     "log_mode",
     "mode",
+    "new_lane",
     "send_pending",
     "set_enabled",
     "socket_route",
@@ -66,6 +70,14 @@ AVAILABLE = _fanout is not None
 """True when the compiled module could be imported."""
 
 Route: Any = _fanout.Route if _fanout is not None else None
+
+
+def new_lane() -> Any:
+    """A compiled ``Lane`` (a :class:`sfu.core.forwarder.ForwardState` that
+    ``Batch.fanout`` can apply the common decision of) while batching is on, else None
+    (the DownTrack keeps a plain ForwardState: with ``SFU_BATCH=0`` the packet path is
+    the one a machine without the compiled module runs)."""
+    return _fanout.Lane() if BATCH is not None else None
 
 BATCH: Any = None
 """The process's one :class:`_fanout.Batch` while batching is on, else None (read per

@@ -460,7 +460,7 @@ def fuzz_send_history(data: bytes) -> None:
     if len(data) < 5:
         return
     history = SendHistory(1 << (data[0] % 16))
-    history._next = int.from_bytes(data[1:4], "big")
+    history._counts[0] = int.from_bytes(data[1:4], "big")
     for k in range(data[4]):
         history.set_size(history.next(float(k), k % 3 or None), 100 + k)
     newest = history.newest_sequence

@@ -124,14 +124,17 @@ async def test_batched_srtp_datagrams_equal_the_python_paths_byte_for_byte(resto
     assert syscalls == (1 if share_socket else 4)
 
 
-def _callback_run(batched: bool, kind: str, transport_cc: bool) -> list[bytes]:
-    """A simulcast VP8 track (layer switches: PictureID/TL0PICIDX rewriting) or an audio
-    track with audio levels, forwarded to DownTracks with plain send callables."""
+def _callback_run(batched: bool, kind: str, transport_cc: bool, histories: list | None = None) -> list[bytes]:
+    """A simulcast VP8 track (layer switches: PictureID/TL0PICIDX rewriting, decided in
+    Python), a simulcast H.264 track (layer switches applied by the compiled Lanes, with
+    a padding-only packet, a reordered and a lost one) or an audio track with audio
+    levels, forwarded to DownTracks with plain send callables."""
     assert batch.set_enabled(batched) == batched
     random.seed(11)
     sent: list[bytes] = []
-    if kind == "video":
-        codec = CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97)
+    if kind in ("video", "h264"):
+        mime = "video/VP8" if kind == "video" else "video/H264"
+        codec = CodecInfo(96, mime, 90000, rtx_payload_type=97)
         up = UpTrack("TR_1", "PA_pub", "video", "camera", "0", codec, {URI_MID: 1}, lambda ssrc: None, rids=["q", "h"])
         for index, layer in enumerate(up.layers):
             layer.bind_ssrc(0xA0 + index)
@@ -146,12 +149,34 @@ def _callback_run(batched: bool, kind: str, transport_cc: bool) -> list[bytes]:
         if transport_cc:
             ext[URI_TRANSPORT_CC] = 6
             history = SendHistory()
-        media = MediaInfo(str(i), kind, "sendonly", [CodecInfo(120, codec.mime_type, codec.clock_rate, rtx_payload_type=121)],
+            if histories is not None:
+                histories.append(history)
+        media = MediaInfo(str(i), kind if kind == "audio" else "video", "sendonly", [CodecInfo(120, codec.mime_type, codec.clock_rate, rtx_payload_type=121)],
                           ext, ssrc=0xB000 + i, rtx_ssrc=0xC000 + i)
         dt = DownTrack(up, f"S{i}", media, lambda d: sent.append(d) or True, lambda d: True, transport_cc=history)
         up.downtracks.append(dt)
         downtracks.append(dt)
-    if kind == "video":
+    if kind == "h264":
+        for dt in downtracks:
+            dt.set_target(0, "bandwidth", 0.0)
+        order = [n for n in range(90) if n not in (26, 30)]
+        order.insert(order.index(27), 26)  # 26 after 27: late
+        order.insert(order.index(27) + 2, 26)  # and again: a duplicate
+        for n in order:
+            for index, layer in enumerate(up.layers):
+                if n == 40:
+                    downtracks[0].set_target(1, "bandwidth", n * 10.0)
+                    downtracks[2].set_target(1, "bandwidth", n * 10.0)
+                if n == 70:
+                    downtracks[2].set_target(None, "bandwidth", n * 10.0)
+                keyframe = n % 30 == 0 or (index == 1 and n == 45)
+                payload = (b"\x65" if keyframe else b"\x41") + bytes([n, index]) * 40
+                if n == 20 and index == 0:
+                    data = rtp(500 + n, n * 3000, ssrc=0xA0, payload=b"", padding=100)
+                else:
+                    data = rtp(500 + n, n * 3000 + index, ssrc=0xA0 + index, payload=payload, marker=True)
+                up.on_rtp(parse_rtp(data), n * 10.0 + index, layer)
+    elif kind == "video":
         for dt in downtracks:
             dt.set_target(0, "bandwidth", 0.0)
         for n in range(90):
@@ -171,15 +196,25 @@ def _callback_run(batched: bool, kind: str, transport_cc: bool) -> list[bytes]:
 
 
 @needs_build
-@pytest.mark.parametrize("kind", ["video", "audio"])
+@pytest.mark.parametrize("kind", ["video", "h264", "audio"])
 @pytest.mark.parametrize("transport_cc", [False, True], ids=["abs-send-time", "transport-cc"])
 def test_batched_rtp_equals_the_python_paths_for_callback_routes(restore_mode, kind, transport_cc):
-    python = _callback_run(False, kind, transport_cc)
-    batched = _callback_run(True, kind, transport_cc)
+    python_histories: list[SendHistory] = []
+    batched_histories: list[SendHistory] = []
+    python = _callback_run(False, kind, transport_cc, python_histories)
+    batched = _callback_run(True, kind, transport_cc, batched_histories)
     assert len(python) > 100
     assert batched == python
-    if kind == "video":  # the switch happened and rewrote PictureIDs (the head path)
+    # The transport-wide send history the compiled fan-out stamped is the Python path's:
+    # the same send times, sizes, clusters, states and counts.
+    for a, b in zip(python_histories, batched_histories, strict=True):
+        assert (a._send_ms, a._size, a._cluster, a._state, a._counts) == (b._send_ms, b._size, b._cluster, b._state, b._counts)
+        assert a.in_flight_bytes() > 0
+    if kind != "audio":  # the switch happened (and for VP8 rewrote PictureIDs: the head path)
         assert len({parse_rtp(p).ssrc for p in python}) == 3
+    if kind == "h264":  # the compiled Lanes forwarded the common packets
+        seqs = [parse_rtp(p).sequence_number for p in python if parse_rtp(p).ssrc == 0xB001]
+        assert len(seqs) == len(set(seqs)) == 88  # 90 - the padding-only and the lost one (the duplicate dropped)
 
 
 def test_sfu_batch_selects_the_path(monkeypatch, restore_mode):
@@ -238,3 +273,63 @@ def test_batch_refuses_what_srtp_cannot_take_and_reports_unsendable_datagrams():
         assert b.flush() == 1
     finally:
         sock.close()
+
+
+@needs_build
+async def test_a_lane_follows_a_new_nominated_pair(restore_mode):
+    """The compiled fan-out sends through the route a Lane was bound with only while
+    the ICE connection's nominated pair is the one it was made for: after a change the
+    next packet goes through Python, which binds the Lane to the new pair's route."""
+    assert batch.set_enabled(True)
+    loop = asyncio.get_running_loop()
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        for sink in sinks:
+            sink.bind(("127.0.0.1", 0))
+            sink.setblocking(False)
+        pairs = [SimpleNamespace(protocol=SimpleNamespace(transport=transport), remote_addr=sink.getsockname()) for sink in sinks]
+        nominated = {1: pairs[0]}
+        session = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+        dtls = SimpleNamespace(_tx_srtp=session, transport=SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated)))
+        path = RtpSendPath(dtls)  # type: ignore[arg-type]
+        codec = CodecInfo(111, "audio/opus", 48000, 2)
+        up = UpTrack("TR_1", "PA_pub", "audio", "microphone", "0", codec, {}, lambda ssrc: None)
+        up.bind_ssrc(0xA0)
+        media = MediaInfo("0", "audio", "sendonly", [codec], {URI_MID: 3}, ssrc=0xB000, rtx_ssrc=None)
+        dt = DownTrack(up, "S", media, path.send_rtp, lambda d: True)
+        up.downtracks.append(dt)
+        for n in range(10):
+            up.on_rtp(parse_rtp(rtp(n, n * 960, ssrc=0xA0, pt=111, payload=b"a" * 40)), n * 20.0)
+            if n == 4:
+                assert dt._lane.active  # bound after the first packet decided in Python
+                nominated[1] = pairs[1]
+            batch.send_pending()
+        await asyncio.sleep(0.05)
+        got = []
+        for sink in sinks:
+            count = 0
+            while True:
+                try:
+                    sink.recv(2048)
+                    count += 1
+                except BlockingIOError:
+                    break
+            got.append(count)
+        assert got == [5, 5]
+        assert dt._lane.active and dt.packets_sent == 10
+    finally:
+        transport.close()
+        for sink in sinks:
+            sink.close()
+
+
+@needs_build
+def test_a_lane_has_the_forward_state_attributes():
+    from sfu.core.forwarder import ForwardState
+
+    lane, state = batch._fanout.Lane(), ForwardState()
+    for name in ForwardState.__slots__:
+        assert int(getattr(lane, name)) == int(getattr(state, name)), name
+        setattr(lane, name, 7)
+        assert getattr(lane, name) == 7
