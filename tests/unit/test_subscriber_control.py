@@ -33,6 +33,7 @@ class Downlink:
         self.probes = 0
         self.next_feedback = 50.0
         self.next_allocation = 0.0
+        self.ticks = 0
 
     def _send(self, size: int, cluster: int | None) -> None:
         self.link.send(self.seq, self.t, size, cluster)
@@ -48,13 +49,15 @@ class Downlink:
             while self.credit >= PACKET:
                 self.credit -= PACKET
                 self._send(PACKET, None)
-            decision = c.tick(self.t, SentTotals(self.sent, self.padding, self.seq))
-            if decision.cluster is not None and decision.padding_bytes > 0:
-                budget = decision.padding_bytes
-                while budget > 0:
-                    self._send(PACKET, decision.cluster)
-                    self.padding += PACKET
-                    budget -= PACKET
+            if c.due(self.t):  # as sfu.downlink.Downlink.tick: every tick only while probing
+                self.ticks += 1
+                decision = c.tick(self.t, SentTotals(self.sent, self.padding, self.seq))
+                if decision.cluster is not None and decision.padding_bytes > 0:
+                    budget = decision.padding_bytes
+                    while budget > 0:
+                        self._send(PACKET, decision.cluster)
+                        self.padding += PACKET
+                        budget -= PACKET
             if self.t >= self.next_feedback:
                 self.next_feedback += 50.0
                 results = self.link.feedback(self.t)
@@ -142,3 +145,22 @@ def test_remb_drives_only_the_fallback_mode(transport_cc):
         c.tick(i * 20.0, SentTotals(i * 1000, 0, i))
     c.on_remb(2_000_000, 100.0)
     assert (c.estimate >= 2_000_000) is (not transport_cc)
+
+
+def test_an_idle_controller_ticks_every_100_ms_and_every_tick_while_probing():
+    c = SubscriberController(transport_cc=True)
+    sent = SentTotals(0, 0, 0)
+    due = []
+    for n in range(1, 51):  # 1 s of a 20 ms timer, nothing to probe
+        t = n * TICK
+        if c.due(t):
+            due.append(t)
+            c.tick(t, sent)
+    assert len(due) == 10 and all(b - a == 100.0 for a, b in zip(due, due[1:]))
+    # A link that can carry more than what is sent: the controller probes, and while the
+    # cluster runs (and its result is awaited) every tick is due.
+    d = Downlink(SubscriberController(transport_cc=True), Link(capacity_bps=5_000_000))
+    d.run_until(3000.0)
+    assert d.padding > 0  # probes were sent, paced per tick
+    idle_ticks = 3000.0 / 100.0
+    assert idle_ticks < d.ticks < 3000.0 / TICK  # more than idle ticks (probing), fewer than every tick
