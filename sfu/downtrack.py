@@ -166,7 +166,7 @@ class DownTrack:
         self.layer_switches = 0
         self._reported_layer: int | None = None
         self._on_layer_change = on_layer_change
-        self._munger = Vp8Munger() if uptrack.codec.mime_type.lower() == "video/vp8" and uptrack.simulcast else None
+        self._munger = Vp8Munger(self._state) if uptrack.codec.mime_type.lower() == "video/vp8" and uptrack.simulcast else None
         self._epoch_munging: dict[int, tuple[int, int]] = {}
         self._registered: list[int] = []
         self._left_at_ms = 0.0  # arrival of the last packet of a layer left (paused, dropped)
@@ -198,10 +198,9 @@ class DownTrack:
         return self._state.bytes_sent
 
     def _can_use_lane(self) -> bool:
-        """Whether the compiled fan-out can apply this DownTrack's common decision: a
-        one-byte extension block (RFC 8285 §4.2) and no VP8 PictureID rewrite (simulcast
-        VP8 decides every packet in Python)."""
-        return self._lane is not None and self._templates is not None and self._munger is None and not self.closed
+        """Whether the compiled fan-out can apply this DownTrack's common decision: it
+        has a Lane and a one-byte extension block (RFC 8285 §4.2)."""
+        return self._lane is not None and self._templates is not None and not self.closed
 
     def _bind_lane(self, route: Any) -> None:
         """Let ``Batch.fanout`` apply the common decision from now on, sending through
@@ -220,7 +219,7 @@ class DownTrack:
         path = self._path
         nominated, pair = (path._nominated, path._route_pair) if path is not None else (None, None)
         lane.bind(route, nominated, pair, self.ssrc, self.payload_type, value_len, block, len(plain.head),
-                  level_block, len(head), level_off, history)
+                  level_block, len(head), level_off, history, self._munger is not None)
 
     def _extensions(self, source: SourcePacket, now_ms: float, cluster: int | None = None) -> bytes:
         """The subscriber's extension block for one packet sent now: its MID, the next
@@ -435,7 +434,7 @@ class DownTrack:
             if counters is not None:
                 counters.packets_sent += 1
                 counters.bytes_sent += size
-            if batch is not None and self._lane_eligible and not self._lane.active:
+            if batch is not None and self._lane_eligible and not self._lane.active and not self._munging_pending:
                 self._bind_lane(route)
         else:
             COUNTERS.dropped["send_failed"] += 1
@@ -642,7 +641,7 @@ class DownTrack:
             self._twcc_id, self._abs_send_time_id, self._mid_ext, self._audio_level[1] if self._audio_level else None
         )
         if self._munger is None and uptrack.simulcast and uptrack.codec.mime_type.lower() == "video/vp8":
-            self._munger = Vp8Munger()
+            self._munger = Vp8Munger(self._state)
         if self._munger is not None:
             self._munging_pending = True
         if self._lane is not None:

@@ -88,6 +88,9 @@ class ForwardState:
         last_out_ts: the newest output timestamp, unwrapped.
         packets_sent, octets_sent, bytes_sent: RTP packets, payload bytes and all
             bytes (padding included) sent to the subscriber.
+        pid_offset, tl0_offset, last_pid, last_tl0: the VP8 PictureID and TL0PICIDX
+            offsets and the last ones sent (-1: none yet), kept by
+            :class:`~sfu.core.vp8_munger.Vp8Munger` for simulcast VP8.
         active: the compiled fan-out may forward for this DownTrack (its owner says).
     """
 
@@ -96,10 +99,14 @@ class ForwardState:
         "bytes_sent",
         "highest_src",
         "last_out_ts",
+        "last_pid",
+        "last_tl0",
         "layer",
         "octets_sent",
         "packets_sent",
+        "pid_offset",
         "seq_offset",
+        "tl0_offset",
         "ts_offset",
     )
 
@@ -113,6 +120,10 @@ class ForwardState:
         self.packets_sent = 0
         self.octets_sent = 0
         self.bytes_sent = 0
+        self.pid_offset = 0
+        self.tl0_offset = 0
+        self.last_pid = -1
+        self.last_tl0 = -1
 
 
 class _Epoch:

@@ -8,6 +8,8 @@ the receiver's frame-reference logic.
 
 from __future__ import annotations
 
+from .forwarder import ForwardState
+
 __all__ = ["Vp8Munger", "descriptor_fields"]
 
 
@@ -17,15 +19,21 @@ class Vp8Munger:
     Call :meth:`on_switch` when the forwarder switches layers; the next packet (the
     keyframe that starts the new layer) then continues the numbering. Until the first
     switch after the start the numbers pass unchanged.
+
+    Args:
+        state: where the offsets and the last numbers sent live (attributes
+            ``pid_offset``, ``tl0_offset``, ``last_pid``, ``last_tl0``; -1: none yet): the
+            DownTrack's :class:`~sfu.core.forwarder.ForwardState` (or the compiled
+            fan-out's ``Lane``, which rewrites the packets it forwards itself, as
+            :meth:`rewrite` does); a new ForwardState by default.
     """
 
-    __slots__ = ("_pid_offset", "_tl0_offset", "_last_pid", "_last_tl0", "_switch_pending")
+    __slots__ = ("_state", "_switch_pending")
 
-    def __init__(self) -> None:
-        self._pid_offset = 0
-        self._tl0_offset = 0
-        self._last_pid: int | None = None
-        self._last_tl0: int | None = None
+    def __init__(self, state: ForwardState | None = None) -> None:
+        st = self._state = state if state is not None else ForwardState()
+        st.pid_offset = st.tl0_offset = 0
+        st.last_pid = st.last_tl0 = -1
         self._switch_pending = False
 
     def on_switch(self) -> None:
@@ -35,7 +43,7 @@ class Vp8Munger:
     @property
     def offsets(self) -> tuple[int, int]:
         """The (PictureID, TL0PICIDX) offsets in force now."""
-        return self._pid_offset, self._tl0_offset
+        return self._state.pid_offset, self._state.tl0_offset
 
     def rewrite(self, payload: bytes, fields: DescriptorFields | None | bool = False) -> bytes | None:
         """The rewritten descriptor bytes for ``payload`` (the start of an RTP payload;
@@ -53,25 +61,26 @@ class Vp8Munger:
         if fields is None:
             return None
         size, pid, pid_mod, tl0 = fields
+        st = self._state
         if self._switch_pending:
             self._switch_pending = False
-            if pid is not None and self._last_pid is not None:
-                self._pid_offset = (self._last_pid + 1 - pid) % pid_mod
-            if tl0 is not None and self._last_tl0 is not None:
-                self._tl0_offset = (self._last_tl0 + 1 - tl0) & 0xFF
+            if pid is not None and st.last_pid >= 0:
+                st.pid_offset = (st.last_pid + 1 - pid) % pid_mod
+            if tl0 is not None and st.last_tl0 >= 0:
+                st.tl0_offset = (st.last_tl0 + 1 - tl0) & 0xFF
         if pid is not None:
-            out_pid = (pid + self._pid_offset) % pid_mod
-            last = self._last_pid
-            if last is None or (out_pid - last) % pid_mod < pid_mod // 2:
-                self._last_pid = out_pid
+            out_pid = (pid + st.pid_offset) % pid_mod
+            last = st.last_pid
+            if last < 0 or (out_pid - last) % pid_mod < pid_mod // 2:
+                st.last_pid = out_pid
         if tl0 is not None:
-            out_tl0 = (tl0 + self._tl0_offset) & 0xFF
-            last = self._last_tl0
-            if last is None or (out_tl0 - last) & 0xFF < 0x80:
-                self._last_tl0 = out_tl0
-        if not (self._pid_offset or self._tl0_offset):
+            out_tl0 = (tl0 + st.tl0_offset) & 0xFF
+            last = st.last_tl0
+            if last < 0 or (out_tl0 - last) & 0xFF < 0x80:
+                st.last_tl0 = out_tl0
+        if not (st.pid_offset or st.tl0_offset):
             return None
-        return _write(payload, size, pid, pid_mod, tl0, self._pid_offset, self._tl0_offset)
+        return _write(payload, size, pid, pid_mod, tl0, st.pid_offset, st.tl0_offset)
 
     @staticmethod
     def rewrite_with(payload: bytes, offsets: tuple[int, int]) -> bytes | None:

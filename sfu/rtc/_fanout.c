@@ -423,7 +423,9 @@ typedef struct {
     long long ts_offset;        /* output - source timestamp (unwrapped) */
     long long last_out_ts;      /* newest output timestamp (unwrapped) */
     long long packets_sent, octets_sent, bytes_sent;
+    long long pid_offset, tl0_offset, last_pid, last_tl0; /* Vp8Munger's (sfu/core/vp8_munger.py) */
     /* bound by bind(): where and how to write */
+    int munge;                  /* rewrite the VP8 PictureID and TL0PICIDX (simulcast VP8) */
     RouteObject *route;
     PyObject *nominated;        /* the ICE connection's nominated pairs (dict), or NULL */
     PyObject *pair;             /* the pair the route was made for */
@@ -538,6 +540,8 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     self->layer = -1;
     self->highest_src = -1;
+    self->last_pid = -1;
+    self->last_tl0 = -1;
     return (PyObject *)self;
 }
 
@@ -559,12 +563,15 @@ static int copy_template(PyObject *obj, unsigned char *out, Py_ssize_t *len, Py_
 
 static PyObject *Lane_bind(LaneObject *self, PyObject *const *args, Py_ssize_t nargs) {
     /* bind(route, nominated, pair, ssrc, payload_type, value_len, plain, plain_value_off,
-     *      level_template, level_value_off, level_off, history) */
-    if (nargs != 12 || Py_TYPE(args[0]) != &RouteType) {
+     *      level_template, level_value_off, level_off, history, munge) */
+    if (nargs != 13 || Py_TYPE(args[0]) != &RouteType) {
         PyErr_SetString(PyExc_TypeError, "bind(route, nominated, pair, ssrc, payload_type, value_len, plain, "
-                                         "plain_value_off, level_template, level_value_off, level_off, history)");
+                                         "plain_value_off, level_template, level_value_off, level_off, history, munge)");
         return NULL;
     }
+    int munge = PyObject_IsTrue(args[12]);
+    if (munge < 0)
+        return NULL;
     if (args[1] != Py_None && !PyDict_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "nominated must be a dict or None");
         return NULL;
@@ -597,6 +604,7 @@ static PyObject *Lane_bind(LaneObject *self, PyObject *const *args, Py_ssize_t n
     self->value_len = value_len;
     self->ssrc = ssrc;
     self->pt = pt;
+    self->munge = munge;
     Py_INCREF(args[0]);
     self->route = (RouteObject *)args[0];
     if (args[1] != Py_None) {
@@ -624,6 +632,10 @@ static PyMemberDef Lane_members[] = {
     {"packets_sent", T_LONGLONG, offsetof(LaneObject, packets_sent), 0, "RTP packets sent"},
     {"octets_sent", T_LONGLONG, offsetof(LaneObject, octets_sent), 0, "payload bytes sent"},
     {"bytes_sent", T_LONGLONG, offsetof(LaneObject, bytes_sent), 0, "RTP bytes sent, padding included"},
+    {"pid_offset", T_LONGLONG, offsetof(LaneObject, pid_offset), 0, "VP8 PictureID offset"},
+    {"tl0_offset", T_LONGLONG, offsetof(LaneObject, tl0_offset), 0, "VP8 TL0PICIDX offset"},
+    {"last_pid", T_LONGLONG, offsetof(LaneObject, last_pid), 0, "last VP8 PictureID sent, -1 none"},
+    {"last_tl0", T_LONGLONG, offsetof(LaneObject, last_tl0), 0, "last VP8 TL0PICIDX sent, -1 none"},
     {NULL},
 };
 
@@ -635,7 +647,8 @@ static PyMethodDef Lane_methods[] = {
      "value of value_len bytes at plain_value_off) or, for a source packet with a one-byte audio level, "
      "level_template (value at level_value_off, the level at level_off; None: the level is not mapped). "
      "value_len 3: abs-send-time; 2: the next transport-wide sequence number of history (a "
-     "sfu.core.twcc.SendHistory, recorded with the send time and size as its next() and set_size() do)."},
+     "sfu.core.twcc.SendHistory, recorded with the send time and size as its next() and set_size() do). "
+     "munge: rewrite the VP8 PictureID and TL0PICIDX with the Lane's offsets, as Vp8Munger.rewrite does."},
     {"unbind", (PyCFunction)Lane_unbind, METH_NOARGS, "unbind(): every packet goes to Python again"},
     {NULL},
 };
@@ -653,6 +666,85 @@ static PyTypeObject LaneType = {
     .tp_members = Lane_members,
     .tp_methods = Lane_methods,
 };
+
+/* The VP8 payload descriptor fields the munger rewrites (RFC 7741 4.2), as
+ * sfu.core.vp8_munger.descriptor_fields parses them from the payload's first 8 bytes. */
+typedef struct {
+    int state;           /* 0 not parsed yet, 1 parsed, -1 none (no X bit, truncated) */
+    int size;            /* bytes up to and including TL0PICIDX */
+    long long pid, tl0;  /* -1: absent */
+    long long pid_mod;
+} Vp8Fields;
+
+static void vp8_parse(const unsigned char *p, Py_ssize_t n, Vp8Fields *f) {
+    f->state = -1;
+    if (n < 2 || !(p[0] & 0x80))
+        return;
+    unsigned char x = p[1];
+    Py_ssize_t i = 2;
+    f->pid = -1, f->tl0 = -1, f->pid_mod = 0;
+    if (x & 0x80) {
+        if (n <= i)
+            return;
+        if (p[i] & 0x80) {
+            if (n <= i + 1)
+                return;
+            f->pid = ((long long)(p[i] & 0x7F) << 8) | p[i + 1];
+            f->pid_mod = 0x8000;
+            i += 2;
+        } else {
+            f->pid = p[i] & 0x7F;
+            f->pid_mod = 0x80;
+            i += 1;
+        }
+    }
+    if (x & 0x40) {
+        if (n <= i)
+            return;
+        f->tl0 = p[i];
+        i += 1;
+    }
+    f->size = (int)i;
+    f->state = 1;
+}
+
+static long long mod(long long a, long long m) { /* Python's a % m for m > 0 */
+    long long r = a % m;
+    return r < 0 ? r + m : r;
+}
+
+/* Vp8Munger.rewrite without a pending switch: move the last numbers sent on, and write the
+ * rewritten descriptor into head (returns its length, 0 when nothing changes). */
+static Py_ssize_t vp8_munge(LaneObject *lane, const Vp8Fields *f, const unsigned char *payload, unsigned char *head) {
+    if (f->pid >= 0) {
+        long long out = mod(f->pid + lane->pid_offset, f->pid_mod);
+        if (lane->last_pid < 0 || mod(out - lane->last_pid, f->pid_mod) < f->pid_mod / 2)
+            lane->last_pid = out;
+    }
+    if (f->tl0 >= 0) {
+        long long out = (f->tl0 + lane->tl0_offset) & 0xFF;
+        if (lane->last_tl0 < 0 || ((out - lane->last_tl0) & 0xFF) < 0x80)
+            lane->last_tl0 = out;
+    }
+    if (!lane->pid_offset && !lane->tl0_offset)
+        return 0;
+    memcpy(head, payload, (size_t)f->size);
+    int i = 2;
+    if (f->pid >= 0) {
+        long long value = mod(f->pid + lane->pid_offset, f->pid_mod);
+        if (f->pid_mod == 0x8000) {
+            head[2] = (unsigned char)(0x80 | (value >> 8));
+            head[3] = (unsigned char)(value & 0xFF);
+            i = 4;
+        } else {
+            head[2] = (unsigned char)value;
+            i = 3;
+        }
+    }
+    if (f->tl0 >= 0)
+        head[i] = (unsigned char)((f->tl0 + lane->tl0_offset) & 0xFF);
+    return f->size;
+}
 
 static PyObject *g_lane_name = NULL; /* "_lane" */
 static PyObject *g_one = NULL;       /* 1: the key of the nominated pair */
@@ -686,7 +778,8 @@ static PyObject *Batch_fanout(BatchObject *self, PyObject *const *args, Py_ssize
     PyObject *list = args[0];
     PyObject *slow = NULL;
     long long packets = 0, bytes = 0, failed = 0;
-    unsigned char ext[MAX_EXT];
+    unsigned char ext[MAX_EXT], head[8];
+    Vp8Fields vp8 = {0};
     Py_ssize_t n = PyList_GET_SIZE(list);
     for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(list); i++) {
         PyObject *dt = PyList_GET_ITEM(list, i);
@@ -759,9 +852,19 @@ static PyObject *Batch_fanout(BatchObject *self, PyObject *const *args, Py_ssize
         } else if (lane->value_len) {
             memcpy(ext + value_off, value, (size_t)lane->value_len);
         }
+        Py_ssize_t head_len = 0;
+        if (lane->munge) { /* the descriptor is parsed once per fan-out */
+            const unsigned char *payload = (const unsigned char *)self->src.buf + self->body_start;
+            if (vp8.state == 0) {
+                Py_ssize_t avail = self->src.len - self->body_start;
+                vp8_parse(payload, avail < 8 ? avail : 8, &vp8);
+            }
+            if (vp8.state == 1)
+                head_len = vp8_munge(lane, &vp8, payload, head);
+        }
         Py_ssize_t size = 0;
         int ok = queue_packet(self, lane->route, lane->pt, out_seq, (unsigned long)((unsigned long long)out_ts & 0xFFFFFFFF),
-                              lane->ssrc, (const char *)tmpl, ext_len, NULL, 0, &size);
+                              lane->ssrc, (const char *)tmpl, ext_len, (const char *)head, head_len, &size);
         if (ok < 0) {
             Py_DECREF(obj);
             Py_DECREF(dt);
