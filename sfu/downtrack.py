@@ -3,7 +3,11 @@
 The hot path asks the :class:`~sfu.core.forwarder.Forwarder` what to do with a packet,
 writes the subscriber's header (SSRC, payload type, sequence number, timestamp and
 the subscriber's own header extensions: its MID, a fresh abs-send-time, the audio
-level) in front of the cached payload, and sends it. Subscriber feedback is handled
+level) in front of the cached payload, and sends it. With the compiled fan-out the
+forwarder's state is the DownTrack's ``Lane``, bound after its first packet
+(:meth:`DownTrack._bind_lane`): ``Batch.fanout`` then applies the common decision (the
+next packet of the forwarded layer) in C and only the other packets come to
+:meth:`DownTrack.forward` (see :mod:`sfu.rtc.batch`). Subscriber feedback is handled
 here: NACK (RFC 4585 §6.2.1) answered from the UpTrack's cache, by RTX where
 negotiated (RFC 4588); PLI/FIR passed upstream; receiver reports kept for loss and RTT.
 
@@ -368,12 +372,14 @@ class DownTrack:
         return last_out + elapsed
 
     def forward(self, source: SourcePacket, now_ms: float, batch: Any = None) -> DropReason | None:
-        """Forward one source packet (hot path). Returns the DropReason if dropped.
+        """Forward one source packet. Returns the DropReason if dropped.
 
         Decide (:meth:`Forwarder.decide`), then apply: with ``batch`` (the fan-out's
         :class:`sfu.rtc.batch` Batch, between its ``begin`` and ``flush``) the header,
-        SRTP protect and datagram are added to it; without, the packet is written
-        (:func:`~sfu.core.rtp.write_packet`) and sent here. Both send the same bytes.
+        SRTP protect and datagram are added to it, and the Lane is bound if it is not
+        (its next common packets are applied by ``Batch.fanout`` without coming here);
+        without, the packet is written (:func:`~sfu.core.rtp.write_packet`) and sent
+        here. Both send the same bytes.
         """
         if not self._ready:
             if not self._connected():
