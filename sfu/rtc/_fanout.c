@@ -50,9 +50,24 @@ typedef struct {
     PyObject *callback;            /* callback route: called with the unprotected packet */
 } RouteObject;
 
+/* A callback route calls a bound method of the send path that caches the route: a cycle
+ * the collector must be able to break. */
+static int Route_traverse(RouteObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->keep);
+    Py_VISIT(self->callback);
+    return 0;
+}
+
+static int Route_clear(RouteObject *self) {
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->callback);
+    return 0;
+}
+
 static void Route_dealloc(RouteObject *self) {
-    Py_XDECREF(self->keep);
-    Py_XDECREF(self->callback);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->callback);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -138,7 +153,9 @@ static PyTypeObject RouteType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sfu.rtc._fanout.Route",
     .tp_basicsize = sizeof(RouteObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Route_traverse,
+    .tp_clear = (inquiry)Route_clear,
     .tp_doc = "Route(fd, address, ctx, keep) sends SRTP through a socket; "
               "Route(callback=f) calls f(packet) with the unprotected packet.",
     .tp_new = Route_new,
@@ -360,7 +377,7 @@ static int queue_packet(BatchObject *self, RouteObject *route, long pt, unsigned
         self->packets += truth;
         return truth;
     }
-    if (size > g_max_input || size > SLOT_SIZE - 144 || g_protect == NULL) {
+    if (size > g_max_input || size > SLOT_SIZE - 144 || g_protect == NULL || route->fd < 0 || route->ctx == NULL) {
         self->protect_failed++;
         return 0;
     }
@@ -525,7 +542,29 @@ fail:
     return -1;
 }
 
+/* A bound Lane refers to the route, the ICE pair and the SendHistory's arrays, which can
+ * lead back to the DownTrack that owns it: the cycle collector must see through it. */
+static int Lane_traverse(LaneObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->route);
+    Py_VISIT(self->nominated);
+    Py_VISIT(self->pair);
+    if (self->has_history) {
+        Py_VISIT(self->h_send_ms.obj);
+        Py_VISIT(self->h_size.obj);
+        Py_VISIT(self->h_cluster.obj);
+        Py_VISIT(self->h_state.obj);
+        Py_VISIT(self->h_counts.obj);
+    }
+    return 0;
+}
+
+static int Lane_clear(LaneObject *self) {
+    Lane_clear_binding(self);
+    return 0;
+}
+
 static void Lane_dealloc(LaneObject *self) {
+    PyObject_GC_UnTrack(self);
     Lane_clear_binding(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -657,7 +696,9 @@ static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sfu.rtc._fanout.Lane",
     .tp_basicsize = sizeof(LaneObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Lane_traverse,
+    .tp_clear = (inquiry)Lane_clear,
     .tp_doc = "One DownTrack's forwarding position and sent counters (the attributes of "
               "sfu.core.forwarder.ForwardState), and what Batch.fanout needs to apply its common "
               "decision.",

@@ -42,6 +42,7 @@ def build(force: bool = False) -> Path:
     dist = Distribution({"name": "sfu-fanout", "ext_modules": [ext]})
     cmd = dist.get_command_obj("build_ext")
     cmd.inplace = True
+    cmd.force = force  # setuptools' own up-to-date check compares mtimes only
     cmd.build_temp = str(root / "build" / "fanout")
     cwd = os.getcwd()
     os.chdir(root)

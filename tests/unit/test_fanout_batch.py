@@ -333,3 +333,29 @@ def test_a_lane_has_the_forward_state_attributes():
         assert int(getattr(lane, name)) == int(getattr(state, name)), name
         setattr(lane, name, 7)
         assert getattr(lane, name) == 7
+
+
+@needs_build
+def test_a_bound_lane_in_a_reference_cycle_is_collected(restore_mode):
+    """A bound Lane refers to its route, whose callback may lead back to the DownTrack:
+    the cycle collector sees through both, so a DownTrack dropped without close() is
+    freed."""
+    import gc
+    import weakref
+
+    assert batch.set_enabled(True)
+    codec = CodecInfo(111, "audio/opus", 48000, 2)
+    up = UpTrack("TR_1", "PA_pub", "audio", "microphone", "0", codec, {}, lambda ssrc: None)
+    up.bind_ssrc(0xA0)
+    holder: dict = {}
+    media = MediaInfo("0", "audio", "sendonly", [codec], {URI_MID: 3}, ssrc=0xB000, rtx_ssrc=None)
+    dt = DownTrack(up, "S", media, lambda d: holder["dt"] is not None, lambda d: True)
+    holder["dt"] = dt
+    up.downtracks.append(dt)
+    for n in range(3):
+        up.on_rtp(parse_rtp(rtp(n, n * 960, ssrc=0xA0, pt=111, payload=b"a" * 40)), n * 20.0)
+    assert dt._lane.active and dt.packets_sent == 3
+    ref = weakref.ref(dt)
+    del dt, up, holder
+    gc.collect()
+    assert ref() is None
