@@ -349,13 +349,14 @@ def test_a_bound_lane_in_a_reference_cycle_is_collected(restore_mode):
     up.bind_ssrc(0xA0)
     holder: dict = {}
     media = MediaInfo("0", "audio", "sendonly", [codec], {URI_MID: 3}, ssrc=0xB000, rtx_ssrc=None)
-    dt = DownTrack(up, "S", media, lambda d: holder["dt"] is not None, lambda d: True)
+    send = (lambda h: lambda d: h["dt"] is not None)(holder)  # refers to holder, which refers to dt
+    dt = DownTrack(up, "S", media, send, lambda d: True)
     holder["dt"] = dt
     up.downtracks.append(dt)
     for n in range(3):
         up.on_rtp(parse_rtp(rtp(n, n * 960, ssrc=0xA0, pt=111, payload=b"a" * 40)), n * 20.0)
     assert dt._lane.active and dt.packets_sent == 3
     ref = weakref.ref(dt)
-    del dt, up, holder
+    del dt, up, holder, send
     gc.collect()
     assert ref() is None
