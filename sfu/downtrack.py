@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.extension_block import abs_send_time_at, extension_templates
+from .core.extension_block import ExtensionWriter
 from .core.forwarder import DropReason, Forwarder, Switch, Translation
 from .core.receive_stats import rtt_from_report_ms
 from .core.rtcp import ReportBlock, SenderReport, build_sr
@@ -34,7 +34,6 @@ from .core.rtp import (
     URI_AUDIO_LEVEL,
     URI_MID,
     URI_TRANSPORT_CC,
-    build_extensions,
     write_packet,
     write_rtx_packet,
 )
@@ -134,20 +133,17 @@ class DownTrack:
             state=self._lane,
         )
         self._state = self.forwarder.state  # the sent counters live there too
-        self._mid_ext = (media.extensions[URI_MID], media.mid.encode()) if URI_MID in media.extensions else None
-        twcc_id = media.extensions.get(URI_TRANSPORT_CC) if transport_cc is not None else None
-        self._history = transport_cc if twcc_id is not None else None
-        self._twcc_id = twcc_id
-        self.transport_cc = twcc_id is not None  # packets carry transport-wide sequence numbers
-        self._twcc_seq = 0  # the transport-wide sequence number of the packet just written
-        self._abs_send_time_id = media.extensions.get(URI_ABS_SEND_TIME) if twcc_id is None else None
-        level_out = media.extensions.get(URI_AUDIO_LEVEL)
-        level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
-        self._audio_level = (level_in, level_out) if level_in and level_out else None
-        self._level_out = level_out  # the subscriber's audio level extension id
-        self._templates = extension_templates(
-            self._twcc_id, self._abs_send_time_id, self._mid_ext, self._audio_level[1] if self._audio_level else None
+        mid_ext = (media.extensions[URI_MID], media.mid.encode()) if URI_MID in media.extensions else None
+        self._ext = ExtensionWriter(
+            mid_ext,
+            media.extensions.get(URI_TRANSPORT_CC),
+            media.extensions.get(URI_ABS_SEND_TIME),
+            media.extensions.get(URI_AUDIO_LEVEL),
+            uptrack.extensions.get(URI_AUDIO_LEVEL),
+            transport_cc,
         )
+        self._history = self._ext.history
+        self.transport_cc = self._history is not None  # packets carry transport-wide sequence numbers
         self._send_rtp = send_rtp
         # The batched apply step (sfu.rtc.batch): the send path's socket route, or a route
         # that calls send_rtp (test doubles, bots' paths the batch cannot write to).
@@ -204,67 +200,17 @@ class DownTrack:
     def _can_use_lane(self) -> bool:
         """Whether the compiled fan-out can apply this DownTrack's common decision: it
         has a Lane and a one-byte extension block (RFC 8285 §4.2)."""
-        return self._lane is not None and self._templates is not None and not self.closed
+        return self._lane is not None and self._ext.lane_blocks() is not None and not self.closed
 
     def _bind_lane(self, route: Any) -> None:
         """Let ``Batch.fanout`` apply the common decision from now on, sending through
         ``route`` while the ICE connection's nominated pair stays the one it was made
         for (the fan-out unbinds it otherwise, and the next packet comes back here)."""
-        lane = self._lane
-        plain, (head, middle, tail) = self._templates  # type: ignore[misc]
-        history = self._history  # transport-wide sequence numbers are stamped from it
-        value_len = 2 if history is not None else 3 if self._abs_send_time_id is not None else 0
-        value = bytes(value_len)
-        block = plain.head + value + plain.tail if plain.head else b""
-        if self._audio_level is not None:
-            level_block, level_off = head + value + middle + b"\x00" + tail, len(head) + value_len + len(middle)
-        else:
-            level_block, level_off = None, -1
+        value_len, block, value_off, level_block, level_value_off, level_off = self._ext.lane_blocks()  # type: ignore[misc]
         path = self._path
         nominated, pair = (path._nominated, path._route_pair) if path is not None else (None, None)
-        lane.bind(route, nominated, pair, self.ssrc, self.payload_type, value_len, block, len(plain.head),
-                  level_block, len(head), level_off, history, self._munger is not None)
-
-    def _extensions(self, source: SourcePacket, now_ms: float, cluster: int | None = None) -> bytes:
-        """The subscriber's extension block for one packet sent now: its MID, the next
-        transport-wide sequence number (recorded in the send history with ``cluster``,
-        the probe cluster of padding) or abs-send-time, and the publisher's audio level."""
-        history = self._history
-        if history is not None:
-            seq = self._twcc_seq = history.next(now_ms, cluster)
-            value = seq.to_bytes(2, "big")
-        elif self._abs_send_time_id is not None:
-            value = abs_send_time_at(now_ms)
-        else:
-            value = b""
-        level = source.packet.extensions.get(self._audio_level[0]) if self._audio_level is not None else None
-        templates = self._templates
-        if templates is not None:
-            if level is None:
-                shared = templates[0]
-                if value is shared.value:  # another subscriber of this fan-out built it
-                    return shared.block
-                shared.value = value
-                block = shared.block = shared.head + value + shared.tail if shared.head else b""
-                return block
-            if len(level) == 1:
-                head, middle, tail = templates[1]
-                return head + value + middle + level + tail
-        elements = []
-        if self._mid_ext is not None:
-            elements.append(self._mid_ext)
-        if history is not None:
-            elements.append((self._twcc_id, value))
-        elif self._abs_send_time_id is not None:
-            elements.append((self._abs_send_time_id, value))
-        if level is not None and self._audio_level is not None:
-            elements.append((self._audio_level[1], level))
-        return build_extensions(elements)
-
-    def _sent(self, size: int) -> None:
-        """Record the size of the packet just sent in the transport-wide send history."""
-        if self._history is not None:
-            self._history.set_size(self._twcc_seq, size)
+        self._lane.bind(route, nominated, pair, self.ssrc, self.payload_type, value_len, block, value_off,
+                        level_block, level_value_off, level_off, self._history, self._munger is not None)
 
     @property
     def layer(self) -> int | None:
@@ -411,7 +357,7 @@ class DownTrack:
             if self._munging_pending:
                 self._munging_pending = False
                 self._remember_munging(fwd.epoch)
-        extensions = self._extensions(source, now_ms)
+        extensions = self._ext.block(packet.extensions, now_ms)
         if batch is not None:
             path = self._path
             if path is None:
@@ -430,8 +376,7 @@ class DownTrack:
             )
             size = len(data) if self._send_rtp(data) else -1
         if size >= 0:
-            if self._history is not None:
-                self._history.set_size(self._twcc_seq, size)
+            self._ext.sent(size)
             state = self._state
             state.packets_sent += 1
             state.octets_sent += packet.payload_end - packet.payload_offset
@@ -463,7 +408,7 @@ class DownTrack:
             return None
         packet = source.packet
         timestamp = (source.timestamp + ts_offset) & 0xFFFFFFFF
-        ext = self._extensions(source, now_ms, cluster)
+        ext = self._ext.block(packet.extensions, now_ms, cluster)
         head = None
         if self._munger is not None and packet.payload_end > packet.payload_offset:
             offsets = self._epoch_munging.get(epoch)
@@ -522,7 +467,7 @@ class DownTrack:
                 continue  # video from before a switch (the new layer's keyframe supersedes it), or another source's
             data = self._retransmission(out_seq, now_ms, ref.layer, ref.sequence, ref.timestamp_offset, ref.epoch)
             if data is not None and self._send_rtp(data):
-                self._sent(len(data))
+                self._ext.sent(len(data))
                 self._state.bytes_sent += len(data)
                 self._resend_tokens -= 1.0
                 resent[slot] = (out_seq, now_ms)
@@ -559,7 +504,7 @@ class DownTrack:
             if data is None:
                 continue
             if self._send_rtp(data):
-                self._sent(len(data))
+                self._ext.sent(len(data))
                 sent += len(data)
                 self._padding_credit -= len(data)
         self._state.bytes_sent += sent
@@ -641,11 +586,7 @@ class DownTrack:
         uptrack.downtracks.append(self)
         self._last_layer = None  # no sender report maps the new source onto the old one
         self._first_epoch = self.forwarder.epoch + 1
-        level_in = uptrack.extensions.get(URI_AUDIO_LEVEL)
-        self._audio_level = (level_in, self._level_out) if level_in and self._level_out else None
-        self._templates = extension_templates(
-            self._twcc_id, self._abs_send_time_id, self._mid_ext, self._audio_level[1] if self._audio_level else None
-        )
+        self._ext.set_source_level(uptrack.extensions.get(URI_AUDIO_LEVEL))
         if self._munger is None and uptrack.simulcast and uptrack.codec.mime_type.lower() == "video/vp8":
             self._munger = Vp8Munger(self._state)
         if self._munger is not None:
