@@ -153,7 +153,7 @@ def allocate(budget_bps: float, demands: Sequence[TrackDemand], up_margin: float
         it), ``publisher_layer_lost`` (its current layer, or every layer, is not being
         sent, or the layer its cap asks for is not sent and everything sent below it
         fits), ``preference`` (it gets the best layer its cap allows, below the best
-        one sent), else ``bandwidth``.
+        one sent, or the very layer its cap names), else ``bandwidth``.
     """
     out: dict[Hashable, Allocation] = {}
     layers: dict[Hashable, int | None] = {}
@@ -201,7 +201,9 @@ def allocate(budget_bps: float, demands: Sequence[TrackDemand], up_margin: float
             # A tile's covering layer is not sent (not started yet, or stopped by the
             # publisher's encoder): the best layer sent below it is not the link's doing.
             reason = LAYER_LOST
-        elif layer is not None and layer == ceilings[d.key] and layer < active[-1]:
+        elif layer is not None and layer == ceilings[d.key] and (layer < active[-1] or (capped and layer >= wanted)):
+            # Held below the best layer sent by the cap, or given exactly the layer the cap
+            # asks for (whether or not a better one is sent yet): the subscriber's choice.
             reason = PREFERENCE
         else:
             reason = BANDWIDTH

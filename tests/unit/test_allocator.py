@@ -93,6 +93,13 @@ def test_preference_cap_paused_and_lost_layers():
     assert (short.layer, short.reason) == (0, BANDWIDTH)  # h is sent but does not fit
     none = allocate(10_000_000, [demand("v", bitrates=[None, None, None])])["v"]
     assert (none.layer, none.reason) == (None, LAYER_LOST)
+    # Capped at h before the publisher's encoder started f: h is what the cap names, so
+    # the reason is the cap (it would not change when f starts: no new event then).
+    at_cap = allocate(10_000_000, [demand("v", bitrates=[Q, H, None], max_layer=1)])["v"]
+    assert (at_cap.layer, at_cap.reason) == (1, PREFERENCE)
+    # ... but held below the cap by the link it is the bandwidth.
+    below_cap = allocate(H * 1.1, [demand("v", bitrates=[Q, H, None], max_layer=2)])["v"]
+    assert (below_cap.layer, below_cap.reason) == (0, BANDWIDTH)
 
 
 def test_single_encoding_track_is_one_layer():
