@@ -829,8 +829,13 @@ static PyObject *Batch_fanout(BatchObject *self, PyObject *const *args, Py_ssize
         int fast = 0;
         LaneObject *lane = NULL;
         if (obj == NULL) {
-            Py_DECREF(dt);
-            goto error;
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                Py_DECREF(dt);
+                goto error;
+            }
+            PyErr_Clear(); /* not a DownTrack with a Lane: Python's forward() decides */
+            Py_INCREF(Py_None);
+            obj = Py_None;
         }
         if (Py_TYPE(obj) == &LaneType) {
             lane = (LaneObject *)obj;

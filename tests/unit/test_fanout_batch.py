@@ -360,3 +360,15 @@ def test_a_bound_lane_in_a_reference_cycle_is_collected(restore_mode):
     del dt, up, holder, send
     gc.collect()
     assert ref() is None
+
+
+@needs_build
+def test_fanout_leaves_what_has_no_lane_to_python():
+    b = batch._fanout.Batch()
+    packet = parse_rtp(rtp(5, 0, payload=b"y" * 50))
+    other = SimpleNamespace()  # no _lane attribute
+    unbound = SimpleNamespace(_lane=batch._fanout.Lane())  # never bound: inactive
+    b.begin(packet.data, packet.payload_offset, packet.body_end, False, False)
+    packets, size, failed, rest = b.fanout([other, unbound], 0, 5, 0, False, 50, b"\x00\x00\x00", None, 0.0)
+    b.flush()
+    assert (packets, size, failed) == (0, 0, 0) and rest == [other, unbound]
