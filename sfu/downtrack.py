@@ -202,6 +202,11 @@ class DownTrack:
         has a Lane and a one-byte extension block (RFC 8285 §4.2)."""
         return self._lane is not None and self._ext.lane_blocks() is not None and not self.closed
 
+    def _munging_settled(self) -> bool:
+        """No VP8 offsets left to set after a switch (the Lane applies them as they are)."""
+        munger = self._munger
+        return munger is None or not (self._munging_pending or munger.switch_pending)
+
     def _bind_lane(self, route: Any) -> None:
         """Let ``Batch.fanout`` apply the common decision from now on, sending through
         ``route`` while the ICE connection's nominated pair stays the one it was made
@@ -287,6 +292,8 @@ class DownTrack:
         if self._munger is not None:
             self._munger.on_switch()
             self._munging_pending = True
+            if self._lane is not None:
+                self._lane.unbind()  # Python rewrites until the new offsets are set
         self._register([source.layer])
         self._changed(source.layer)
 
@@ -385,7 +392,7 @@ class DownTrack:
             if counters is not None:
                 counters.packets_sent += 1
                 counters.bytes_sent += size
-            if batch is not None and self._lane_eligible and not self._lane.active and not self._munging_pending:
+            if batch is not None and self._lane_eligible and not self._lane.active and self._munging_settled():
                 self._bind_lane(route)
         else:
             COUNTERS.dropped["send_failed"] += 1

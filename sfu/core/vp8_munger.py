@@ -41,6 +41,12 @@ class Vp8Munger:
         self._switch_pending = True
 
     @property
+    def switch_pending(self) -> bool:
+        """A switch was announced and no packet with a PictureID or TL0PICIDX has set
+        the new offsets yet (the next :meth:`rewrite` will)."""
+        return self._switch_pending
+
+    @property
     def offsets(self) -> tuple[int, int]:
         """The (PictureID, TL0PICIDX) offsets in force now."""
         return self._state.pid_offset, self._state.tl0_offset

@@ -185,7 +185,9 @@ def _callback_run(batched: bool, kind: str, transport_cc: bool, histories: list 
                     downtracks[0].set_target(1, "bandwidth", n * 10.0)
                     downtracks[2].set_target(1, "bandwidth", n * 10.0)
                 keyframe = n % 30 == 0 or (index == 1 and n == 45)
-                payload = vp8_payload(keyframe, picture_id=(n * 3 + index * 1000) & 0x7FFF, body=bytes([n, index]) * 40)
+                # The keyframe that starts layer 1 has no PictureID: the next packet's continues the numbering.
+                picture_id = None if (index == 1 and n == 45) else (n * 3 + index * 1000) & 0x7FFF
+                payload = vp8_payload(keyframe, picture_id=picture_id, body=bytes([n, index]) * 40)
                 data = rtp(500 + n, n * 3000 + index, ssrc=0xA0 + index, payload=payload, marker=True)
                 up.on_rtp(parse_rtp(data), n * 10.0 + index, layer)
     else:
