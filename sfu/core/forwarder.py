@@ -19,7 +19,7 @@ import enum
 from bisect import bisect_right
 from typing import NamedTuple
 
-__all__ = ["DropReason", "ForwardState", "Translation", "Switch", "SourceRef", "Forwarder"]
+__all__ = ["DropReason", "ForwardState", "Forwarder", "SourceRef", "Switch", "Translation"]
 
 
 class DropReason(enum.Enum):
@@ -133,7 +133,7 @@ class _Epoch:
     seq, the last segment's offset and the timestamp offset live in the
     :class:`ForwardState`; ``highest_src`` here is synchronised from it before use."""
 
-    __slots__ = ("index", "layer", "seg_start", "seg_offset", "closed", "highest_src", "ts_offset")
+    __slots__ = ("closed", "highest_src", "index", "layer", "seg_offset", "seg_start", "ts_offset")
 
     def __init__(self, index: int, layer: int, seq: int, out_seq: int, ts_offset: int) -> None:
         self.index = index

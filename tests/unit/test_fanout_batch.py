@@ -351,7 +351,10 @@ def test_a_bound_lane_in_a_reference_cycle_is_collected(restore_mode):
     up.bind_ssrc(0xA0)
     holder: dict = {}
     media = MediaInfo("0", "audio", "sendonly", [codec], {URI_MID: 3}, ssrc=0xB000, rtx_ssrc=None)
-    send = (lambda h: lambda d: h["dt"] is not None)(holder)  # refers to holder, which refers to dt
+    def sender(h: dict):
+        return lambda d: h["dt"] is not None  # refers to holder, which refers to dt
+
+    send = sender(holder)
     dt = DownTrack(up, "S", media, send, lambda d: True)
     holder["dt"] = dt
     up.downtracks.append(dt)
