@@ -39,7 +39,8 @@ from pylibsrtp import Policy, Session
 
 from sfu.core.gcc import GccEstimator
 from sfu.core.rtp import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC, parse_rtp
-from sfu.core.twcc import SendHistory, TwccFeedback
+from sfu.core.send_history import SendHistory
+from sfu.core.twcc import TwccFeedback
 from sfu.downtrack import DownTrack
 from sfu.metrics import COUNTERS
 from sfu.rtc import batch

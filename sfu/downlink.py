@@ -19,7 +19,8 @@ from typing import Any, Callable
 from .core.allocator import PRIORITY_OTHER, PRIORITY_SCREEN, PRIORITY_SPEAKER, TrackDemand, covering_layer
 from .core.rtcp import Fir, Nack, Pli, Remb, ReportBlock
 from .core.subscriber_control import SentTotals, SubscriberController
-from .core.twcc import SendHistory, TwccFeedback
+from .core.send_history import SendHistory
+from .core.twcc import TwccFeedback
 from .downtrack import DownTrack
 from .metrics import COUNTERS
 from .rtc.adapter import MediaInfo, SfuPeerConnection

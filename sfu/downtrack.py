@@ -44,7 +44,7 @@ from .rtc.adapter import MediaInfo, RtpSendPath
 from .uptrack import UNPARSED
 
 if TYPE_CHECKING:
-    from .core.twcc import SendHistory
+    from .core.send_history import SendHistory
     from .uptrack import SourcePacket, UpTrack
 
 __all__ = ["DownTrack", "LayerListener", "ntp_now"]
@@ -86,7 +86,7 @@ class DownTrack:
             (the first one, switches, pause and resume), with the reason given to
             :meth:`set_target`.
         transport_cc: the subscriber connection's transport-wide sequence numbers
-            (:class:`~sfu.core.twcc.SendHistory`), when the m-line negotiated the
+            (:class:`~sfu.core.send_history.SendHistory`), when the m-line negotiated the
             extension: every packet sent (media, RTX, padding) is stamped with the next
             one and recorded with its send time and size
             (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2). Without it the

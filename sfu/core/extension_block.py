@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .rtp import abs_send_time, build_extensions
 
 if TYPE_CHECKING:
-    from .twcc import SendHistory
+    from .send_history import SendHistory
 
 __all__ = ["ExtensionWriter", "SharedBlock", "abs_send_time_at", "extension_templates", "shared_block"]
 
@@ -115,7 +115,7 @@ class ExtensionWriter:
         abs_send_time_id: abs-send-time's id (used only without ``twcc_id``), or None.
         level_out: the subscriber's audio-level id, or None.
         level_in: the publisher's audio-level id (read from the source packets), or None.
-        history: the connection's :class:`~sfu.core.twcc.SendHistory` (with ``twcc_id``).
+        history: the connection's :class:`~sfu.core.send_history.SendHistory` (with ``twcc_id``).
 
     Attributes:
         twcc_seq: the transport-wide sequence number (16 bit) of the block written last.

@@ -455,7 +455,7 @@ typedef struct {
     unsigned char level[MAX_EXT];
     Py_ssize_t level_len, level_value_off, level_off;
     /* value_len 2: the transport-wide sequence number, from the connection's SendHistory
-     * (sfu/core/twcc.py), whose typed arrays are written here as SendHistory.next and
+     * (sfu/core/send_history.py), whose typed arrays are written here as SendHistory.next and
      * set_size write them: send time ms, size bytes, cluster (-1), state, [next, in flight] */
     int has_history;
     long long mask;
@@ -686,7 +686,7 @@ static PyMethodDef Lane_methods[] = {
      "value of value_len bytes at plain_value_off) or, for a source packet with a one-byte audio level, "
      "level_template (value at level_value_off, the level at level_off; None: the level is not mapped). "
      "value_len 3: abs-send-time; 2: the next transport-wide sequence number of history (a "
-     "sfu.core.twcc.SendHistory, recorded with the send time and size as its next() and set_size() do). "
+     "sfu.core.send_history.SendHistory, recorded with the send time and size as its next() and set_size() do). "
      "munge: rewrite the VP8 PictureID and TL0PICIDX with the Lane's offsets, as Vp8Munger.rewrite does."},
     {"unbind", (PyCFunction)Lane_unbind, METH_NOARGS, "unbind(): every packet goes to Python again"},
     {NULL},

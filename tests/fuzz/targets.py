@@ -67,6 +67,7 @@ from sfu.core.rtp import (
 )
 from sfu.core.sdp_lines import split_sections
 from sfu.core.sdp_reject import hide_unsupported, reject_in_answer, unsupported_mids
+from sfu.core.send_history import SendHistory
 from sfu.core.simulcast_sdp import (
     MAX_LAYERS,
     munge_answer,
@@ -76,7 +77,6 @@ from sfu.core.simulcast_sdp import (
 from sfu.core.transport_cc_sdp import munge_answer_transport_cc, parse_transport_cc
 from sfu.core.twcc import (
     MAX_PARSED_STATUSES,
-    SendHistory,
     TwccReceiver,
     build_twcc,
     parse_twcc,
@@ -448,7 +448,7 @@ def fuzz_twcc_receiver(data: bytes) -> None:
 
 
 def fuzz_send_history(data: bytes) -> None:
-    """A :class:`~sfu.core.twcc.SendHistory` matching fuzzed transport feedback.
+    """A :class:`~sfu.core.send_history.SendHistory` matching fuzzed transport feedback.
 
     Byte 0: capacity ``1 << (b0 % 16)``; bytes 1-3: packets already numbered (size 0,
     never reported: set directly, the state that many ``next`` calls leave); byte 4:

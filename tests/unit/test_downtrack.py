@@ -113,7 +113,8 @@ def test_transport_cc_stamps_every_packet_media_rtx_and_padding():
     knows its size and, for padding, its probe cluster; two DownTracks of one
     subscriber share one sequence space."""
     from sfu.core.rtp import URI_TRANSPORT_CC
-    from sfu.core.twcc import SendHistory, TwccFeedback
+    from sfu.core.send_history import SendHistory
+    from sfu.core.twcc import TwccFeedback
 
     history = SendHistory()
     codec = CodecInfo(96, "video/VP8", 90000, rtx_payload_type=97)

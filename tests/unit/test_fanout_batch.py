@@ -22,7 +22,7 @@ from sfu.core.rtp import (
     URI_TRANSPORT_CC,
     parse_rtp,
 )
-from sfu.core.twcc import SendHistory
+from sfu.core.send_history import SendHistory
 from sfu.downtrack import DownTrack
 from sfu.rtc import batch
 from sfu.rtc.adapter import CodecInfo, MediaInfo, RtpSendPath

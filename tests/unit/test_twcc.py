@@ -16,10 +16,9 @@ from sfu.core.rtcp import (
     build_rr,
     parse_rtcp,
 )
+from sfu.core.send_history import PacketResult, SendHistory
 from sfu.core.twcc import (
     MAX_PARSED_STATUSES,
-    PacketResult,
-    SendHistory,
     TwccFeedback,
     TwccReceiver,
     build_twcc,
